@@ -1,0 +1,252 @@
+"""API keys as data: the plaintext format, hashing, and the records the stores hold.
+
+Format (SPEC §3): ``<prefix>_<26 random base62><6-char base62 CRC32 of everything before it>``.
+The checksum lets the gateway reject typos and guesses before any cache or store lookup.
+Only ``key_hash`` (hex SHA-256, or HMAC-SHA256 with a pepper), ``key_prefix`` and ``hint`` are
+ever stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import zlib
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BASE62_SET = frozenset(BASE62)
+RANDOM_LEN = 26
+CHECKSUM_LEN = 6
+KEY_TYPES = ("standard", "admin")
+ENVIRONMENTS = ("live", "test")
+STATUSES = ("active", "revoked", "expired")
+
+
+def random_base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def base62_fixed(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        digits.append(BASE62[rem])
+    return "".join(reversed(digits))
+
+
+def checksum(body: str) -> str:
+    return base62_fixed(zlib.crc32(body.encode()), CHECKSUM_LEN)
+
+
+def generate_key(prefix: str) -> str:
+    body = f"{prefix}_{random_base62(RANDOM_LEN)}"
+    return body + checksum(body)
+
+
+def is_well_formed(key: str, prefixes: frozenset[str]) -> bool:
+    """Cheap, allocation-light check: known prefix, base62 tail of the right length, CRC32."""
+    prefix, sep, tail = key.rpartition("_")
+    if not sep or prefix not in prefixes or len(tail) != RANDOM_LEN + CHECKSUM_LEN:
+        return False
+    if not _BASE62_SET.issuperset(tail):
+        return False
+    return checksum(key[: -CHECKSUM_LEN]) == tail[RANDOM_LEN:]
+
+
+class KeyHasher:
+    """SHA-256 of the whole key, or HMAC-SHA256 keyed with the pepper when one is configured."""
+
+    __slots__ = ("_pepper",)
+
+    def __init__(self, pepper: str | None) -> None:
+        self._pepper = pepper.encode() if pepper else None
+
+    def __call__(self, key: str) -> str:
+        if self._pepper is None:
+            return hashlib.sha256(key.encode()).hexdigest()
+        return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
+
+
+def display_parts(key: str) -> tuple[str, str]:
+    """(key_prefix, hint): prefix plus the first 4 random chars, and the last 4 chars."""
+    prefix, _, tail = key.rpartition("_")
+    return f"{prefix}_{tail[:4]}", key[-4:]
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_{random_base62(16)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    resource_id: str
+    operations: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One API key as stored: never the plaintext. Field names follow the seed docs."""
+
+    key_id: str
+    key_hash: str
+    key_prefix: str
+    hint: str
+    name: str
+    workspace_id: str | None
+    project_id: str | None
+    user_id: str | None
+    created_at: datetime
+    description: str = ""
+    key_type: str = "standard"
+    environment: str = "live"
+    permissions: tuple[str, ...] = ()
+    scopes: tuple[Scope, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    rate_limit_override: int | None = None
+    concurrency_limit: int | None = None
+    status: str = "active"  # as stored: active | revoked (expired is derived from expires_at)
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    rotated_from: str | None = None
+
+    def effective_status(self, now: datetime) -> str:
+        if self.status == "revoked":
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    def with_changes(self, **changes: Any) -> KeyRecord:
+        return replace(self, **changes)
+
+    def to_public(self, now: datetime) -> dict[str, Any]:
+        """The key object of the admin API and CLI: everything but the plaintext."""
+        return {
+            "key_id": self.key_id,
+            "name": self.name,
+            "description": self.description,
+            "workspace_id": self.workspace_id,
+            "project_id": self.project_id,
+            "user_id": self.user_id,
+            "key_type": self.key_type,
+            "environment": self.environment,
+            "key_prefix": self.key_prefix,
+            "hint": self.hint,
+            "key_hash": self.key_hash,
+            "permissions": list(self.permissions),
+            "scopes": [
+                {"resource_id": s.resource_id, "operations": list(s.operations)} for s in self.scopes
+            ],
+            "allowed_origins": list(self.allowed_origins),
+            "rate_limit_override": self.rate_limit_override,
+            "concurrency_limit": self.concurrency_limit,
+            "status": self.effective_status(now),
+            "expires_at": _iso(self.expires_at),
+            "last_used_at": _iso(self.last_used_at),
+            "created_at": _iso(self.created_at),
+            "created_by": self.created_by,
+            "revoked_at": _iso(self.revoked_at),
+            "revoked_by": self.revoked_by,
+            "rotated_from": self.rotated_from,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    id: str
+    name: str
+    default_project_id: str
+    created_at: datetime
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "default_project_id": self.default_project_id,
+            "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    workspace_id: str
+    created_at: datetime
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "workspace_id": self.workspace_id,
+            "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    id: str
+    name: str
+    workspace_id: str
+    created_at: datetime
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "workspace_id": self.workspace_id,
+            "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    id: int
+    at: datetime
+    actor: str | None  # admin key id, or "cli"
+    action: str  # key.create | key.update | key.revoke | key.rotate | workspace.create | ...
+    target: str
+    workspace_id: str | None
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": _iso(self.at),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "workspace_id": self.workspace_id,
+            "changes": self.changes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    key_id: str
+    requests: int
+    rate_limited: int
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    results: list[KeyRecord]
+    total: int
+    next_cursor: str | None
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
