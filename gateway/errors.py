@@ -56,6 +56,8 @@ AUTH_UNAVAILABLE = ErrorKind(503, "auth_unavailable", "Authentication unavailabl
 RATE_LIMIT_UNAVAILABLE = ErrorKind(503, "rate_limit_unavailable", "Rate limiting unavailable")
 UPSTREAM_TIMEOUT = ErrorKind(504, "upstream_timeout", "Upstream timeout")
 
+UNAUTHORIZED_KINDS = frozenset({MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY})
+
 
 class GatewayError(Exception):
     """A failure with a client-facing status and stable code; rendered once, never logged raw."""

@@ -145,7 +145,8 @@ class KeyRecord:
             "key_hash": self.key_hash,
             "permissions": list(self.permissions),
             "scopes": [
-                {"resource_id": s.resource_id, "operations": list(s.operations)} for s in self.scopes
+                {"resource_id": s.resource_id, "operations": list(s.operations)}
+                for s in self.scopes
             ],
             "allowed_origins": list(self.allowed_origins),
             "rate_limit_override": self.rate_limit_override,

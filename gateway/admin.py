@@ -1,0 +1,324 @@
+"""The admin API (SPEC §6): its own aiohttp application on the admin listener, so no proxy
+stage ever wraps it and it is never reachable on the public port.
+
+Admin keys are ``key_type: admin`` keys: operator keys (no workspace) see everything; workspace
+admin keys see their workspace only, and anything else is a 404, never a 403.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import (
+    AUTH_UNAVAILABLE,
+    BAD_REQUEST,
+    CONFLICT,
+    INSUFFICIENT_PERMISSIONS,
+    INTERNAL_ERROR,
+    INVALID_API_KEY,
+    KEY_LIMIT_REACHED,
+    METHOD_NOT_ALLOWED,
+    MISSING_API_KEY,
+    NOT_FOUND,
+    VALIDATION_ERROR,
+    Conflict,
+    ErrorKind,
+    GatewayError,
+    KeyLimitReached,
+    NotFound,
+    StoreUnavailable,
+    ValidationError,
+)
+from gateway.keys.model import KeyRecord, is_well_formed, utcnow
+from gateway.keys.service import KeyService
+from gateway.pipeline.errors import render
+from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.request_id import pick_request_id
+from gateway.services import Services
+
+log = logging.getLogger("gateway.admin")
+
+SERVICES = web.AppKey("services", Services)
+KEY_SERVICE = web.AppKey("key_service", KeyService)
+ADMIN_KEY = web.RequestKey("admin_key", KeyRecord)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def as_gateway_error(exc: Exception) -> GatewayError | None:
+    """Service-layer exceptions as the errors the admin API answers with."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return GatewayError(VALIDATION_ERROR, "the request has invalid fields",
+                            extra={"errors": exc.errors})
+    table: list[tuple[type[Exception], ErrorKind]] = [
+        (NotFound, NOT_FOUND),
+        (KeyLimitReached, KEY_LIMIT_REACHED),
+        (Conflict, CONFLICT),
+        (StoreUnavailable, AUTH_UNAVAILABLE),
+    ]
+    for cls, kind in table:
+        if isinstance(exc, cls):
+            return GatewayError(kind, str(exc) or kind.title)
+    if isinstance(exc, web.HTTPNotFound):
+        return GatewayError(NOT_FOUND, "no such admin endpoint")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return GatewayError(METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+    return None
+
+
+def render_admin(request: web.Request, error: GatewayError) -> web.Response:
+    exchange = Exchange(request)
+    exchange.request_id = request.get(REQUEST_ID, "")
+    exchange.response_headers["X-Request-Id"] = exchange.request_id
+    return render(error, exchange)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = pick_request_id(request)
+    try:
+        response = await handler(request)
+    except Exception as exc:
+        error = as_gateway_error(exc)
+        if error is None:
+            log.exception("admin handler failed")
+            error = GatewayError(INTERNAL_ERROR, "internal error")
+        return render_admin(request, error)
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    services = request.app[SERVICES]
+    values = request.headers.getall("Authorization", ())
+    if not values:
+        raise GatewayError(MISSING_API_KEY, "send an admin key as 'Authorization: Bearer <key>'")
+    scheme, _, token = values[0].strip().partition(" ")
+    token = token.strip()
+    if len(values) > 1 or scheme.lower() != "bearer" or not is_well_formed(
+        token, services.prefixes
+    ):
+        raise GatewayError(INVALID_API_KEY, "the admin key is malformed")
+    record = await services.store.get_key_by_hash(services.hasher(token))
+    if record is None or record.effective_status(utcnow()) != "active":
+        raise GatewayError(INVALID_API_KEY, "unknown, revoked or expired admin key")
+    if record.key_type != "admin":
+        raise GatewayError(INSUFFICIENT_PERMISSIONS, "the admin API needs an admin key")
+    request[ADMIN_KEY] = record
+    return await handler(request)
+
+
+# scoping: a workspace admin sees its own workspace only ------------------------------------------
+def caller_workspace(request: web.Request) -> str | None:
+    return request[ADMIN_KEY].workspace_id
+
+
+def actor(request: web.Request) -> str:
+    return request[ADMIN_KEY].key_id
+
+
+def visible_workspace(request: web.Request) -> str:
+    workspace_id = request.match_info["workspace_id"]
+    own = caller_workspace(request)
+    if own is not None and own != workspace_id:
+        raise NotFound(f"workspace {workspace_id} not found")
+    return workspace_id
+
+
+async def read_json(request: web.Request) -> Any:
+    if not request.body_exists:
+        return {}
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise GatewayError(BAD_REQUEST, "the body is not valid JSON") from None
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValidationError({name: "must be true or false"})
+    return value in ("true", "1")
+
+
+def query_limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise ValidationError({"limit": "must be an integer from 1 to 1000"})
+    return int(raw)
+
+
+# handlers ----------------------------------------------------------------------------------
+async def create_workspace(request: web.Request) -> web.Response:
+    if caller_workspace(request) is not None:
+        raise NotFound("workspace admins cannot create workspaces")
+    body = await read_json(request)
+    name = body.get("name") if isinstance(body, dict) else None
+    workspace = await request.app[KEY_SERVICE].create_workspace(name, actor(request))
+    return json_response(workspace.to_public(), 201)
+
+
+async def list_workspaces(request: web.Request) -> web.Response:
+    workspaces = await request.app[KEY_SERVICE].list_workspaces()
+    own = caller_workspace(request)
+    results = [w.to_public() for w in workspaces if own is None or w.id == own]
+    return json_response({"results": results, "total": len(results)})
+
+
+def _named_create(kind: str) -> Handler:
+    async def create(request: web.Request) -> web.Response:
+        workspace_id = visible_workspace(request)
+        body = await read_json(request)
+        name = body.get("name") if isinstance(body, dict) else None
+        service = request.app[KEY_SERVICE]
+        make = service.create_project if kind == "project" else service.create_namespace
+        created = await make(workspace_id, name, actor(request))
+        return json_response(created.to_public(), 201)
+
+    return create
+
+
+def _named_list(kind: str) -> Handler:
+    async def list_(request: web.Request) -> web.Response:
+        workspace_id = visible_workspace(request)
+        service = request.app[KEY_SERVICE]
+        fetch = service.list_projects if kind == "project" else service.list_namespaces
+        results = [item.to_public() for item in await fetch(workspace_id)]
+        return json_response({"results": results, "total": len(results)})
+
+    return list_
+
+
+async def create_key(request: web.Request) -> web.Response:
+    workspace_id = visible_workspace(request)
+    record, plaintext = await request.app[KEY_SERVICE].create_key(
+        workspace_id, await read_json(request), actor(request)
+    )
+    return json_response({**record.to_public(utcnow()), "key": plaintext}, 201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    workspace_id = visible_workspace(request)
+    page = await request.app[KEY_SERVICE].list_keys(
+        workspace_id,
+        include_revoked=query_bool(request, "include_revoked"),
+        user_id=request.query.get("user_id"),
+        resource_id=request.query.get("resource_id"),
+        limit=query_limit(request),
+        cursor=request.query.get("cursor"),
+    )
+    now = utcnow()
+    return json_response({
+        "results": [r.to_public(now) for r in page.results],
+        "total": page.total,
+        "next_cursor": page.next_cursor,
+    })
+
+
+async def get_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].get_key(
+        request.match_info["key_id"], caller_workspace(request)
+    )
+    return json_response(record.to_public(utcnow()))
+
+
+async def update_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].update_key(
+        request.match_info["key_id"], await read_json(request), actor(request),
+        caller_workspace(request),
+    )
+    return json_response(record.to_public(utcnow()))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].revoke_key(
+        request.match_info["key_id"], actor(request), caller_workspace(request)
+    )
+    return json_response(record.to_public(utcnow()))
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - {"grace_period_seconds"}:
+        raise ValidationError({"body": "only grace_period_seconds is accepted"})
+    _old, new, plaintext = await request.app[KEY_SERVICE].rotate_key(
+        request.match_info["key_id"], body.get("grace_period_seconds"), actor(request),
+        caller_workspace(request),
+    )
+    return json_response({**new.to_public(utcnow()), "key": plaintext}, 201)
+
+
+async def key_usage(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    usage = await request.app[KEY_SERVICE].usage(key_id, caller_workspace(request))
+    last = usage.last_used_at
+    return json_response({
+        "key_id": key_id,
+        "requests": usage.requests,
+        "rate_limited": usage.rate_limited,
+        "last_used_at": last.isoformat().replace("+00:00", "Z") if last else None,
+    })
+
+
+async def audit(request: web.Request) -> web.Response:
+    own = caller_workspace(request)
+    wanted = request.query.get("workspace_id") or own
+    if own is not None and wanted != own:
+        raise NotFound(f"workspace {wanted} not found")
+    events = await request.app[KEY_SERVICE].audit(wanted, query_limit(request))
+    return json_response({"results": [e.to_public() for e in events], "total": len(events)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if await request.app[SERVICES].store.ping():
+        return json_response({"status": "ready"})
+    return json_response({"status": "not ready", "store": "unreachable"}, 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[SERVICES].metrics.render()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def create_admin_app(services: Services, key_service: KeyService) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware])
+    app[SERVICES] = services
+    app[KEY_SERVICE] = key_service
+    v1 = "/admin/v1"
+    app.router.add_post(f"{v1}/workspaces", create_workspace)
+    app.router.add_get(f"{v1}/workspaces", list_workspaces)
+    for kind, plural in (("project", "projects"), ("namespace", "namespaces")):
+        app.router.add_post(f"{v1}/workspaces/{{workspace_id}}/{plural}", _named_create(kind))
+        app.router.add_get(f"{v1}/workspaces/{{workspace_id}}/{plural}", _named_list(kind))
+    app.router.add_post(f"{v1}/workspaces/{{workspace_id}}/keys", create_key)
+    app.router.add_get(f"{v1}/workspaces/{{workspace_id}}/keys", list_keys)
+    app.router.add_get(f"{v1}/keys/{{key_id}}", get_key)
+    app.router.add_patch(f"{v1}/keys/{{key_id}}", update_key)
+    app.router.add_delete(f"{v1}/keys/{{key_id}}", revoke_key)
+    app.router.add_post(f"{v1}/keys/{{key_id}}/rotate", rotate_key)
+    app.router.add_get(f"{v1}/keys/{{key_id}}/usage", key_usage)
+    app.router.add_get(f"{v1}/audit", audit)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,276 @@
+"""The ``gateway`` command: thin commands -> library calls -> named exit codes.
+
+Every failure is one line on stderr (``gateway: <file>: <path>: <problem>, got <value>`` for
+config errors) and a non-zero exit; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from gateway.config import Config, Listen, load_config
+from gateway.errors import (
+    ConfigError,
+    Conflict,
+    KeyLimitReached,
+    NotFound,
+    StoreUnavailable,
+    ValidationError,
+)
+from gateway.keys.model import utcnow
+from gateway.keys.service import KeyService
+from gateway.services import open_store
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the store or another dependency failed
+EXIT_USAGE = 2  # bad arguments or config
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4  # a name is taken or a limit reached
+
+Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
+
+
+def default_config_path() -> str:
+    return os.environ.get("GATEWAY_CONFIG", "config/gateway.yaml")
+
+
+def emit(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def fail(message: str, code: int) -> int:
+    sys.stderr.write(f"gateway: {message}\n")
+    return code
+
+
+async def with_service(config: Config, action: Callable[[KeyService], Awaitable[int]]) -> int:
+    async with open_store(config) as store:
+        return await action(KeyService(store, config))
+
+
+# commands ------------------------------------------------------------------------------------
+async def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
+    async with open_store(config):
+        pass
+    sys.stdout.write(f"migrations applied to {config.database.split('@')[-1]}\n")
+    return EXIT_OK
+
+
+async def cmd_config_check(args: argparse.Namespace, config: Config) -> int:
+    sys.stdout.write(f"{config.source}: ok ({len(config.routes)} routes)\n")
+    return EXIT_OK
+
+
+async def cmd_admin_key_create(args: argparse.Namespace, config: Config) -> int:
+    body: dict[str, Any] = {"name": args.name, "key_type": "admin"}
+    return await _create_key(config, args.workspace, body)
+
+
+async def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
+    body: dict[str, Any] = {"name": args.name, "permissions": args.permission or []}
+    optional = {
+        "description": args.description,
+        "user_id": args.user_id,
+        "rate_limit_override": args.rate_limit,
+        "concurrency_limit": args.concurrency,
+        "expires_at": args.expires_at,
+        "environment": args.environment,
+        "project_id": args.project,
+        "allowed_origins": args.allowed_origin,
+        "scopes": [_scope(s) for s in args.scope] if args.scope else None,
+        "key_type": "admin" if args.admin else None,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return await _create_key(config, args.workspace, body)
+
+
+def _scope(text: str) -> dict[str, Any]:
+    resource_id, _, operations = text.partition(":")
+    return {"resource_id": resource_id, "operations": [o for o in operations.split(",") if o]}
+
+
+async def _create_key(config: Config, workspace_id: str | None, body: dict[str, Any]) -> int:
+    async def action(service: KeyService) -> int:
+        record, plaintext = await service.create_key(workspace_id, body, "cli")
+        emit(record.to_public(utcnow()))
+        sys.stdout.write(plaintext + "\n")  # the plaintext key: last line, shown once
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        page = await service.list_keys(
+            args.workspace, include_revoked=args.include_revoked, user_id=args.user_id,
+            resource_id=args.resource_id, limit=args.limit, cursor=args.cursor,
+        )
+        now = utcnow()
+        emit({"results": [r.to_public(now) for r in page.results], "total": page.total,
+              "next_cursor": page.next_cursor})
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_keys_show(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        emit((await service.get_key(args.key_id)).to_public(utcnow()))
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_keys_revoke(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        emit((await service.revoke_key(args.key_id, "cli")).to_public(utcnow()))
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        _old, new, plaintext = await service.rotate_key(args.key_id, args.grace_period, "cli")
+        emit(new.to_public(utcnow()))
+        sys.stdout.write(plaintext + "\n")
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_workspaces_create(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        emit((await service.create_workspace(args.name, "cli")).to_public())
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_workspaces_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        workspaces = await service.list_workspaces()
+        emit({"results": [w.to_public() for w in workspaces], "total": len(workspaces)})
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+# parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="API-key gateway")
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file (default: $GATEWAY_CONFIG, else config/gateway.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway")
+    sub.add_parser("migrate", help="apply key-store migrations")
+    config_cmd = sub.add_parser("config").add_subparsers(dest="action", required=True)
+    config_cmd.add_parser("check", help="validate the config file and exit")
+    echo = sub.add_parser("echo-upstream", help="run a demo upstream that echoes requests")
+    echo.add_argument("--listen", default="127.0.0.1:9000")
+    admin = sub.add_parser("admin-key").add_subparsers(dest="action", required=True)
+    admin_create = admin.add_parser("create", help="create an admin key (plaintext: last line)")
+    admin_create.add_argument("--name", required=True)
+    admin_create.add_argument("--workspace", default=None,
+                              help="make a workspace admin key instead of an operator key")
+    _keys_parser(sub)
+    workspaces = sub.add_parser("workspaces").add_subparsers(dest="action", required=True)
+    workspaces.add_parser("create").add_argument("--name", required=True)
+    workspaces.add_parser("list")
+    return parser
+
+
+def _keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key (plaintext: last line)")
+    create.add_argument("--workspace", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--description")
+    create.add_argument("--user-id")
+    create.add_argument("--permission", action="append", help="repeatable")
+    create.add_argument("--scope", action="append", help="RESOURCE:op1,op2 (repeatable)")
+    create.add_argument("--allowed-origin", action="append", help="repeatable")
+    create.add_argument("--rate-limit", type=int, help="requests per minute")
+    create.add_argument("--concurrency", type=int)
+    create.add_argument("--expires-at", help="RFC 3339")
+    create.add_argument("--environment", choices=("live", "test"))
+    create.add_argument("--project")
+    create.add_argument("--admin", action="store_true", help="a workspace admin key")
+    list_ = keys.add_parser("list")
+    list_.add_argument("--workspace", required=True)
+    list_.add_argument("--include-revoked", action="store_true")
+    list_.add_argument("--user-id")
+    list_.add_argument("--resource-id")
+    list_.add_argument("--limit", type=int, default=50)
+    list_.add_argument("--cursor")
+    for name in ("show", "revoke"):
+        keys.add_parser(name).add_argument("key_id")
+    rotate = keys.add_parser("rotate")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace-period", type=int, default=0, help="seconds (default 0)")
+
+
+COMMANDS: dict[tuple[str, str | None], Command] = {
+    ("migrate", None): cmd_migrate,
+    ("config", "check"): cmd_config_check,
+    ("admin-key", "create"): cmd_admin_key_create,
+    ("keys", "create"): cmd_keys_create,
+    ("keys", "list"): cmd_keys_list,
+    ("keys", "show"): cmd_keys_show,
+    ("keys", "revoke"): cmd_keys_revoke,
+    ("keys", "rotate"): cmd_keys_rotate,
+    ("workspaces", "create"): cmd_workspaces_create,
+    ("workspaces", "list"): cmd_workspaces_list,
+}
+
+
+def run_echo_upstream(listen: str) -> int:
+    from aiohttp import web
+
+    from gateway.echo import create_echo_app
+
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        return fail(f"--listen: expected host:port, got {listen!r}", EXIT_USAGE)
+    web.run_app(create_echo_app(), host=host or "127.0.0.1", port=int(port), print=None)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "echo-upstream":
+        return run_echo_upstream(args.listen)
+    path = args.config or default_config_path()
+    try:
+        config = load_config(path)
+        if args.command == "serve":
+            from gateway.server import run
+
+            run(config)
+            return EXIT_OK
+        command = COMMANDS[(args.command, getattr(args, "action", None))]
+        return asyncio.run(command(args, config))
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except ValidationError as exc:
+        return fail(f"invalid input: {exc}", EXIT_USAGE)
+    except NotFound as exc:
+        return fail(str(exc), EXIT_NOT_FOUND)
+    except KeyLimitReached as exc:
+        return fail(f"key limit reached: {exc}", EXIT_CONFLICT)
+    except Conflict as exc:
+        return fail(f"conflict: {exc}", EXIT_CONFLICT)
+    except StoreUnavailable as exc:
+        return fail(f"key store unavailable: {exc}", EXIT_FAILURE)
+    except OSError as exc:  # e.g. the listen address is taken
+        return fail(f"{exc.strerror or exc}", EXIT_FAILURE)
+
+
+__all__ = ["Listen", "main"]

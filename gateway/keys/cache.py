@@ -1,0 +1,149 @@
+"""The in-memory key cache: read-through, bounded, with negative entries and single-flight misses.
+
+Design (after Kong's ``kong/cache``): a hit never touches the store; a miss makes exactly one
+store query however many requests wait for it; an unknown hash is remembered as a negative
+entry for ``negative_ttl``. Negative entries live in their own, smaller LRU so a flood of random
+well-formed keys can neither evict real keys nor turn into a flood of store queries.
+
+Invalidation is local-then-broadcast: whoever changes a key calls ``invalidate(hash)`` here and
+the change feed (``gateway.keys.invalidation``) does the same on every other node. Positive
+entries are re-read after ``ttl`` as a backstop; while the store is down an entry keeps serving
+for ``stale_if_error`` seconds past its ttl, then the key gets ``StoreUnavailable`` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.errors import StoreUnavailable
+from gateway.keys.model import KeyRecord
+from gateway.keys.store import KeyStore
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    negative_hits: int = 0
+    stale_served: int = 0
+    store_errors: int = 0
+
+
+class KeyCache:
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        max_entries: int = 100_000,
+        ttl: float = 60.0,
+        negative_ttl: float = 30.0,
+        stale_if_error: float = 300.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._max = max_entries
+        self._max_negative = max(1, max_entries // 4)
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._stale = stale_if_error
+        self._clock = clock
+        self._positive: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
+        self._negative: OrderedDict[str, float] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._generation = 0
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self._positive) + len(self._negative)
+
+    async def get(self, key_hash: str) -> KeyRecord | None:
+        """The record for ``key_hash``, ``None`` if unknown; ``StoreUnavailable`` if it cannot
+        be known (store down and nothing usable cached)."""
+        now = self._clock()
+        entry = self._positive.get(key_hash)
+        if entry is not None and now < entry[1]:
+            self._positive.move_to_end(key_hash)
+            self.stats.hits += 1
+            return entry[0]
+        negative = self._negative.get(key_hash)
+        if negative is not None and now < negative:
+            self.stats.negative_hits += 1
+            return None
+        self.stats.misses += 1
+        return await self._load(key_hash, entry)
+
+    def invalidate(self, key_hash: str) -> None:
+        self._positive.pop(key_hash, None)
+        self._negative.pop(key_hash, None)
+        self._generation += 1
+
+    def invalidate_all(self) -> None:
+        self._positive.clear()
+        self._negative.clear()
+        self._generation += 1
+
+    def cap_ttl(self, ttl: float) -> None:
+        """Shorten every entry's remaining life to ``ttl`` (used while invalidations may be
+        missed, e.g. the change feed is disconnected)."""
+        limit = self._clock() + ttl
+        for key_hash, (record, expires) in list(self._positive.items()):
+            if expires > limit:
+                self._positive[key_hash] = (record, limit)
+        for key_hash, expires in list(self._negative.items()):
+            if expires > limit:
+                self._negative[key_hash] = limit
+
+    async def _load(
+        self, key_hash: str, stale: tuple[KeyRecord, float] | None
+    ) -> KeyRecord | None:
+        # One task per missing hash; waiters share it through shield() so a cancelled waiter
+        # neither cancels the lookup nor leaves the others hanging.
+        task = self._inflight.get(key_hash)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(key_hash, stale))
+            self._inflight[key_hash] = task
+            task.add_done_callback(lambda t: self._finished(key_hash, t))
+        return await asyncio.shield(task)
+
+    def _finished(self, key_hash: str, task: asyncio.Future[KeyRecord | None]) -> None:
+        if self._inflight.get(key_hash) is task:
+            del self._inflight[key_hash]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure is not logged as lost
+
+    async def _fetch(
+        self, key_hash: str, stale: tuple[KeyRecord, float] | None
+    ) -> KeyRecord | None:
+        generation = self._generation
+        try:
+            record = await self._store.get_key_by_hash(key_hash)
+        except StoreUnavailable:
+            self.stats.store_errors += 1
+            if stale is not None and self._clock() < stale[1] + self._stale:
+                self.stats.stale_served += 1
+                return stale[0]
+            raise
+        if generation == self._generation:  # no invalidation raced the read
+            self._remember(key_hash, record)
+        return record
+
+    def _remember(self, key_hash: str, record: KeyRecord | None) -> None:
+        now = self._clock()
+        if record is None:
+            self._positive.pop(key_hash, None)
+            self._negative[key_hash] = now + self._negative_ttl
+            self._negative.move_to_end(key_hash)
+            if len(self._negative) > self._max_negative:
+                self._negative.popitem(last=False)
+            return
+        self._negative.pop(key_hash, None)
+        self._positive[key_hash] = (record, now + self._ttl)
+        self._positive.move_to_end(key_hash)
+        if len(self._positive) > self._max:
+            self._positive.popitem(last=False)

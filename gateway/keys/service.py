@@ -1,0 +1,241 @@
+"""The key lifecycle as service functions: the admin API and the CLI both call these, so a key
+created, rotated or revoked either way goes through the same validation, audit and invalidation.
+
+``actor`` is the admin key id (or ``"cli"``); ``on_change`` is called with every changed key
+hash so this process's cache drops it at once (other processes follow the change feed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from gateway.config import Config
+from gateway.errors import KeyLimitReached, NotFound, ValidationError
+from gateway.keys.model import (
+    AuditEvent,
+    KeyHasher,
+    KeyPage,
+    KeyRecord,
+    KeyUsage,
+    Namespace,
+    Project,
+    Workspace,
+    display_parts,
+    generate_key,
+    new_id,
+    utcnow,
+)
+from gateway.keys.store import KeyStore
+from gateway.keys.validation import CREATE_FIELDS, UPDATE_FIELDS, validate_fields, validate_name
+
+ChangeHook = Callable[[str], None]
+
+
+def _audit_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_audit_value(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "resource_id"):
+        return {"resource_id": value.resource_id, "operations": list(value.operations)}
+    return value
+
+
+class KeyService:
+    def __init__(
+        self,
+        store: KeyStore,
+        config: Config,
+        on_change: ChangeHook | None = None,
+        on_tenancy_change: ChangeHook | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._hasher = KeyHasher(config.keys.hash_pepper)
+        self._on_change = on_change or (lambda _hash: None)
+        self._on_tenancy_change = on_tenancy_change or (lambda _ws: None)
+
+    # workspaces, projects, namespaces ---------------------------------------------------------
+    async def create_workspace(self, name: Any, actor: str | None) -> Workspace:
+        workspace = await self._store.create_workspace(validate_name(name))
+        await self._audit(actor, "workspace.create", workspace.id, workspace.id, {"name": name})
+        return workspace
+
+    async def list_workspaces(self) -> list[Workspace]:
+        return await self._store.list_workspaces()
+
+    async def get_workspace(self, workspace_id: str) -> Workspace:
+        workspace = await self._store.get_workspace(workspace_id)
+        if workspace is None:
+            raise NotFound(f"workspace {workspace_id} not found")
+        return workspace
+
+    async def create_project(self, workspace_id: str, name: Any, actor: str | None) -> Project:
+        project = await self._store.create_project(workspace_id, validate_name(name))
+        self._on_tenancy_change(workspace_id)
+        await self._audit(actor, "project.create", project.id, workspace_id, {"name": name})
+        return project
+
+    async def list_projects(self, workspace_id: str) -> list[Project]:
+        await self.get_workspace(workspace_id)
+        return await self._store.list_projects(workspace_id)
+
+    async def create_namespace(self, workspace_id: str, name: Any, actor: str | None) -> Namespace:
+        namespace = await self._store.create_namespace(workspace_id, validate_name(name))
+        self._on_tenancy_change(workspace_id)
+        await self._audit(actor, "namespace.create", namespace.id, workspace_id, {"name": name})
+        return namespace
+
+    async def list_namespaces(self, workspace_id: str) -> list[Namespace]:
+        await self.get_workspace(workspace_id)
+        return await self._store.list_namespaces(workspace_id)
+
+    # keys -------------------------------------------------------------------------------------
+    async def create_key(
+        self, workspace_id: str | None, body: Any, actor: str | None
+    ) -> tuple[KeyRecord, str]:
+        """Validate, create, audit; returns the record and the plaintext key (shown once)."""
+        fields = validate_fields(body, CREATE_FIELDS, required=("name",))
+        if workspace_id is None and fields.get("key_type", "admin") != "admin":
+            raise ValidationError({"key_type": "keys without a workspace are operator admin keys"})
+        project_id = await self._project_for(workspace_id, fields.get("project_id"))
+        environment = fields.get("environment", "live")
+        plaintext = generate_key(self._config.keys.prefixes[environment])
+        record = self._new_record(plaintext, workspace_id, project_id, fields, actor)
+        created = await self._store.create_key(
+            record, max_active_per_user=self._config.keys.max_active_per_user
+        )
+        self._on_change(created.key_hash)
+        await self._audit(actor, "key.create", created.key_id, workspace_id,
+                          {k: _audit_value(v) for k, v in fields.items()})
+        return created, plaintext
+
+    async def get_key(self, key_id: str, workspace_id: str | None = None) -> KeyRecord:
+        """The key, or NotFound — also when it belongs to another workspace than the caller's."""
+        record = await self._store.get_key(key_id)
+        if record is None or (workspace_id is not None and record.workspace_id != workspace_id):
+            raise NotFound(f"key {key_id} not found")
+        return record
+
+    async def list_keys(self, workspace_id: str | None, **filters: Any) -> KeyPage:
+        if workspace_id is not None:
+            await self.get_workspace(workspace_id)
+        return await self._store.list_keys(workspace_id, **filters)
+
+    async def update_key(
+        self, key_id: str, body: Any, actor: str | None, workspace_id: str | None = None
+    ) -> KeyRecord:
+        current = await self.get_key(key_id, workspace_id)
+        changes = validate_fields(body, UPDATE_FIELDS, required=())
+        if not changes:
+            return current
+        updated = await self._store.update_key(key_id, changes)
+        self._on_change(updated.key_hash)
+        await self._audit(actor, "key.update", key_id, current.workspace_id,
+                          {k: _audit_value(v) for k, v in changes.items()})
+        return updated
+
+    async def revoke_key(
+        self, key_id: str, actor: str | None, workspace_id: str | None = None
+    ) -> KeyRecord:
+        current = await self.get_key(key_id, workspace_id)
+        if current.status == "revoked":
+            return current
+        revoked = await self._store.update_key(
+            key_id, {"status": "revoked", "revoked_at": utcnow(), "revoked_by": actor}
+        )
+        self._on_change(revoked.key_hash)
+        await self._audit(actor, "key.revoke", key_id, current.workspace_id, {})
+        return revoked
+
+    async def rotate_key(
+        self, key_id: str, grace_period_seconds: Any, actor: str | None,
+        workspace_id: str | None = None,
+    ) -> tuple[KeyRecord, KeyRecord, str]:
+        """A new key with the old one's settings; the old one expires after the grace period
+        (0: revoked now). Returns (old, new, new plaintext)."""
+        grace = _grace(grace_period_seconds)
+        old = await self.get_key(key_id, workspace_id)
+        status = old.effective_status(utcnow())
+        if status != "active":
+            raise ValidationError({"key_id": f"only active keys can be rotated, not {status}"})
+        plaintext = generate_key(self._config.keys.prefixes[old.environment])
+        key_prefix, hint = display_parts(plaintext)
+        now = utcnow()
+        new = old.with_changes(
+            key_id=new_id("key"), key_hash=self._hasher(plaintext), key_prefix=key_prefix,
+            hint=hint, created_at=now, created_by=actor, last_used_at=None,
+            rotated_from=old.rotated_from or old.key_id,
+        )
+        old_after, new = await self._store.rotate_key(
+            key_id, new, now + timedelta(seconds=grace), actor
+        )
+        self._on_change(old.key_hash)
+        self._on_change(new.key_hash)
+        await self._audit(actor, "key.rotate", key_id, old.workspace_id,
+                          {"new_key_id": new.key_id, "grace_period_seconds": grace})
+        return old_after, new, plaintext
+
+    async def usage(self, key_id: str, workspace_id: str | None = None) -> KeyUsage:
+        await self.get_key(key_id, workspace_id)
+        usage = await self._store.get_usage(key_id)
+        if usage is None:
+            raise NotFound(f"key {key_id} not found")
+        return usage
+
+    async def audit(self, workspace_id: str | None, limit: int = 100) -> list[AuditEvent]:
+        return await self._store.list_audit(workspace_id, limit)
+
+    # helpers ----------------------------------------------------------------------------------
+    async def _project_for(self, workspace_id: str | None, project_id: str | None) -> str | None:
+        if workspace_id is None:
+            if project_id is not None:
+                raise ValidationError({"project_id": "operator keys have no project"})
+            return None
+        workspace = await self.get_workspace(workspace_id)
+        if project_id is None:
+            return workspace.default_project_id
+        project = await self._store.get_project(project_id)
+        if project is None or project.workspace_id != workspace_id:
+            raise ValidationError({"project_id": "not a project of this workspace"})
+        return project_id
+
+    def _new_record(
+        self, plaintext: str, workspace_id: str | None, project_id: str | None,
+        fields: dict[str, Any], actor: str | None,
+    ) -> KeyRecord:
+        key_prefix, hint = display_parts(plaintext)
+        return KeyRecord(
+            key_id=new_id("key"), key_hash=self._hasher(plaintext), key_prefix=key_prefix,
+            hint=hint, name=fields["name"], workspace_id=workspace_id, project_id=project_id,
+            user_id=fields.get("user_id"), created_at=utcnow(), created_by=actor,
+            description=fields.get("description", ""),
+            key_type=fields.get("key_type", "standard" if workspace_id else "admin"),
+            environment=fields.get("environment", "live"),
+            permissions=fields.get("permissions", ()), scopes=fields.get("scopes", ()),
+            allowed_origins=fields.get("allowed_origins", ()),
+            rate_limit_override=fields.get("rate_limit_override"),
+            concurrency_limit=fields.get("concurrency_limit"),
+            expires_at=fields.get("expires_at"),
+        )
+
+    async def _audit(
+        self, actor: str | None, action: str, target: str, workspace_id: str | None,
+        changes: dict[str, Any],
+    ) -> None:
+        await self._store.add_audit(
+            actor=actor, action=action, target=target, workspace_id=workspace_id, changes=changes
+        )
+
+
+def _grace(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 31_536_000:
+        raise ValidationError({"grace_period_seconds": "must be an integer from 0 to 31536000"})
+    return value
+
+
+__all__ = ["KeyLimitReached", "KeyService"]

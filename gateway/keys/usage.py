@@ -1,0 +1,78 @@
+"""Usage written behind: counted in memory on the request path, flushed in one batch
+(``KeyStore.record_usage``) every ``interval`` seconds and on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from gateway.errors import StoreUnavailable
+from gateway.keys.model import utcnow
+from gateway.keys.store import KeyStore, UsageDelta
+
+log = logging.getLogger("gateway.usage")
+
+
+class UsageRecorder:
+    def __init__(self, store: KeyStore, interval: float = 1.0) -> None:
+        self._store = store
+        self._interval = interval
+        self._pending: dict[str, list[int]] = {}  # key_id -> [requests, rate_limited]
+        self._last_used: dict[str, datetime] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def used(self, key_id: str) -> None:
+        counts = self._pending.get(key_id)
+        if counts is None:
+            self._pending[key_id] = [1, 0]
+        else:
+            counts[0] += 1
+        self._last_used[key_id] = utcnow()
+
+    def rate_limited(self, key_id: str) -> None:
+        counts = self._pending.setdefault(key_id, [0, 0])
+        counts[1] += 1
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, last_used = self._pending, self._last_used
+        self._pending, self._last_used = {}, {}
+        deltas = [
+            UsageDelta(key_id, counts[0], counts[1], last_used.get(key_id))
+            for key_id, counts in pending.items()
+        ]
+        try:
+            await self._store.record_usage(deltas)
+        except StoreUnavailable:
+            self._merge_back(pending, last_used)
+            raise
+
+    def _merge_back(self, pending: dict[str, list[int]], last_used: dict[str, datetime]) -> None:
+        """Keep unflushed counts for the next attempt instead of losing them."""
+        for key_id, (requests, limited) in pending.items():
+            counts = self._pending.setdefault(key_id, [0, 0])
+            counts[0] += requests
+            counts[1] += limited
+        for key_id, at in last_used.items():
+            self._last_used[key_id] = max(at, self._last_used.get(key_id, at))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except StoreUnavailable:
+                log.warning("usage flush failed; will retry")

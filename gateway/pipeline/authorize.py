@@ -1,0 +1,97 @@
+"""Authorize: route permissions (expanded through ``permissions.implies``), the route's resource
+against the key's scopes, and the request ``Origin`` against the key's ``allowed_origins``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+
+from aiohttp import web
+
+from gateway.config import RouteConfig
+from gateway.errors import (
+    INSUFFICIENT_PERMISSIONS,
+    ORIGIN_NOT_ALLOWED,
+    RESOURCE_FORBIDDEN,
+    GatewayError,
+)
+from gateway.keys.model import KeyRecord
+from gateway.origins import is_origin_allowed
+from gateway.pipeline.exchange import Exchange, Handler
+from gateway.services import Services
+
+
+def expand(granted: tuple[str, ...], implies: Mapping[str, tuple[str, ...]]) -> frozenset[str]:
+    """The transitive closure of ``granted`` under ``implies`` (cycles are harmless)."""
+    seen: set[str] = set()
+    todo = list(granted)
+    while todo:
+        permission = todo.pop()
+        if permission not in seen:
+            seen.add(permission)
+            todo.extend(implies.get(permission, ()))
+    return frozenset(seen)
+
+
+def missing_permission(
+    required: tuple[str, ...], granted: frozenset[str]
+) -> str | None:
+    for permission in required:
+        if permission not in granted:
+            return permission
+    return None
+
+
+def scope_allows(key: KeyRecord, resource_id: str, operation: str | None) -> bool:
+    if not key.scopes:  # no scopes: every resource
+        return True
+    for scope in key.scopes:
+        if scope.resource_id in (resource_id, "*"):
+            ops = scope.operations
+            if operation is not None and (operation in ops or "*" in ops):
+                return True
+    return False
+
+
+def check_origin(request: web.Request, key: KeyRecord) -> None:
+    if not key.allowed_origins:
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and not is_origin_allowed(origin, key.allowed_origins):
+        raise GatewayError(ORIGIN_NOT_ALLOWED, "this key may not be used from this origin")
+
+
+def build(route: RouteConfig, services: Services, next_handler: Handler) -> Handler:
+    if route.auth == "none":
+        return next_handler
+    implies = services.config.implies
+    required_by_method = route.permissions
+    default_required = required_by_method.get("*", ())
+    resource = route.resource
+    operations = route.operations
+
+    @lru_cache(maxsize=4096)
+    def granted_for(permissions: tuple[str, ...]) -> frozenset[str]:
+        return expand(permissions, implies)
+
+    async def authorize(exchange: Exchange) -> web.StreamResponse:
+        key = exchange.key
+        assert key is not None  # authenticate runs first on every auth route
+        request = exchange.request
+        required = required_by_method.get(request.method, default_required)
+        if required:
+            missing = missing_permission(required, granted_for(key.permissions))
+            if missing is not None:
+                raise GatewayError(
+                    INSUFFICIENT_PERMISSIONS, f"this key lacks the permission '{missing}'"
+                )
+        if resource is not None and exchange.match is not None:
+            resource_id = exchange.match.params[resource]
+            if not scope_allows(key, resource_id, operations.get(request.method)):
+                raise GatewayError(
+                    RESOURCE_FORBIDDEN, "this key's scopes do not cover this resource/operation"
+                )
+        check_origin(request, key)
+        return await next_handler(exchange)
+
+    return authorize

@@ -1,0 +1,39 @@
+"""Routing: refuse malformed requests (400), normalise the path, pick the route (404)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import BAD_REQUEST, ROUTE_NOT_FOUND, GatewayError
+from gateway.pipeline.exchange import Exchange, Handler
+from gateway.routing import BadPath, RouteTable, normalize_path
+from gateway.services import Services
+
+
+def check_header_names(request: web.Request) -> None:
+    """Header names with ``_`` are refused: proxies disagree on whether ``X_User_Id`` means
+    ``X-User-Id``, which is how identity headers get smuggled past a gateway."""
+    for name, _ in request.raw_headers:
+        if b"_" in name:
+            raise GatewayError(BAD_REQUEST, "header names may not contain '_'")
+
+
+def build(services: Services, next_handler: Handler) -> Handler:
+    table = RouteTable(services.config.routes)
+
+    async def route(exchange: Exchange) -> web.StreamResponse:
+        request = exchange.request
+        check_header_names(request)
+        try:
+            normalized = normalize_path(request.raw_path)
+            found = table.resolve(normalized)
+        except BadPath as exc:
+            raise GatewayError(BAD_REQUEST, str(exc)) from None
+        if found is None:
+            raise GatewayError(ROUTE_NOT_FOUND, "no route matches this path")
+        exchange.path = normalized.path
+        exchange.query = normalized.query
+        exchange.match = found
+        return await next_handler(exchange)
+
+    return route

@@ -1,0 +1,82 @@
+"""Tenancy: ``X-Project-Id`` selects a project of the key's workspace (default: the key's
+project, else the workspace default); ``X-Namespace`` (name or ``ns_…`` id), else
+``?namespace=``, selects a namespace of the workspace."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.config import RouteConfig
+from gateway.errors import (
+    AUTH_UNAVAILABLE,
+    BAD_REQUEST,
+    NAMESPACE_NOT_FOUND,
+    PROJECT_NOT_FOUND,
+    GatewayError,
+    StoreUnavailable,
+)
+from gateway.keys.tenancy import TenancyCache, WorkspaceView
+from gateway.pipeline.exchange import Exchange, Handler
+from gateway.services import Services
+
+
+def single_header(request: web.Request, name: str) -> str | None:
+    values = request.headers.getall(name, ())
+    if len(values) > 1:
+        raise GatewayError(BAD_REQUEST, f"at most one {name} header is allowed")
+    return values[0].strip() if values else None
+
+
+async def select_project(cache: TenancyCache, view: WorkspaceView, wanted: str) -> str:
+    if wanted not in view.project_ids:
+        view = await cache.refreshed(view)
+        if wanted not in view.project_ids:
+            raise GatewayError(PROJECT_NOT_FOUND, "no such project in this key's workspace")
+    return wanted
+
+
+async def select_namespace(
+    cache: TenancyCache, view: WorkspaceView, ref: str
+) -> tuple[str, str]:
+    found = view.namespace(ref)
+    if found is None:
+        found = (await cache.refreshed(view)).namespace(ref)
+        if found is None:
+            raise GatewayError(NAMESPACE_NOT_FOUND, "no such namespace in this key's workspace")
+    return found
+
+
+def build(route: RouteConfig, services: Services, next_handler: Handler) -> Handler:
+    if route.auth == "none":
+        return next_handler
+    cache = services.tenancy
+
+    async def resolve(exchange: Exchange) -> None:
+        key = exchange.key
+        assert key is not None and key.workspace_id is not None  # ensured by authenticate
+        request = exchange.request
+        wanted_project = single_header(request, "X-Project-Id")
+        namespace_ref = single_header(request, "X-Namespace") or request.query.get("namespace")
+        if wanted_project is None and namespace_ref is None and key.project_id is not None:
+            exchange.project_id = key.project_id  # the common case: no lookup at all
+            return
+        view = await cache.view(key.workspace_id)
+        if wanted_project:
+            exchange.project_id = await select_project(cache, view, wanted_project)
+        else:
+            exchange.project_id = key.project_id or view.default_project_id
+        if namespace_ref:
+            exchange.namespace_id, exchange.namespace_name = await select_namespace(
+                cache, view, namespace_ref
+            )
+
+    async def tenancy(exchange: Exchange) -> web.StreamResponse:
+        try:
+            await resolve(exchange)
+        except StoreUnavailable:
+            raise GatewayError(
+                AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
+            ) from None
+        return await next_handler(exchange)
+
+    return tenancy

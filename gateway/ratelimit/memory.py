@@ -1,0 +1,85 @@
+"""In-process limiter: an exact sliding log per bucket, for one node (the embedded default).
+
+Each bucket keeps the admission times of the last ``window`` seconds in a deque, so the count in
+any window never exceeds the limit and a client under its limit is never refused. Memory per
+active bucket is O(limit) floats (8 bytes each); idle buckets are dropped by ``sweep``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from gateway.ratelimit.base import Decision
+
+Clock = Callable[[], float]
+
+
+class MemoryRateLimiter:
+    def __init__(self, clock: Clock = time.monotonic, sweep_every: int = 10_000) -> None:
+        self._clock = clock
+        self._logs: dict[str, tuple[deque[float], float]] = {}  # bucket -> (log, window)
+        self._in_flight: dict[str, int] = {}
+        self._sweep_every = sweep_every
+        self._hits = 0
+
+    async def hit(self, bucket: str, limit: int, window: float) -> Decision:
+        return self.hit_now(bucket, limit, window)
+
+    def hit_now(self, bucket: str, limit: int, window: float) -> Decision:
+        now = self._clock()
+        log = self._log(bucket, window, now)
+        self._hits += 1
+        if self._hits % self._sweep_every == 0:
+            self.sweep()
+        if len(log) >= limit:
+            wait = log[len(log) - limit] + window - now
+            return Decision(False, limit, 0, wait, wait)
+        log.append(now)
+        return Decision(True, limit, limit - len(log), log[0] + window - now, 0.0)
+
+    async def peek(self, bucket: str, limit: int, window: float) -> Decision:
+        now = self._clock()
+        log = self._log(bucket, window, now)
+        remaining = max(0, limit - len(log))
+        reset = log[0] + window - now if log else window
+        return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
+
+    async def acquire(self, bucket: str, max_in_flight: int) -> bool:
+        held = self._in_flight.get(bucket, 0)
+        if held >= max_in_flight:
+            return False
+        self._in_flight[bucket] = held + 1
+        return True
+
+    async def release(self, bucket: str) -> None:
+        held = self._in_flight.get(bucket, 0) - 1
+        if held > 0:
+            self._in_flight[bucket] = held
+        else:
+            self._in_flight.pop(bucket, None)
+
+    def in_flight(self, bucket: str) -> int:
+        return self._in_flight.get(bucket, 0)
+
+    def sweep(self) -> None:
+        """Drop buckets with nothing left in their window."""
+        now = self._clock()
+        for bucket, (log, window) in list(self._logs.items()):
+            if not log or log[-1] <= now - window:
+                del self._logs[bucket]
+
+    async def close(self) -> None:
+        self._logs.clear()
+
+    def _log(self, bucket: str, window: float, now: float) -> deque[float]:
+        entry = self._logs.get(bucket)
+        if entry is None or entry[1] != window:
+            entry = (deque(), window)
+            self._logs[bucket] = entry
+        log = entry[0]
+        cutoff = now - window
+        while log and log[0] <= cutoff:
+            log.popleft()
+        return log

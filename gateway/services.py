@@ -1,0 +1,114 @@
+"""Everything a gateway process holds open, opened in one place and closed in reverse.
+
+``open_services(config)`` picks the key store and the limiter by name from small registries
+(the URL scheme of ``database``; ``redis`` set or not), then the cache, the change feed, the
+usage writer and one upstream pool group per route.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from gateway.config import Config
+from gateway.errors import ConfigError
+from gateway.keys.cache import KeyCache
+from gateway.keys.invalidation import ChangeFeedPoller
+from gateway.keys.model import KeyHasher
+from gateway.keys.sqlite import SqliteKeyStore
+from gateway.keys.store import KeyStore
+from gateway.keys.tenancy import TenancyCache
+from gateway.keys.usage import UsageRecorder
+from gateway.metrics import Metrics
+from gateway.ratelimit.base import RateLimiter
+from gateway.ratelimit.memory import MemoryRateLimiter
+from gateway.upstream import UpstreamGroup
+
+STORES: dict[str, Callable[[str], KeyStore]] = {
+    "sqlite": SqliteKeyStore,
+}
+
+
+@dataclass
+class Services:
+    config: Config
+    store: KeyStore
+    hasher: KeyHasher
+    prefixes: frozenset[str]
+    cache: KeyCache
+    tenancy: TenancyCache
+    limiter: RateLimiter
+    local_limiter: MemoryRateLimiter  # the fallback for on_limiter_error: local
+    usage: UsageRecorder
+    metrics: Metrics
+    upstreams: dict[str, UpstreamGroup]
+
+
+def create_store(config: Config) -> KeyStore:
+    scheme = config.database.partition(":")[0]
+    factory = STORES.get(scheme)
+    if factory is None:
+        raise ConfigError(
+            f"{config.source}: database: the {scheme} key store is not available in this "
+            f"version (supported: {', '.join(sorted(STORES))}), got {config.database!r}"
+        )
+    return factory(config.database)
+
+
+def create_limiter(config: Config) -> RateLimiter:
+    if config.redis is not None:
+        raise ConfigError(
+            f"{config.source}: redis: the Redis limiter is not available in this version; "
+            f"set redis: null for the in-process limiter, got {config.redis!r}"
+        )
+    return MemoryRateLimiter()
+
+
+@contextlib.asynccontextmanager
+async def open_store(config: Config) -> AsyncIterator[KeyStore]:
+    """Just the key store (migrated), for the CLI."""
+    store = create_store(config)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config) -> AsyncIterator[Services]:
+    limiter = create_limiter(config)
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(config))
+        cache_config = config.key_cache
+        cache = KeyCache(
+            store,
+            max_entries=cache_config.max_entries,
+            ttl=cache_config.ttl,
+            negative_ttl=cache_config.negative_ttl,
+            stale_if_error=cache_config.stale_if_error,
+        )
+        feed = ChangeFeedPoller(store, cache, interval=cache_config.poll_interval)
+        await feed.start()
+        stack.push_async_callback(feed.stop)
+        usage = UsageRecorder(store)
+        usage.start()
+        stack.push_async_callback(usage.stop)
+        stack.push_async_callback(limiter.close)
+        upstreams = {r.name: UpstreamGroup(r.upstreams) for r in config.routes}
+        for group in upstreams.values():
+            stack.push_async_callback(group.close)
+        yield Services(
+            config=config,
+            store=store,
+            hasher=KeyHasher(config.keys.hash_pepper),
+            prefixes=frozenset(config.keys.prefixes.values()),
+            cache=cache,
+            tenancy=TenancyCache(store),
+            limiter=limiter,
+            local_limiter=MemoryRateLimiter(),
+            usage=usage,
+            metrics=Metrics(),
+            upstreams=upstreams,
+        )

@@ -1,0 +1,52 @@
+import hashlib
+import hmac
+
+from gateway.keys.model import (
+    CHECKSUM_LEN,
+    RANDOM_LEN,
+    KeyHasher,
+    checksum,
+    display_parts,
+    generate_key,
+    is_well_formed,
+)
+
+PREFIXES = frozenset({"sk_live", "sk_test"})
+
+
+def test_format_and_checksum() -> None:
+    key = generate_key("sk_live")
+    assert key.startswith("sk_live_")
+    assert len(key) == len("sk_live_") + RANDOM_LEN + CHECKSUM_LEN == 40
+    assert is_well_formed(key, PREFIXES)
+    assert checksum(key[:-CHECKSUM_LEN]) == key[-CHECKSUM_LEN:]
+
+
+def test_typos_and_guesses_fail_the_checksum() -> None:
+    key = generate_key("sk_test")
+    flipped = key[:10] + ("A" if key[10] != "A" else "B") + key[11:]
+    assert not is_well_formed(flipped, PREFIXES)
+    assert not is_well_formed(key[:-1], PREFIXES)
+    assert not is_well_formed(key + "x", PREFIXES)
+    assert not is_well_formed("sk_prod_" + key[8:], PREFIXES)
+    assert not is_well_formed(key.replace(key[12], "-"), PREFIXES)
+    assert not is_well_formed("", PREFIXES)
+
+
+def test_keys_are_random() -> None:
+    assert len({generate_key("sk_live") for _ in range(1000)}) == 1000
+
+
+def test_hashing_plain_and_peppered() -> None:
+    key = generate_key("sk_live")
+    assert KeyHasher(None)(key) == hashlib.sha256(key.encode()).hexdigest()
+    peppered = KeyHasher("pepper")(key)
+    assert peppered == hmac.new(b"pepper", key.encode(), hashlib.sha256).hexdigest()
+    assert peppered != KeyHasher(None)(key)
+
+
+def test_display_parts() -> None:
+    key = generate_key("sk_live")
+    prefix, hint = display_parts(key)
+    assert prefix == key[: len("sk_live_") + 4]
+    assert hint == key[-4:]
