@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -34,7 +34,7 @@ EXIT_USAGE = 2  # bad arguments or config
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4  # a name is taken or a limit reached
 
-Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 
 
 def default_config_path() -> str:

@@ -75,7 +75,9 @@ def test_longest_prefix_wins(path: str, name: str, params: dict[str, str], remai
     assert (found.route.name, found.params, found.remainder) == (name, params, remainder)
 
 
-@pytest.mark.parametrize("path", ["/", "/apix", "/publicity", "/v1/retrievers/", "/v1/retrievers//x"])
+@pytest.mark.parametrize(
+    "path", ["/", "/apix", "/publicity", "/v1/retrievers/", "/v1/retrievers//x"]
+)
 def test_no_route(path: str) -> None:
     assert TABLE.match(path) is None
 

@@ -43,7 +43,11 @@ class UsageRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreUnavailable:
+            log.error("usage of %d keys could not be written: key store unavailable",
+                      len(self._pending))
 
     async def flush(self) -> None:
         if not self._pending:

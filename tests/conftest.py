@@ -1,0 +1,184 @@
+"""Shared fixtures: a real echo upstream on a free port that records what it received, and a
+factory that starts a real gateway (proxy + admin listeners, real key store) in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.app import create_admin, create_key_service, create_proxy_server
+from gateway.config import parse_config
+from gateway.echo import EchoLog, create_echo_app
+from gateway.keys.model import KeyRecord, Workspace, generate_key
+from gateway.keys.service import KeyService
+from gateway.services import Services, open_services
+
+
+def port_of(site: web.TCPSite) -> int:
+    server = site._server
+    assert server is not None and server.sockets  # type: ignore[union-attr]
+    return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+async def start_site(runner: web.BaseRunner, host: str = "127.0.0.1") -> int:
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    return port_of(site)
+
+
+@dataclass
+class Upstream:
+    url: str
+    log: EchoLog
+    port: int
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    log = EchoLog()
+    runner = web.AppRunner(create_echo_app(log), access_log=None)
+    port = await start_site(runner)
+    yield Upstream(f"http://127.0.0.1:{port}", log, port)
+    await runner.cleanup()
+
+
+@dataclass
+class Gateway:
+    url: str
+    admin_url: str
+    port: int
+    services: Services
+    keys: KeyService
+    workspace: Workspace
+    upstream: Upstream
+    created: list[KeyRecord] = field(default_factory=list)
+
+    async def key(self, **fields: Any) -> str:
+        """A new key in the test workspace (plaintext)."""
+        body = {"name": "test key", "permissions": ["read", "write"], **fields}
+        record, plaintext = await self.keys.create_key(self.workspace.id, body, "test")
+        self.created.append(record)
+        return plaintext
+
+    async def admin_key(self) -> str:
+        _record, plaintext = await self.keys.create_key(
+            None, {"name": "operator", "key_type": "admin"}, "test"
+        )
+        return plaintext
+
+
+def default_routes(upstream_url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "models",
+            "path": "/api/ai/",
+            "upstream": upstream_url,
+            "permissions": {"GET": ["read"], "HEAD": ["read"], "POST": ["write"]},
+            "max_body_bytes": 1024 * 1024,
+            "cors": {"allow_origins": ["https://app.example.com", "https://*.example.com"]},
+        },
+        {
+            "name": "retrievers",
+            "path": "/v1/retrievers/{retriever_id}/",
+            "upstream": upstream_url,
+            "resource": "retriever_id",
+            "permissions": ["read"],
+        },
+        {"name": "public", "path": "/public/", "upstream": upstream_url, "auth": "none",
+         "strip_prefix": True},
+        {"name": "based", "path": "/based/", "upstream": upstream_url + "/base/path",
+         "strip_prefix": True, "permissions": ["read"]},
+    ]
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path, upstream: Upstream) -> AsyncIterator[GatewayFactory]:
+    stack = contextlib.AsyncExitStack()
+    count = 0
+
+    async def factory(routes: list[dict[str, Any]] | None = None, **top: Any) -> Gateway:
+        nonlocal count
+        count += 1
+        data: dict[str, Any] = {
+            "listen": "127.0.0.1:1",  # the test binds port 0 itself
+            "admin_listen": "127.0.0.1:2",
+            "database": f"sqlite:///{tmp_path}/gateway{count}.db",
+            "permissions": {"implies": {"admin": ["write"], "write": ["read"]}},
+            "routes": routes if routes is not None else default_routes(upstream.url),
+            **top,
+        }
+        config = parse_config(data, "test.yaml", {})
+        services = await stack.enter_async_context(open_services(config))
+        proxy_runner = web.ServerRunner(create_proxy_server(services), handle_signals=False)
+        admin_runner = web.AppRunner(create_admin(services), handle_signals=False)
+        port = await start_site(proxy_runner)
+        admin_port = await start_site(admin_runner)
+        stack.push_async_callback(admin_runner.cleanup)
+        stack.push_async_callback(proxy_runner.cleanup)
+        keys = create_key_service(services)
+        workspace = await keys.create_workspace("acme", "test")
+        return Gateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", port,
+                       services, keys, workspace, upstream)
+
+    yield factory
+    await stack.aclose()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> Gateway:
+    return await make_gateway()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def well_formed_unknown_key() -> str:
+    return generate_key("sk_live")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+async def raw_request(port: int, head: str, body: bytes = b"") -> RawResponse:
+    """Send bytes exactly as written (no client-side path or header normalisation)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    await writer.drain()
+    status_line = await reader.readline()
+    headers: list[tuple[str, str]] = []
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.append((name.strip(), value.strip()))
+    length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+    data = await reader.readexactly(length) if length else b""
+    writer.close()
+    return RawResponse(int(status_line.split()[1]), headers, data)
