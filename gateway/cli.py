@@ -164,31 +164,48 @@ async def cmd_workspaces_list(args: argparse.Namespace, config: Config) -> int:
 
 
 # parser --------------------------------------------------------------------------------------
+CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else config/gateway.yaml)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command accepts -c/--config, before or after its name (SPEC §7)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("-c", "--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="API-key gateway")
-    parser.add_argument("-c", "--config", default=None,
-                        help="config file (default: $GATEWAY_CONFIG, else config/gateway.yaml)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="gateway", description="API-key gateway")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("serve", help="run the gateway")
     sub.add_parser("migrate", help="apply key-store migrations")
-    config_cmd = sub.add_parser("config").add_subparsers(dest="action", required=True)
+    config_cmd = sub.add_parser("config").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
     config_cmd.add_parser("check", help="validate the config file and exit")
     echo = sub.add_parser("echo-upstream", help="run a demo upstream that echoes requests")
     echo.add_argument("--listen", default="127.0.0.1:9000")
-    admin = sub.add_parser("admin-key").add_subparsers(dest="action", required=True)
+    admin = sub.add_parser("admin-key").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
     admin_create = admin.add_parser("create", help="create an admin key (plaintext: last line)")
     admin_create.add_argument("--name", required=True)
     admin_create.add_argument("--workspace", default=None,
                               help="make a workspace admin key instead of an operator key")
     _keys_parser(sub)
-    workspaces = sub.add_parser("workspaces").add_subparsers(dest="action", required=True)
+    workspaces = sub.add_parser("workspaces").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
     workspaces.add_parser("create").add_argument("--name", required=True)
     workspaces.add_parser("list")
     return parser
 
 
 def _keys_parser(sub: Any) -> None:
-    keys = sub.add_parser("keys").add_subparsers(dest="action", required=True)
+    keys = sub.add_parser("keys").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
     create = keys.add_parser("create", help="create a key (plaintext: last line)")
     create.add_argument("--workspace", required=True)
     create.add_argument("--name", required=True)
@@ -247,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "echo-upstream":
         return run_echo_upstream(args.listen)
-    path = args.config or default_config_path()
+    path = getattr(args, "config", None) or default_config_path()
     try:
         config = load_config(path)
         if args.command == "serve":
