@@ -101,7 +101,7 @@ class KeyStore(Protocol):
     async def list_projects(self, workspace_id: str) -> list[Project]: ...
 
     async def create_namespace(self, workspace_id: str, name: str) -> Namespace:
-        """Raise ``Conflict``-style ``ValidationError`` when the name is taken in the workspace."""
+        """Raise ``Conflict`` when the name is taken, ``NotFound`` for an unknown workspace."""
 
     async def list_namespaces(self, workspace_id: str) -> list[Namespace]: ...
 
