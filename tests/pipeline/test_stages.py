@@ -1,0 +1,107 @@
+"""Stage logic without HTTP: the pure functions each stage is built from."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.config import RateLimit, RouteConfig
+from gateway.errors import GatewayError
+from gateway.keys.model import KeyRecord, Scope
+from gateway.pipeline.authenticate import bearer_token, check_status
+from gateway.pipeline.authorize import expand, missing_permission, scope_allows
+from gateway.pipeline.rate_limit import quota_for, quota_headers
+from gateway.pipeline.request_id import pick_request_id
+from gateway.ratelimit.base import Decision
+
+
+def key(**changes: object) -> KeyRecord:
+    base = KeyRecord(
+        key_id="key_1", key_hash="h", key_prefix="sk_live_abcd", hint="wxyz", name="k",
+        workspace_id="ws_1", project_id="proj_1", user_id=None, created_at=datetime.now(UTC),
+    )
+    return base.with_changes(**changes)
+
+
+def request(headers: dict[str, str] | list[tuple[str, str]], path: str = "/x") -> object:
+    from multidict import CIMultiDict
+
+    return make_mocked_request("GET", path, headers=CIMultiDict(headers))
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "missing_api_key"),
+        ([("Authorization", "Bearer a"), ("Authorization", "Bearer b")], "bad_request"),
+        ({"Authorization": "Basic abc"}, "invalid_api_key"),
+        ({"Authorization": "Bearer"}, "invalid_api_key"),
+        ({"Authorization": "Bearer    "}, "invalid_api_key"),
+    ],
+)
+def test_bearer_token_errors(headers: dict[str, str], code: str) -> None:
+    with pytest.raises(GatewayError) as caught:
+        bearer_token(request(headers))  # type: ignore[arg-type]
+    assert caught.value.kind.code == code
+
+
+def test_bearer_token_scheme_any_case() -> None:
+    assert bearer_token(request({"Authorization": "BEARER tok"})) == "tok"  # type: ignore[arg-type]
+
+
+def test_check_status() -> None:
+    check_status(key())
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for record, code in [
+        (key(status="revoked"), "revoked_api_key"),
+        (key(expires_at=past), "expired_api_key"),
+        (key(workspace_id=None, key_type="admin"), "insufficient_permissions"),
+    ]:
+        with pytest.raises(GatewayError) as caught:
+            check_status(record)
+        assert caught.value.kind.code == code
+
+
+def test_expand_is_transitive_and_survives_cycles() -> None:
+    implies = {"manage": ("create", "read"), "create": ("write",), "a": ("b",), "b": ("a",)}
+    assert expand(("manage",), implies) == {"manage", "create", "read", "write"}
+    assert expand(("a",), implies) == {"a", "b"}
+    assert missing_permission(("read", "delete"), expand(("manage",), implies)) == "delete"
+    assert missing_permission((), frozenset()) is None
+
+
+def test_scope_allows() -> None:
+    scoped = key(scopes=(Scope("r1", ("read",)), Scope("r2", ("*",)), Scope("*", ("list",))))
+    assert scope_allows(scoped, "r1", "read")
+    assert not scope_allows(scoped, "r1", "write")
+    assert scope_allows(scoped, "r2", "delete")
+    assert scope_allows(scoped, "anything", "list")
+    assert not scope_allows(scoped, "r3", "read")
+    assert not scope_allows(scoped, "r1", None)  # a method with no operation mapped
+    assert scope_allows(key(), "whatever", None)  # no scopes: every resource
+
+
+def test_quota_selection() -> None:
+    default = RateLimit(100, 60)
+    plain = RouteConfig("plain", "/p/", ("http://u",))
+    limited = RouteConfig("limited", "/l/", ("http://u",), rate_limit=RateLimit(5, 10))
+    assert quota_for(key(), plain, default) == ("k:key_1", 100, 60)
+    assert quota_for(key(), limited, default) == ("k:key_1:r:limited", 5, 10)
+    assert quota_for(key(rate_limit_override=7), limited, default) == ("k:key_1", 7, 60.0)
+    assert quota_for(key(rotated_from="key_0"), plain, default)[0] == "k:key_0"
+
+
+def test_quota_headers_round_up_reset() -> None:
+    headers = quota_headers(Decision(True, 10, 3, 4.2, 0))
+    assert headers["RateLimit-Reset"] == headers["X-RateLimit-Reset"] == "5"
+    assert headers["RateLimit-Remaining"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("abc-123", True), ("a" * 128, True), ("a" * 129, False), ("x y", False), ("", False)],
+)
+def test_request_id(given: str, kept: bool) -> None:
+    picked = pick_request_id(request({"X-Request-Id": given}))  # type: ignore[arg-type]
+    assert (picked == given) is kept
+    assert picked
