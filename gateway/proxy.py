@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from gateway.config import RouteConfig
@@ -61,6 +62,8 @@ IDENTITY = frozenset(
 NOT_FORWARDED = HOP_BY_HOP | IDENTITY | {"authorization", "host", "content-length", "expect"}
 NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-request-id"}
 SMALL_BODY = 64 * 1024  # read whole and answered in one write below this size
+CLIENT_CHECK = 0.25  # seconds between checks that the client is still connected
+CLIENT_GONE = 499  # the status logged for an exchange the client abandoned (as nginx does)
 
 
 def connection_named(values: list[str]) -> set[str]:
@@ -117,29 +120,47 @@ def returned_headers(upstream: UpstreamResponse, exchange: Exchange) -> CIMultiD
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in upstream.headers if name.lower() not in drop
     )
-    headers.update(exchange.response_headers)
+    own = exchange.response_headers
+    upstream_vary = headers.getall("Vary", ()) if "Vary" in own else ()
+    headers.update(own)
+    if upstream_vary:  # both vary: the response varies on the union, not on ours alone
+        headers["Vary"] = merge_vary([*upstream_vary, own["Vary"]])
     return headers
 
 
-def upstream_target(route: RouteConfig, base_path: str, exchange: Exchange) -> str:
+def merge_vary(values: list[str]) -> str:
+    tokens: dict[str, str] = {}
+    for value in values:
+        for token in value.split(","):
+            token = token.strip()
+            if token:
+                tokens.setdefault(token.lower(), token)
+    return "*" if "*" in tokens else ", ".join(tokens.values())
+
+
+def upstream_target(route: RouteConfig, exchange: Exchange) -> str:
+    """The target below the upstream's base path (the pool puts its base path in front)."""
     match = exchange.match
     assert match is not None  # routing runs first
-    if route.strip_prefix:
-        path = base_path.rstrip("/") + "/" + match.remainder
-    else:
-        path = base_path.rstrip("/") + exchange.path
+    path = "/" + match.remainder if route.strip_prefix else exchange.path
     return path + "?" + exchange.query if exchange.query else path
 
 
 async def counted_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
     """The request body as it arrives, refused with 413 once it passes ``limit`` bytes (the
-    bytes on the wire: a compressed body is counted compressed, never inflated here)."""
+    bytes on the wire: a compressed body is counted compressed, never inflated here).
+
+    A body the client cut short (disconnect, broken chunked framing) is a 400, never a
+    shorter body passed on as complete: the exception aborts the upstream request."""
     seen = 0
-    async for chunk in request.content.iter_any():
-        seen += len(chunk)
-        if seen > limit:
-            raise GatewayError(PAYLOAD_TOO_LARGE, f"the request body exceeds {limit} bytes")
-        yield chunk
+    try:
+        async for chunk in request.content.iter_any():
+            seen += len(chunk)
+            if seen > limit:
+                raise GatewayError(PAYLOAD_TOO_LARGE, f"the request body exceeds {limit} bytes")
+            yield chunk
+    except (ConnectionError, HttpProcessingError):
+        raise GatewayError(BAD_REQUEST, "the request body ended early") from None
 
 
 async def request_body(
@@ -150,12 +171,60 @@ async def request_body(
     length = request.content_length
     if length is not None and length > limit:
         raise GatewayError(PAYLOAD_TOO_LARGE, f"the request body exceeds {limit} bytes")
+    if request.version >= (1, 1) and "Expect" in request.headers:
+        await expect_continue(request)
     if length is not None and length <= SMALL_BODY:
         try:
             return await request.content.readexactly(length), length
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError):
             raise GatewayError(BAD_REQUEST, "the request body ended early") from None
     return counted_body(request, limit), length
+
+
+async def expect_continue(request: web.Request) -> None:
+    """``Expect`` is not forwarded, so no ``100 Continue`` can come from the upstream: the
+    gateway sends it itself once the request has passed every check. Without it, clients such
+    as curl wait a second before sending the body (RFC 9110 §10.1.1)."""
+    if request.headers["Expect"].strip().lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim response is not part of the answer
+
+
+def upstream_failure(exc: UpstreamError) -> GatewayError:
+    if exc.timeout:
+        return GatewayError(UPSTREAM_TIMEOUT, "the upstream did not answer")
+    return GatewayError(UPSTREAM_UNAVAILABLE, "the upstream could not be reached")
+
+
+class ClientWatch:
+    """While the upstream is at work, cancel the handler once the client's connection is gone.
+
+    aiohttp does not cancel handlers on disconnect, and a write only fails when there is
+    something to write: a long poll (before the response head) or a quiet stream (server-sent
+    events between events) would otherwise hold the key's concurrency slot and the upstream
+    connection until the route's timeout. Checked every CLIENT_CHECK seconds, so a quick
+    exchange costs one timer and no check."""
+
+    __slots__ = ("_handle", "_loop", "_request", "_task", "fired")
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(CLIENT_CHECK, self._check)
+        self.fired = False
+
+    def _check(self) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            self.fired = True
+            if self._task is not None:
+                self._task.cancel()
+            return
+        self._handle = self._loop.call_later(CLIENT_CHECK, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 async def respond(exchange: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
@@ -163,24 +232,28 @@ async def respond(exchange: Exchange, upstream: UpstreamResponse) -> web.StreamR
     headers = returned_headers(upstream, exchange)
     length = upstream.content_length
     if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
-        body = await upstream.read()
+        try:
+            body = await upstream.read()
+        except UpstreamError as exc:
+            raise upstream_failure(exc) from None  # nothing sent yet: still a clean 502/504
         return web.Response(status=upstream.status, reason=upstream.reason, body=body,
                             headers=headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                   headers=headers)
     if length is not None:
         response.content_length = length
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         async for chunk in upstream.chunks():
             await response.write(chunk)
+        await response.write_eof()
     except UpstreamError:
         # headers are already sent: the only honest signal left is an aborted message
         upstream.release()
         if request.transport is not None:
             request.transport.close()
-        return response
-    await response.write_eof()
+    except ConnectionError:
+        pass  # the client went away mid-write: aiohttp treats the exchange as disconnected
     return response
 
 
@@ -192,26 +265,36 @@ def build(route: RouteConfig, services: Services) -> Handler:
 
     async def forward(exchange: Exchange) -> web.StreamResponse:
         request = exchange.request
-        pool = group.pick()
         body, length = await request_body(request, limit)
+        watch = ClientWatch(request)
         try:
-            upstream = await pool.request(
-                request.method,
-                upstream_target(route, pool.base_path, exchange),
-                outbound_headers(exchange),
-                body,
-                timeout=timeout,
-                body_length=length,
-            )
-        except UpstreamError as exc:
-            kind = UPSTREAM_TIMEOUT if exc.timeout else UPSTREAM_UNAVAILABLE
-            raise GatewayError(kind, "the upstream did not answer" if exc.timeout
-                               else "the upstream could not be reached") from None
-        if exchange.key is not None:
-            usage.used(exchange.key.key_id)
-        try:
-            return await respond(exchange, upstream)
+            try:
+                # the group picks the target (round robin) and fails over once when a
+                # connect is refused; each target puts its own base path in front
+                upstream = await group.request(
+                    request.method,
+                    upstream_target(route, exchange),
+                    outbound_headers(exchange),
+                    body,
+                    timeout=timeout,
+                    body_length=length,
+                )
+            except UpstreamError as exc:
+                raise upstream_failure(exc) from None
+            if exchange.key is not None:
+                usage.used(exchange.key.key_id)
+            try:
+                return await respond(exchange, upstream)
+            finally:
+                upstream.release()
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return web.Response(status=CLIENT_GONE)  # for the access log: nobody reads it
         finally:
-            upstream.release()
+            watch.stop()
 
     return forward

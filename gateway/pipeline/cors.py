@@ -73,6 +73,9 @@ def _cors(cors: CorsConfig, next_handler: Handler) -> Handler:
         return web.Response(status=204, headers=headers)
 
     async def with_cors(exchange: Exchange) -> web.StreamResponse:
+        # every answer on this route depends on Origin, including one to a request without it
+        # (Fetch §3.2.5, "CORS protocol and HTTP caches"): a cache must not reuse it for others
+        exchange.response_headers["Vary"] = "Origin"
         origin = exchange.request.headers.get("Origin")
         if origin is None:
             return await next_handler(exchange)
