@@ -149,8 +149,12 @@ class RouteTable:
         return None
 
     def resolve(self, normalized: NormalizedPath) -> RouteMatch | None:
-        """Match, refusing paths whose dot segments climbed into or above the prefix."""
+        """Match, refusing paths whose dot segments climbed into or above the prefix they land
+        in, or climbed anywhere and land in no route at all."""
         found = self.match(normalized.path)
+        climbed = normalized.min_depth < normalized.path.count("/")
+        if found is None and climbed:
+            raise BadPath("dot segments may not leave the route prefix")
         if found is not None and normalized.min_depth < _depth(found.prefix):
             raise BadPath("dot segments may not leave the route prefix")
         return found

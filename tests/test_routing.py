@@ -88,6 +88,7 @@ def test_no_route(path: str) -> None:
         "/public/../api/ai/models",  # lands in another route via dot segments
         "/api/ai/../ai/models",  # climbed into the prefix, even if it came back
         "/v1/retrievers/r1/../r2/search",  # swaps the authorized resource id
+        "/public/../secret",  # climbs out of a route into no route at all
     ],
 )
 def test_dot_segments_may_not_leave_the_prefix(raw: str) -> None:
