@@ -10,6 +10,7 @@ gateway's own are set. The forwarded path is the normalised path that was author
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -73,15 +74,20 @@ def connection_named(values: list[str]) -> set[str]:
     return names
 
 
+@functools.lru_cache(maxsize=4096)
+def canonical(name: str) -> str:
+    """How a header name is compared: lower-case, ``_`` read as ``-`` (names repeat across
+    requests, so this is a dict lookup on the hot path)."""
+    return name.lower().replace("_", "-")
+
+
 def outbound_headers(exchange: Exchange) -> list[tuple[str, str]]:
     request = exchange.request
     drop = NOT_FORWARDED
     if "Connection" in request.headers:
         drop = drop | connection_named(request.headers.getall("Connection"))
     headers = [
-        (name, value)
-        for name, value in request.headers.items()
-        if name.lower().replace("_", "-") not in drop
+        (name, value) for name, value in request.headers.items() if canonical(name) not in drop
     ]
     headers.extend(identity_headers(exchange))
     return headers
@@ -114,11 +120,11 @@ def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
 
 def returned_headers(upstream: UpstreamResponse, exchange: Exchange) -> CIMultiDict[str]:
     drop = NOT_RETURNED
-    named = [v for k, v in upstream.headers if k.lower() == "connection"]
+    named = [v for k, v in upstream.headers if canonical(k) == "connection"]
     if named:
         drop = drop | connection_named(named)
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in upstream.headers if name.lower() not in drop
+        [(name, value) for name, value in upstream.headers if canonical(name) not in drop]
     )
     own = exchange.response_headers
     upstream_vary = headers.getall("Vary", ()) if "Vary" in own else ()
@@ -202,29 +208,42 @@ class ClientWatch:
     aiohttp does not cancel handlers on disconnect, and a write only fails when there is
     something to write: a long poll (before the response head) or a quiet stream (server-sent
     events between events) would otherwise hold the key's concurrency slot and the upstream
-    connection until the route's timeout. Checked every CLIENT_CHECK seconds, so a quick
-    exchange costs one timer and no check."""
+    connection until the route's timeout. One timer per route checks every exchange in flight
+    every CLIENT_CHECK seconds, so a quick exchange costs a set insert and removal."""
 
-    __slots__ = ("_handle", "_loop", "_request", "_task", "fired")
+    def __init__(self) -> None:
+        self._watched: dict[asyncio.Task[object], web.BaseRequest] = {}
+        self._fired: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
-        self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_later(CLIENT_CHECK, self._check)
-        self.fired = False
+    def watch(self, request: web.BaseRequest) -> asyncio.Task[object] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._watched[task] = request
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK, self._sweep)
+        return task
 
-    def _check(self) -> None:
-        transport = self._request.transport
-        if transport is None or transport.is_closing():
-            self.fired = True
-            if self._task is not None:
-                self._task.cancel()
-            return
-        self._handle = self._loop.call_later(CLIENT_CHECK, self._check)
+    def stop(self, task: asyncio.Task[object] | None) -> bool:
+        """Stop watching; True when the watch cancelled the task (the client had left)."""
+        if task is None:
+            return False
+        self._watched.pop(task, None)
+        if task in self._fired:
+            self._fired.discard(task)
+            return True
+        return False
 
-    def stop(self) -> None:
-        self._handle.cancel()
+    def _sweep(self) -> None:
+        self._timer = None
+        for task, request in list(self._watched.items()):
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                del self._watched[task]
+                self._fired.add(task)
+                task.cancel()
+        if self._watched:
+            self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK, self._sweep)
 
 
 async def respond(exchange: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
@@ -263,10 +282,12 @@ def build(route: RouteConfig, services: Services) -> Handler:
     limit = route.max_body_bytes
     timeout = route.timeout
 
+    watcher = ClientWatch()
+
     async def forward(exchange: Exchange) -> web.StreamResponse:
         request = exchange.request
         body, length = await request_body(request, limit)
-        watch = ClientWatch(request)
+        task = watcher.watch(request)
         try:
             try:
                 # the group picks the target (round robin) and fails over once when a
@@ -288,13 +309,11 @@ def build(route: RouteConfig, services: Services) -> Handler:
             finally:
                 upstream.release()
         except asyncio.CancelledError:
-            if not watch.fired:
+            if not watcher.stop(task) or task is None:
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            task.uncancel()
             return web.Response(status=CLIENT_GONE)  # for the access log: nobody reads it
         finally:
-            watch.stop()
+            watcher.stop(task)
 
     return forward

@@ -1,12 +1,19 @@
 """THE request path, in order (SPEC §4). Read this file to know what runs before what.
 
-Front stages run for every request; route stages are built once per route at start-up, and a
-stage that does not apply to a route (``auth: none``, no ``cors``) installs nothing for it.
+Every stage is a check built once at start-up: it refuses the request by raising
+``GatewayError``, answers it itself by returning a response (a CORS preflight), or returns
+None. A stage that does not apply to a route (``auth: none``, no ``cors``) builds no check for
+it. One driver runs the checks in order, then ``proxy.forward``; it renders errors and runs the
+cleanups stages registered (a concurrency slot given back) once the response is sent.
+
+Checks run one after another rather than wrapping each other, so while ``forward`` waits on the
+upstream only the driver's frame sits above it: every resumption of a deep chain of coroutines
+costs time on each frame, and the request path resumes several times per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -23,19 +30,15 @@ from gateway.pipeline import (
     routing,
     tenancy,
 )
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange, Handler
 from gateway.services import Services
 
-FrontStage = Callable[[Services, Handler], Handler]
-RouteStage = Callable[[RouteConfig, Services, Handler], Handler]
-
-FRONT_STAGES: tuple[FrontStage, ...] = (
-    errors.build,  # problem+json for every GatewayError; 500 for anything else
+FRONT_STAGES: tuple[Callable[[Services], Check], ...] = (
     request_id.build,  # X-Request-Id in and out
     routing.build,  # 400 malformed path/headers, 404 route_not_found
 )
 
-ROUTE_STAGES: tuple[RouteStage, ...] = (
+ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     cors.build,  # preflights answered here, never forwarded
     authenticate.build,  # Bearer key -> key record (401, 503 auth_unavailable)
     authorize.build,  # permissions, resource scopes, allowed origins (403)
@@ -43,29 +46,55 @@ ROUTE_STAGES: tuple[RouteStage, ...] = (
     rate_limit.build,  # sliding window per key (429)
     concurrency.build,  # in-flight requests per key (429)
 )
-# ... and then proxy.build: forward to the upstream, count usage.
+# ... then proxy.build: forward to the upstream, count usage.
+# Errors from any of them: errors.render (problem+json), in the driver below.
 
 
 def build_route_handler(route: RouteConfig, services: Services) -> Handler:
-    handler = proxy.build(route, services)
-    for stage in reversed(ROUTE_STAGES):
-        handler = stage(route, services, handler)
-    return handler
+    checks = [c for stage in ROUTE_STAGES if (c := stage(route, services)) is not None]
+    return run_checks(checks, proxy.build(route, services))
 
 
-def build_pipeline(services: Services) -> Callable[[web.Request], object]:
+def run_checks(checks: Sequence[Check], last: Handler) -> Handler:
+    checks = tuple(checks)
+
+    async def run(exchange: Exchange) -> web.StreamResponse:
+        for check in checks:
+            answer = await check(exchange)
+            if answer is not None:
+                return answer
+        return await last(exchange)
+
+    return run
+
+
+def build_pipeline(services: Services) -> Callable[[web.BaseRequest], object]:
     by_route = {r.name: build_route_handler(r, services) for r in services.config.routes}
 
     async def dispatch(exchange: Exchange) -> web.StreamResponse:
         assert exchange.match is not None  # routing raised route_not_found otherwise
         return await by_route[exchange.match.route.name](exchange)
 
-    handler: Handler = dispatch
-    for stage in reversed(FRONT_STAGES):
-        handler = stage(services, handler)
-    front = handler
+    front = run_checks([stage(services) for stage in FRONT_STAGES], dispatch)
+    handle_errors = errors.build(services)
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await front(Exchange(request))
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        exchange = Exchange(request)  # type: ignore[arg-type]
+        try:
+            return await front(exchange)
+        except Exception as exc:  # the one place a bare Exception is caught
+            return await handle_errors(exchange, exc)
+        finally:
+            if exchange.cleanups is not None:
+                await run_cleanups(exchange)
 
     return handle
+
+
+async def run_cleanups(exchange: Exchange) -> None:
+    """The response is already decided (often sent): a failing cleanup is logged, not raised."""
+    for cleanup in exchange.cleanups or ():
+        try:
+            await cleanup()
+        except Exception:
+            errors.log.exception("cleanup failed", extra={"request_id": exchange.request_id})

@@ -19,7 +19,7 @@ from gateway.errors import (
 )
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.pipeline import rate_limit
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 _QUERY_KEY_NAMES = ("api_key", "apikey", "key", "access_token", "token")
@@ -55,9 +55,9 @@ def check_status(record: KeyRecord) -> None:
         )
 
 
-def build(route: RouteConfig, services: Services, next_handler: Handler) -> Handler:
+def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
-        return next_handler
+        return None
     prefixes = services.prefixes
     hasher = services.hasher
     cache = services.cache
@@ -77,14 +77,9 @@ def build(route: RouteConfig, services: Services, next_handler: Handler) -> Hand
         check_status(record)
         return record
 
-    async def authenticate(exchange: Exchange) -> web.StreamResponse:
+    async def authenticate(exchange: Exchange) -> None:
         exchange.key = key = await lookup(bearer_token(exchange.request))
-        try:
-            return await next_handler(exchange)
-        except GatewayError:
-            # every response to a request with a valid key carries its quota (SPEC §4)
-            if "RateLimit-Limit" not in exchange.response_headers:
-                exchange.response_headers.update(await peek_headers(key))
-            raise
+        # a later refusal still reports the key's quota (SPEC §4), without spending any
+        exchange.peek_quota = lambda: peek_headers(key)
 
     return authenticate

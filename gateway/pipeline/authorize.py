@@ -17,7 +17,7 @@ from gateway.errors import (
 )
 from gateway.keys.model import KeyRecord
 from gateway.origins import is_origin_allowed
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 
@@ -61,9 +61,9 @@ def check_origin(request: web.Request, key: KeyRecord) -> None:
         raise GatewayError(ORIGIN_NOT_ALLOWED, "this key may not be used from this origin")
 
 
-def build(route: RouteConfig, services: Services, next_handler: Handler) -> Handler:
+def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
-        return next_handler
+        return None
     implies = services.config.implies
     required_by_method = route.permissions
     default_required = required_by_method.get("*", ())
@@ -74,7 +74,7 @@ def build(route: RouteConfig, services: Services, next_handler: Handler) -> Hand
     def granted_for(permissions: tuple[str, ...]) -> frozenset[str]:
         return expand(permissions, implies)
 
-    async def authorize(exchange: Exchange) -> web.StreamResponse:
+    async def authorize(exchange: Exchange) -> None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
         request = exchange.request
@@ -92,6 +92,5 @@ def build(route: RouteConfig, services: Services, next_handler: Handler) -> Hand
                     RESOURCE_FORBIDDEN, "this key's scopes do not cover this resource/operation"
                 )
         check_origin(request, key)
-        return await next_handler(exchange)
 
     return authorize

@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.config import CorsConfig, RouteConfig
 from gateway.errors import ORIGIN_NOT_ALLOWED, GatewayError
 from gateway.origins import is_origin_allowed
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 ALWAYS_EXPOSED = (
@@ -30,22 +30,21 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
-def build(route: RouteConfig, services: Services, next_handler: Handler) -> Handler:
+def build(route: RouteConfig, services: Services) -> Check:
     if route.cors is None:
-        return _refuse_preflights(next_handler)
-    return _cors(route.cors, next_handler)
+        return _refuse_preflights()
+    return _cors(route.cors)
 
 
-def _refuse_preflights(next_handler: Handler) -> Handler:
-    async def no_cors(exchange: Exchange) -> web.StreamResponse:
+def _refuse_preflights() -> Check:
+    async def no_cors(exchange: Exchange) -> None:
         if is_preflight(exchange.request):
             raise GatewayError(ORIGIN_NOT_ALLOWED, "CORS is not enabled on this route")
-        return await next_handler(exchange)
 
     return no_cors
 
 
-def _cors(cors: CorsConfig, next_handler: Handler) -> Handler:
+def _cors(cors: CorsConfig) -> Check:
     origins = cors.allow_origins
     methods = ", ".join(cors.allow_methods) if cors.allow_methods else None
     allow_headers = ", ".join(cors.allow_headers) if cors.allow_headers else None
@@ -72,13 +71,13 @@ def _cors(cors: CorsConfig, next_handler: Handler) -> Handler:
         headers.update(exchange.response_headers)
         return web.Response(status=204, headers=headers)
 
-    async def with_cors(exchange: Exchange) -> web.StreamResponse:
+    async def with_cors(exchange: Exchange) -> web.StreamResponse | None:
         # every answer on this route depends on Origin, including one to a request without it
         # (Fetch §3.2.5, "CORS protocol and HTTP caches"): a cache must not reuse it for others
         exchange.response_headers["Vary"] = "Origin"
         origin = exchange.request.headers.get("Origin")
         if origin is None:
-            return await next_handler(exchange)
+            return None
         allowed = is_origin_allowed(origin, origins)
         if is_preflight(exchange.request):
             if not allowed:
@@ -87,6 +86,6 @@ def _cors(cors: CorsConfig, next_handler: Handler) -> Handler:
         if allowed:
             exchange.response_headers.update(allow(origin))
             exchange.response_headers["Access-Control-Expose-Headers"] = exposed
-        return await next_handler(exchange)
+        return None
 
     return with_cors

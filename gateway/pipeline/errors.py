@@ -1,15 +1,16 @@
-"""The outermost stage: the one place a ``GatewayError`` becomes an RFC 9457 problem+json
-response, and the only place a bare ``Exception`` is caught (logged, rendered as a 500)."""
+"""The one place a ``GatewayError`` becomes an RFC 9457 problem+json response, and the only
+place a bare ``Exception`` is caught (logged with the request id, rendered as a 500)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
 from gateway.errors import INTERNAL_ERROR, UNAUTHORIZED_KINDS, GatewayError
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Exchange
 from gateway.services import Services
 
 log = logging.getLogger("gateway.error")
@@ -37,17 +38,17 @@ def render(error: GatewayError, exchange: Exchange) -> web.Response:
     return response
 
 
-def build(services: Services, next_handler: Handler) -> Handler:
+def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.Response]]:
     metrics = services.metrics
 
-    async def handle_errors(exchange: Exchange) -> web.StreamResponse:
-        try:
-            return await next_handler(exchange)
-        except GatewayError as error:
-            metrics.count_error(error.kind.code)
-            return render(error, exchange)
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": exchange.request_id})
-            return render(GatewayError(INTERNAL_ERROR, "internal error"), exchange)
+    async def handle_error(exchange: Exchange, exc: Exception) -> web.Response:
+        if not isinstance(exc, GatewayError):
+            log.error("unhandled error", exc_info=exc, extra={"request_id": exchange.request_id})
+            exc = GatewayError(INTERNAL_ERROR, "internal error")
+        metrics.count_error(exc.kind.code)
+        # every response to a request with a valid key carries its quota (SPEC §4)
+        if exchange.peek_quota is not None and "RateLimit-Limit" not in exchange.response_headers:
+            exchange.response_headers.update(await exchange.peek_quota())
+        return render(exc, exchange)
 
-    return handle_errors
+    return handle_error

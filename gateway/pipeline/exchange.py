@@ -1,4 +1,4 @@
-"""Per-request state handed from stage to stage, and the handler type every stage wraps."""
+"""Per-request state handed from stage to stage, and the types stages are built from."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ class Exchange:
     """What the stages learn about one request. Slots keep it cheap to create per request."""
 
     __slots__ = (
+        "cleanups",
         "key",
         "match",
         "namespace_id",
         "namespace_name",
         "path",
+        "peek_quota",
         "project_id",
         "query",
         "request",
@@ -38,6 +40,19 @@ class Exchange:
         self.namespace_name: str | None = None
         # headers every response to this request carries (request id, rate limit, CORS)
         self.response_headers: dict[str, str] = {}
+        # run by the driver once the response is sent or the exchange failed (e.g. a
+        # concurrency slot to give back); None until a stage needs one
+        self.cleanups: list[Callable[[], Awaitable[None]]] | None = None
+        # the key's quota headers without counting, for errors raised before rate limiting
+        self.peek_quota: Callable[[], Awaitable[dict[str, str]]] | None = None
+
+    def on_done(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        if self.cleanups is None:
+            self.cleanups = []
+        self.cleanups.append(cleanup)
 
 
 Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
+# A check inspects the exchange and raises GatewayError to refuse it, returns a response to
+# answer it itself (a CORS preflight), or returns None to let the next stage run.
+Check = Callable[[Exchange], Awaitable[web.StreamResponse | None]]

@@ -13,8 +13,6 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-
 from gateway.config import RateLimit, RouteConfig
 from gateway.errors import (
     RATE_LIMIT_UNAVAILABLE,
@@ -23,7 +21,7 @@ from gateway.errors import (
     LimiterUnavailable,
 )
 from gateway.keys.model import KeyRecord
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange
 from gateway.ratelimit.base import Decision
 from gateway.services import Services
 
@@ -69,9 +67,9 @@ def peek_headers_for(
     return peek
 
 
-def build(route: RouteConfig, services: Services, next_handler: Handler) -> Handler:
+def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
-        return next_handler
+        return None
     default = services.config.defaults.rate_limit
     policy = route.on_limiter_error or services.config.defaults.on_limiter_error
     limiter = services.limiter
@@ -91,7 +89,7 @@ def build(route: RouteConfig, services: Services, next_handler: Handler) -> Hand
                 return await services.local_limiter.hit(bucket, limit, window)
             return None  # open: admit without a quota to report
 
-    async def rate_limit(exchange: Exchange) -> web.StreamResponse:
+    async def rate_limit(exchange: Exchange) -> None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
         decision = await decide(*quota_for(key, route, default))
@@ -103,6 +101,5 @@ def build(route: RouteConfig, services: Services, next_handler: Handler) -> Hand
                 raise GatewayError(
                     RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry}
                 )
-        return await next_handler(exchange)
 
     return rate_limit

@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 _SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -31,10 +31,9 @@ def pick_request_id(request: web.Request) -> str:
     return new_request_id()
 
 
-def build(services: Services, next_handler: Handler) -> Handler:
-    async def with_request_id(exchange: Exchange) -> web.StreamResponse:
+def build(services: Services) -> Check:
+    async def assign_request_id(exchange: Exchange) -> None:
         exchange.request_id = request_id = pick_request_id(exchange.request)
         exchange.response_headers["X-Request-Id"] = request_id
-        return await next_handler(exchange)
 
-    return with_request_id
+    return assign_request_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.errors import BAD_REQUEST, ROUTE_NOT_FOUND, GatewayError
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange
 from gateway.routing import BadPath, RouteTable, normalize_path
 from gateway.services import Services
 
@@ -18,10 +18,10 @@ def check_header_names(request: web.Request) -> None:
             raise GatewayError(BAD_REQUEST, "header names may not contain '_'")
 
 
-def build(services: Services, next_handler: Handler) -> Handler:
+def build(services: Services) -> Check:
     table = RouteTable(services.config.routes)
 
-    async def route(exchange: Exchange) -> web.StreamResponse:
+    async def route(exchange: Exchange) -> None:
         request = exchange.request
         check_header_names(request)
         try:
@@ -34,6 +34,5 @@ def build(services: Services, next_handler: Handler) -> Handler:
         exchange.path = normalized.path
         exchange.query = normalized.query
         exchange.match = found
-        return await next_handler(exchange)
 
     return route

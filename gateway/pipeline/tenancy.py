@@ -16,7 +16,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.keys.tenancy import TenancyCache, WorkspaceView
-from gateway.pipeline.exchange import Exchange, Handler
+from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 
@@ -46,9 +46,9 @@ async def select_namespace(
     return found
 
 
-def build(route: RouteConfig, services: Services, next_handler: Handler) -> Handler:
+def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
-        return next_handler
+        return None
     cache = services.tenancy
 
     async def resolve(exchange: Exchange) -> None:
@@ -70,13 +70,12 @@ def build(route: RouteConfig, services: Services, next_handler: Handler) -> Hand
                 cache, view, namespace_ref
             )
 
-    async def tenancy(exchange: Exchange) -> web.StreamResponse:
+    async def tenancy(exchange: Exchange) -> None:
         try:
             await resolve(exchange)
         except StoreUnavailable:
             raise GatewayError(
                 AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
             ) from None
-        return await next_handler(exchange)
 
     return tenancy

@@ -5,12 +5,12 @@ knows which it has; backends raise ``LimiterUnavailable`` for their own failures
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """One limiter answer (a NamedTuple: made on every request, it must be cheap to build)."""
+
     allowed: bool
     limit: int
     remaining: int
