@@ -9,6 +9,7 @@ own ``rate_limit`` has its own budget per key. A limiter failure follows ``on_li
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -38,9 +39,14 @@ def quota_for(key: KeyRecord, route: RouteConfig, default: RateLimit) -> tuple[s
     return f"k:{budget}", default.requests, default.window
 
 
+@functools.lru_cache(maxsize=1024)
+def _text(number: int) -> str:
+    return str(number)
+
+
 def quota_headers(decision: Decision) -> dict[str, str]:
-    limit, remaining = str(decision.limit), str(decision.remaining)
-    reset = str(max(0, math.ceil(decision.reset)))
+    limit, remaining = _text(decision.limit), str(decision.remaining)
+    reset = _text(max(0, math.ceil(decision.reset)))
     return {
         "RateLimit-Limit": limit,
         "RateLimit-Remaining": remaining,
@@ -76,23 +82,26 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     usage = services.usage
     metrics = services.metrics
 
-    async def decide(bucket: str, limit: int, window: float) -> Decision | None:
-        try:
-            return await limiter.hit(bucket, limit, window)
-        except LimiterUnavailable:
-            metrics.count_limiter_error(policy)
-            if policy == "closed":
-                raise GatewayError(
-                    RATE_LIMIT_UNAVAILABLE, "rate limiting is unavailable", {"Retry-After": "1"}
-                ) from None
-            if policy == "local":
-                return await services.local_limiter.hit(bucket, limit, window)
-            return None  # open: admit without a quota to report
+    async def degraded(bucket: str, limit: int, window: float) -> Decision | None:
+        """The limiter failed: apply on_limiter_error."""
+        metrics.count_limiter_error(policy)
+        if policy == "closed":
+            raise GatewayError(
+                RATE_LIMIT_UNAVAILABLE, "rate limiting is unavailable", {"Retry-After": "1"}
+            )
+        if policy == "local":
+            return await services.local_limiter.hit(bucket, limit, window)
+        return None  # open: admit without a quota to report
 
     async def rate_limit(exchange: Exchange) -> None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
-        decision = await decide(*quota_for(key, route, default))
+        bucket, limit, window = quota_for(key, route, default)
+        decision: Decision | None
+        try:  # no nested coroutine on the hot path: this runs on every keyed request
+            decision = await limiter.hit(bucket, limit, window)
+        except LimiterUnavailable:
+            decision = await degraded(bucket, limit, window)
         if decision is not None:
             exchange.response_headers.update(quota_headers(decision))
             if not decision.allowed:
