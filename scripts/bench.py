@@ -2,7 +2,7 @@
 
 Run from the repository root (as root, so nginx and wrk can be installed with apt-get if missing):
 
-    .venv/bin/python scripts/bench.py                     # -t1 -c32 -d10s, 2 s warm-up per target
+    .venv/bin/python scripts/bench.py                     # -t1 -c32 -d5s, 3 rounds, 2 s warm-up
     .venv/bin/python scripts/bench.py --check             # exit 1 when a target is missed
     .venv/bin/python scripts/bench.py --connections 64 --duration 20 --threads 2
 
@@ -13,7 +13,8 @@ an ``auth: none`` route ``/open/`` and a full-pipeline route ``/api/`` (Bearer k
 ``permissions: [read]``), both to A. The key is created with the CLI before the gateway starts.
 
 What is measured, with wrk and the same threads/connections/duration for every target, each
-after a warm-up run, in this order:
+after a warm-up run, in this order, repeated ``--rounds`` times (interleaved: a slow minute on
+a shared machine then lands on every target alike) and reported as each target's median round:
 
     direct       wrk -> nginx A                                   the ceiling
     nginx_proxy  wrk -> nginx B -> nginx A                        a proxy written in C
@@ -577,17 +578,32 @@ def preflight(by_name: dict[str, Target]) -> None:
 
 
 def measure(run: Run) -> dict[str, WrkResult]:
+    """``--rounds`` rounds, each measuring every target once, interleaved, so a slow minute on
+    a shared machine lands on every target alike; each target reports its median round."""
     args = run.args
-    loaded = WrkOptions(args.threads, args.connections, args.duration, args.warmup)
-    single = WrkOptions(1, 1, args.duration, args.warmup)
     by_name = targets(run)
     preflight(by_name)
+    plan = [(t, False) for t in by_name.values()]
+    plan += [(Target(f"{n}_c1", by_name[n].url, by_name[n].headers), True)
+             for n in ("direct", "full")]
     groups = {process.pid for process in run.processes}
-    results = {name: run_wrk(run.wrk, t, loaded, run.pin, groups) for name, t in by_name.items()}
-    for name in ("direct", "full"):
-        target = Target(f"{name}_c1", by_name[name].url, by_name[name].headers)
-        results[target.name] = run_wrk(run.wrk, target, single, run.pin, groups)
-    return results
+    rounds: dict[str, list[WrkResult]] = {target.name: [] for target, _ in plan}
+    for index in range(args.rounds):
+        warmup = args.warmup if index == 0 else 0
+        for target, single in plan:
+            options = WrkOptions(1 if single else args.threads, 1 if single else args.connections,
+                                 args.duration, warmup)
+            rounds[target.name].append(run_wrk(run.wrk, target, options, run.pin, groups))
+    return {name: median_round(results) for name, results in rounds.items()}
+
+
+def median_round(results: list[WrkResult]) -> WrkResult:
+    """The median round by req/s; a failed round (errors, non-2xx) is reported instead."""
+    failed = [r for r in results if not r.ok]
+    if failed:
+        return failed[0]
+    ordered = sorted(results, key=lambda r: r.requests_per_sec)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def save_logs(run: Run) -> dict[str, list[str]]:
@@ -608,7 +624,8 @@ def build_report(run: Run, results: dict[str, WrkResult], checks: list[Check],
         "variant": args.variant,
         "git": git_revision(),
         "wrk": {"threads": args.threads, "connections": args.connections,
-                "duration_s": args.duration, "warmup_s": args.warmup},
+                "duration_s": args.duration, "warmup_s": args.warmup,
+                "rounds": args.rounds},
         "pinning": run.pin.note,
         "cpus": os.cpu_count(),
         "load_average_1m_before": round(run.load_before, 2),
@@ -649,15 +666,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; each target reports its median (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up (default 2)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="embedded",
                         help="key store and limiter backends (default embedded)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     args = parser.parse_args(argv)
-    if min(args.threads, args.duration) < 1 or args.warmup < 0:
-        parser.error("--threads and --duration must be >= 1, --warmup >= 0")
+    if min(args.threads, args.duration, args.rounds) < 1 or args.warmup < 0:
+        parser.error("--threads, --duration and --rounds must be >= 1, --warmup >= 0")
     if args.connections < args.threads:
         parser.error("--connections must be >= --threads")
     return args

@@ -13,7 +13,7 @@ costs time on each frame, and the request path resumes several times per request
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -33,7 +33,7 @@ from gateway.pipeline import (
 from gateway.pipeline.exchange import Check, Exchange, Handler
 from gateway.services import Services
 
-FRONT_STAGES: tuple[Callable[[Services], Check], ...] = (
+FRONT_STAGES: tuple[Callable[[Services], Check], ...] = (  # refuse by raising only
     request_id.build,  # X-Request-Id in and out
     routing.build,  # 400 malformed path/headers, 404 route_not_found
 )
@@ -50,38 +50,34 @@ ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
 # Errors from any of them: errors.render (problem+json), in the driver below.
 
 
-def build_route_handler(route: RouteConfig, services: Services) -> Handler:
-    checks = [c for stage in ROUTE_STAGES if (c := stage(route, services)) is not None]
-    return run_checks(checks, proxy.build(route, services))
+class RoutePath:
+    """One route's checks, built once, and its forwarding handler."""
 
+    __slots__ = ("checks", "forward")
 
-def run_checks(checks: Sequence[Check], last: Handler) -> Handler:
-    checks = tuple(checks)
-
-    async def run(exchange: Exchange) -> web.StreamResponse:
-        for check in checks:
-            answer = await check(exchange)
-            if answer is not None:
-                return answer
-        return await last(exchange)
-
-    return run
+    def __init__(self, route: RouteConfig, services: Services) -> None:
+        self.checks = tuple(c for stage in ROUTE_STAGES if (c := stage(route, services)))
+        self.forward: Handler = proxy.build(route, services)
 
 
 def build_pipeline(services: Services) -> Callable[[web.BaseRequest], object]:
-    by_route = {r.name: build_route_handler(r, services) for r in services.config.routes}
-
-    async def dispatch(exchange: Exchange) -> web.StreamResponse:
-        assert exchange.match is not None  # routing raised route_not_found otherwise
-        return await by_route[exchange.match.route.name](exchange)
-
-    front = run_checks([stage(services) for stage in FRONT_STAGES], dispatch)
+    paths = {r.name: RoutePath(r, services) for r in services.config.routes}
+    front = tuple(stage(services) for stage in FRONT_STAGES)
     handle_errors = errors.build(services)
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        # one frame drives everything: see the module docstring for why nothing nests
         exchange = Exchange(request)  # type: ignore[arg-type]
         try:
-            return await front(exchange)
+            for check in front:
+                await check(exchange)  # front checks refuse by raising, never answer
+            assert exchange.match is not None  # routing raised route_not_found otherwise
+            path = paths[exchange.match.route.name]
+            for check in path.checks:
+                answer = await check(exchange)
+                if answer is not None:
+                    return answer
+            return await path.forward(exchange)
         except Exception as exc:  # the one place a bare Exception is caught
             return await handle_errors(exchange, exc)
         finally:
