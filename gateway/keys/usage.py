@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 
 from gateway.errors import StoreUnavailable
-from gateway.keys.model import utcnow
 from gateway.keys.store import KeyStore, UsageDelta
 
 log = logging.getLogger("gateway.usage")
@@ -20,7 +20,7 @@ class UsageRecorder:
         self._store = store
         self._interval = interval
         self._pending: dict[str, list[int]] = {}  # key_id -> [requests, rate_limited]
-        self._last_used: dict[str, datetime] = {}
+        self._last_used: dict[str, float] = {}  # key_id -> time.time(), converted at flush
         self._task: asyncio.Task[None] | None = None
 
     def used(self, key_id: str) -> None:
@@ -29,7 +29,7 @@ class UsageRecorder:
             self._pending[key_id] = [1, 0]
         else:
             counts[0] += 1
-        self._last_used[key_id] = utcnow()
+        self._last_used[key_id] = time.time()
 
     def rate_limited(self, key_id: str) -> None:
         counts = self._pending.setdefault(key_id, [0, 0])
@@ -55,7 +55,7 @@ class UsageRecorder:
         pending, last_used = self._pending, self._last_used
         self._pending, self._last_used = {}, {}
         deltas = [
-            UsageDelta(key_id, counts[0], counts[1], last_used.get(key_id))
+            UsageDelta(key_id, counts[0], counts[1], _as_datetime(last_used.get(key_id)))
             for key_id, counts in pending.items()
         ]
         try:
@@ -64,7 +64,7 @@ class UsageRecorder:
             self._merge_back(pending, last_used)
             raise
 
-    def _merge_back(self, pending: dict[str, list[int]], last_used: dict[str, datetime]) -> None:
+    def _merge_back(self, pending: dict[str, list[int]], last_used: dict[str, float]) -> None:
         """Keep unflushed counts for the next attempt instead of losing them."""
         for key_id, (requests, limited) in pending.items():
             counts = self._pending.setdefault(key_id, [0, 0])
@@ -80,3 +80,7 @@ class UsageRecorder:
                 await self.flush()
             except StoreUnavailable:
                 log.warning("usage flush failed; will retry")
+
+
+def _as_datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)

@@ -33,7 +33,7 @@ from gateway.pipeline import (
 from gateway.pipeline.exchange import Check, Exchange, Handler
 from gateway.services import Services
 
-FRONT_STAGES: tuple[Callable[[Services], Check], ...] = (  # refuse by raising only
+FRONT_STAGES: tuple[Callable[[Services], Callable[[Exchange], None]], ...] = (
     request_id.build,  # X-Request-Id in and out
     routing.build,  # 400 malformed path/headers, 404 route_not_found
 )
@@ -69,12 +69,17 @@ def build_pipeline(services: Services) -> Callable[[web.BaseRequest], object]:
         # one frame drives everything: see the module docstring for why nothing nests
         exchange = Exchange(request)  # type: ignore[arg-type]
         try:
-            for check in front:
-                await check(exchange)  # front checks refuse by raising, never answer
+            for refuse in front:
+                refuse(exchange)  # front checks are plain functions that refuse by raising
             assert exchange.match is not None  # routing raised route_not_found otherwise
             path = paths[exchange.match.route.name]
             for check in path.checks:
-                answer = await check(exchange)
+                answer = check(exchange)
+                if answer is None:
+                    continue
+                if isinstance(answer, web.StreamResponse):
+                    return answer
+                answer = await answer  # a check that may wait (store, limiter)
                 if answer is not None:
                     return answer
             return await path.forward(exchange)

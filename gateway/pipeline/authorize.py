@@ -74,7 +74,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     def granted_for(permissions: tuple[str, ...]) -> frozenset[str]:
         return expand(permissions, implies)
 
-    async def authorize(exchange: Exchange) -> None:
+    def authorize(exchange: Exchange) -> None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
         request = exchange.request

@@ -37,7 +37,7 @@ def build(route: RouteConfig, services: Services) -> Check:
 
 
 def _refuse_preflights() -> Check:
-    async def no_cors(exchange: Exchange) -> None:
+    def no_cors(exchange: Exchange) -> None:
         if is_preflight(exchange.request):
             raise GatewayError(ORIGIN_NOT_ALLOWED, "CORS is not enabled on this route")
 
@@ -71,7 +71,7 @@ def _cors(cors: CorsConfig) -> Check:
         headers.update(exchange.response_headers)
         return web.Response(status=204, headers=headers)
 
-    async def with_cors(exchange: Exchange) -> web.StreamResponse | None:
+    def with_cors(exchange: Exchange) -> web.StreamResponse | None:
         # every answer on this route depends on Origin, including one to a request without it
         # (Fetch §3.2.5, "CORS protocol and HTTP caches"): a cache must not reuse it for others
         exchange.response_headers["Vary"] = "Origin"

@@ -54,5 +54,6 @@ class Exchange:
 
 Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
 # A check inspects the exchange and raises GatewayError to refuse it, returns a response to
-# answer it itself (a CORS preflight), or returns None to let the next stage run.
-Check = Callable[[Exchange], Awaitable[web.StreamResponse | None]]
+# answer it itself (a CORS preflight), or returns None to let the next stage run. Checks that
+# never wait are plain functions; checks that may wait (a store or limiter) are coroutines.
+Check = Callable[[Exchange], "Awaitable[web.StreamResponse | None] | web.StreamResponse | None"]

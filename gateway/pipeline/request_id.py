@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.pipeline.exchange import Check, Exchange
+from gateway.pipeline.exchange import Exchange
 from gateway.services import Services
 
 _SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -31,8 +32,8 @@ def pick_request_id(request: web.Request) -> str:
     return new_request_id()
 
 
-def build(services: Services) -> Check:
-    async def assign_request_id(exchange: Exchange) -> None:
+def build(services: Services) -> Callable[[Exchange], None]:
+    def assign_request_id(exchange: Exchange) -> None:
         exchange.request_id = request_id = pick_request_id(exchange.request)
         exchange.response_headers["X-Request-Id"] = request_id
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from gateway.errors import BAD_REQUEST, ROUTE_NOT_FOUND, GatewayError
-from gateway.pipeline.exchange import Check, Exchange
+from gateway.pipeline.exchange import Exchange
 from gateway.routing import BadPath, RouteTable, normalize_path
 from gateway.services import Services
 
@@ -18,10 +20,10 @@ def check_header_names(request: web.Request) -> None:
             raise GatewayError(BAD_REQUEST, "header names may not contain '_'")
 
 
-def build(services: Services) -> Check:
+def build(services: Services) -> Callable[[Exchange], None]:
     table = RouteTable(services.config.routes)
 
-    async def route(exchange: Exchange) -> None:
+    def route(exchange: Exchange) -> None:
         request = exchange.request
         check_header_names(request)
         try:

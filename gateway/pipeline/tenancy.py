@@ -56,7 +56,9 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         assert key is not None and key.workspace_id is not None  # ensured by authenticate
         request = exchange.request
         wanted_project = single_header(request, "X-Project-Id")
-        namespace_ref = single_header(request, "X-Namespace") or request.query.get("namespace")
+        namespace_ref = single_header(request, "X-Namespace")
+        if namespace_ref is None and exchange.query:  # parse the query only when there is one
+            namespace_ref = request.query.get("namespace")
         if wanted_project is None and namespace_ref is None and key.project_id is not None:
             exchange.project_id = key.project_id  # the common case: no lookup at all
             return
