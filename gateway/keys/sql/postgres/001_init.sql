@@ -1,0 +1,90 @@
+-- Initial key-store schema (PostgreSQL).
+-- Timestamps are timestamptz (microseconds, returned in UTC); permissions and allowed_origins
+-- are text[]; scopes are jsonb ([{"resource_id": ..., "operations": [...]}]).
+
+CREATE TABLE workspaces (
+    id                 TEXT PRIMARY KEY,
+    name               TEXT NOT NULL,
+    default_project_id TEXT NOT NULL,
+    created_at         TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE projects (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+    name         TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    UNIQUE (workspace_id, name)
+);
+
+ALTER TABLE workspaces ADD CONSTRAINT workspaces_default_project_fk
+    FOREIGN KEY (default_project_id) REFERENCES projects (id) DEFERRABLE INITIALLY DEFERRED;
+
+CREATE TABLE namespaces (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+    name         TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    UNIQUE (workspace_id, name)
+);
+
+CREATE TABLE api_keys (
+    key_id              TEXT PRIMARY KEY,
+    key_hash            TEXT NOT NULL UNIQUE,
+    key_prefix          TEXT NOT NULL,
+    hint                TEXT NOT NULL,
+    name                TEXT NOT NULL,
+    description         TEXT NOT NULL DEFAULT '',
+    workspace_id        TEXT REFERENCES workspaces (id),
+    project_id          TEXT REFERENCES projects (id),
+    user_id             TEXT,
+    key_type            TEXT NOT NULL DEFAULT 'standard' CHECK (key_type IN ('standard', 'admin')),
+    environment         TEXT NOT NULL DEFAULT 'live' CHECK (environment IN ('live', 'test')),
+    permissions         TEXT[] NOT NULL DEFAULT '{}',
+    scopes              JSONB NOT NULL DEFAULT '[]',
+    allowed_origins     TEXT[] NOT NULL DEFAULT '{}',
+    rate_limit_override INTEGER,
+    concurrency_limit   INTEGER,
+    status              TEXT NOT NULL DEFAULT 'active'
+                        CHECK (status IN ('active', 'revoked', 'expired')),
+    expires_at          TIMESTAMPTZ,
+    last_used_at        TIMESTAMPTZ,
+    created_at          TIMESTAMPTZ NOT NULL,
+    created_by          TEXT,
+    revoked_at          TIMESTAMPTZ,
+    revoked_by          TEXT,
+    rotated_from        TEXT
+);
+
+CREATE INDEX api_keys_workspace_order ON api_keys (workspace_id, created_at, key_id);
+CREATE INDEX api_keys_order ON api_keys (created_at, key_id);
+CREATE INDEX api_keys_user ON api_keys (user_id);
+CREATE INDEX api_keys_status ON api_keys (status);
+
+CREATE TABLE key_usage (
+    key_id       TEXT PRIMARY KEY REFERENCES api_keys (key_id),
+    requests     BIGINT NOT NULL DEFAULT 0,
+    rate_limited BIGINT NOT NULL DEFAULT 0
+);
+
+-- The change feed: every key mutation appends the affected hash in the same transaction (and
+-- sends pg_notify('gateway_keys', key_hash), which is delivered at commit).
+CREATE TABLE key_changes (
+    seq        BIGSERIAL PRIMARY KEY,
+    key_hash   TEXT NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE INDEX key_changes_changed_at ON key_changes (changed_at);
+
+CREATE TABLE audit_log (
+    id           BIGSERIAL PRIMARY KEY,
+    at           TIMESTAMPTZ NOT NULL,
+    actor        TEXT,
+    action       TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    workspace_id TEXT,
+    changes      JSONB NOT NULL DEFAULT '{}'
+);
+
+CREATE INDEX audit_log_workspace ON audit_log (workspace_id, id);
