@@ -2,11 +2,20 @@
 
 Every backend runs the same tests. Adding one (Postgres) means: a name in ``BACKENDS`` and a
 branch in ``database_url``, ``unusable_urls``, ``build_store`` and ``write_locked``.
+
+Postgres tests use the shared server on 127.0.0.1:5432 (``GATEWAY_TEST_PG``); each test gets a
+fresh ``gw_test_<random>`` database, dropped afterwards. They skip only when that server is
+unreachable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
+import socket
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,9 +32,13 @@ from gateway.keys.model import (
     new_id,
     utcnow,
 )
+from gateway.keys.postgres import PostgresKeyStore
 from gateway.keys.sqlite import SqliteKeyStore, database_path
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
+
+PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 # A KeyStore plus ``migrate() -> list[int]``: what these tests drive.
 Store = Any
@@ -36,8 +49,45 @@ OpenStore = Callable[..., Awaitable[Store]]
 # --- the backend factory ----------------------------------------------------------------------
 
 
+def postgres_reachable() -> bool:
+    try:
+        with socket.create_connection((PG_HOST, PG_PORT), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def pg_url(database: str) -> str:
+    """``PG_ADMIN_URL`` pointing at another database of the same server."""
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+
+
+async def create_pg_database() -> str:
+    """A fresh, empty database on the shared server; returns its URL."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = f"gw_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return pg_url(name)
+
+
+async def drop_pg_database(url: str) -> None:
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
 def database_url(backend: str, tmp_path: Path) -> str:
-    """A fresh, empty database for one test."""
+    """A fresh, empty database for one test (Postgres: see the ``db_url`` fixture)."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'db' / 'keys.db'}"  # absolute: sqlite:////tmp/...
     raise ValueError(f"unknown backend {backend!r}")
@@ -54,18 +104,32 @@ def unusable_urls(backend: str, tmp_path: Path) -> dict[str, str]:
             "parent is a file": f"sqlite:///{blocker / 'keys.db'}",
             "not a database": f"sqlite:///{garbage}",
         }
+    if backend == "postgres":
+        with socket.socket() as probe:  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            free_port = probe.getsockname()[1]
+        return {
+            "no such database": pg_url(f"gw_missing_{secrets.token_hex(4)}"),
+            "nothing listening": f"postgresql://postgres@127.0.0.1:{free_port}/postgres",
+        }
     raise ValueError(f"unknown backend {backend!r}")
 
 
 def build_store(url: str, *, lock_timeout_ms: int = 5000) -> Store:
     if url.startswith("sqlite:"):
         return SqliteKeyStore(url, busy_timeout_ms=lock_timeout_ms)
+    if url.startswith("postgresql:"):
+        return PostgresKeyStore(url, lock_timeout_ms=lock_timeout_ms)
     raise ValueError(f"no store for {url!r}")
 
 
 @contextmanager
 def write_locked(url: str) -> Iterator[None]:
     """Another client (the CLI, another node) holding the database's write lock."""
+    if url.startswith("postgresql:"):
+        with _pg_write_locked(url):
+            yield
+        return
     if not url.startswith("sqlite:"):
         raise ValueError(f"cannot lock {url!r}")
     conn = sqlite3.connect(database_path(url), isolation_level=None)
@@ -77,6 +141,45 @@ def write_locked(url: str) -> Iterator[None]:
         conn.close()
 
 
+@contextmanager
+def _pg_write_locked(url: str) -> Iterator[None]:
+    """A connection on its own thread and loop holding ``EXCLUSIVE`` on ``api_keys`` (readers
+    pass, writers wait), released when the block ends."""
+    import asyncpg
+
+    locked, release = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE api_keys IN EXCLUSIVE MODE")
+                locked.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:
+            failure.append(exc)
+            locked.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    locked.wait(10)
+    try:
+        if failure:
+            raise failure[0]
+        yield
+    finally:
+        release.set()
+        thread.join(10)
+
+
 # --- fixtures -----------------------------------------------------------------------------------
 
 
@@ -86,8 +189,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path) -> str:
-    return database_url(backend, tmp_path)
+async def db_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    if backend != "postgres":
+        yield database_url(backend, tmp_path)
+        return
+    if not postgres_reachable():
+        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
 
 
 @pytest.fixture

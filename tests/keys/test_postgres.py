@@ -1,0 +1,181 @@
+"""Postgres specifics beyond the shared contract: migrations under concurrency, NOTIFY from the
+mutating transaction, timeouts and error translation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from gateway.errors import StoreUnavailable
+from gateway.keys.migrations import migration_files
+from gateway.keys.model import KeyHasher, KeyRecord, display_parts, generate_key, new_id, utcnow
+from gateway.keys.postgres import NOTIFY_CHANNEL, PostgresKeyStore
+from gateway.keys.store import UsageDelta
+from tests.keys.conftest import (
+    PG_HOST,
+    PG_PORT,
+    create_pg_database,
+    drop_pg_database,
+    postgres_reachable,
+)
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    if not postgres_reachable():
+        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+def make_record(workspace_id: str | None = None, **overrides: object) -> KeyRecord:
+    plaintext = generate_key("sk_live")
+    key_prefix, hint = display_parts(plaintext)
+    fields: dict[str, object] = {
+        "key_id": new_id("key"),
+        "key_hash": KeyHasher(None)(plaintext),
+        "key_prefix": key_prefix,
+        "hint": hint,
+        "name": "k",
+        "workspace_id": workspace_id,
+        "project_id": None,
+        "user_id": None,
+        "created_at": utcnow(),
+    }
+    fields.update(overrides)
+    return KeyRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_postgres_migration_files() -> None:
+    files = migration_files("postgres")
+    assert files[0][0] == 1 and files[0][1] == "init"
+    assert "CREATE TABLE api_keys" in files[0][2]
+
+
+def test_bad_urls() -> None:
+    for url in ("sqlite:///x.db", "mysql://h/db", "http://x"):
+        with pytest.raises(ValueError):
+            PostgresKeyStore(url)
+
+
+async def test_five_nodes_opening_an_empty_database_at_once(pg_url: str) -> None:
+    stores = [PostgresKeyStore(pg_url) for _ in range(5)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        assert all([await store.ping() for store in stores])
+        assert [await store.migrate() for store in stores] == [[]] * 5
+    finally:
+        for store in stores:
+            await store.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert [(r["version"], r["name"]) for r in rows] == [
+        (v, n) for v, n, _ in migration_files("postgres")
+    ]
+
+
+async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
+    store = PostgresKeyStore(pg_url)
+    await store.open()  # applies everything
+    try:
+        assert await store.migrate() == []
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("DELETE FROM schema_migrations")
+        await conn.execute(
+            "DROP TABLE audit_log, key_changes, key_usage, api_keys, namespaces, projects, "
+            "workspaces CASCADE"
+        )
+    finally:
+        await conn.close()
+    again = PostgresKeyStore(pg_url)
+    await again.open()
+    try:
+        assert await again.migrate() == []
+        assert await again.list_workspaces() == []
+    finally:
+        await again.close()
+
+
+async def test_every_mutation_notifies_on_commit_only(pg_url: str) -> None:
+    store = PostgresKeyStore(pg_url)
+    await store.open()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(pg_url)
+    await listener.add_listener(NOTIFY_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+    try:
+        ws = await store.create_workspace("w")
+        key = await store.create_key(make_record(ws.id), max_active_per_user=10)
+        assert await asyncio.wait_for(heard.get(), 2) == key.key_hash
+        await store.update_key(key.key_id, {"name": "renamed"})
+        assert await asyncio.wait_for(heard.get(), 2) == key.key_hash
+        new = make_record(ws.id)
+        await store.rotate_key(key.key_id, new, utcnow() + timedelta(hours=1), None)
+        got = {await asyncio.wait_for(heard.get(), 2) for _ in range(2)}
+        assert got == {key.key_hash, new.key_hash}
+        await store.record_usage([UsageDelta(new.key_id, 1, 0, utcnow())])  # not a key change
+        clash = make_record(ws.id, key_hash=new.key_hash)
+        with pytest.raises(Exception):  # noqa: B017 - Conflict; rolled back, so no NOTIFY
+            await store.rotate_key(new.key_id, clash, utcnow(), None)
+        await asyncio.sleep(0.2)
+        assert heard.empty()
+    finally:
+        await listener.close()
+        await store.close()
+
+
+async def test_command_timeout_is_store_unavailable(pg_url: str) -> None:
+    store = PostgresKeyStore(pg_url, command_timeout=0.2)
+    await store.open()
+    try:
+        async with store._conn() as conn:  # a query that outlives the timeout
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.execute("SELECT pg_sleep(2)")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        blocker = await asyncpg.connect(pg_url)
+        try:
+            await blocker.execute("BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreUnavailable):
+                await store.get_key("key_x")
+        finally:
+            await blocker.close()
+        assert loop.time() - started < 1.5
+        assert await store.get_key("key_x") is None
+    finally:
+        await store.close()
+
+
+async def test_usage_batch_is_one_statement(pg_url: str) -> None:
+    store = PostgresKeyStore(pg_url, min_size=1, max_size=1)  # one connection: we watch it
+    await store.open()
+    try:
+        ws = await store.create_workspace("w")
+        keys = [
+            await store.create_key(make_record(ws.id), max_active_per_user=10) for _ in range(3)
+        ]
+        deltas = [UsageDelta(k.key_id, 2, 1, utcnow()) for k in [*keys, keys[0]]]
+        statements: list[str] = []
+        async with store._conn() as conn:
+            conn.add_query_logger(lambda record: statements.append(record.query))
+        await store.record_usage(deltas)
+        ours = [q for q in statements if "api_keys" in q or "key_usage" in q]
+        assert len(ours) == 1, statements  # (the rest: pool reset, type introspection)
+        expected = {keys[0].key_id: (4, 2), keys[1].key_id: (2, 1), keys[2].key_id: (2, 1)}
+        for key_id, counts in expected.items():
+            usage = await store.get_usage(key_id)
+            assert usage is not None and (usage.requests, usage.rate_limited) == counts
+    finally:
+        await store.close()
