@@ -3,11 +3,18 @@ stage ever wraps it and it is never reachable on the public port.
 
 Admin keys are ``key_type: admin`` keys: operator keys (no workspace) see everything; workspace
 admin keys see their workspace only, and anything else is a 404, never a 403.
+
+Every endpoint but ``/healthz``, ``/readyz`` and ``/metrics`` needs an admin key — the OpenAPI
+document included (see ``gateway.openapi``). Request problems: a body that is not JSON is a
+400 ``bad_request``; anything else wrong with the input (a body that is not an object, unknown
+or invalid fields, bad ``limit``/``include_revoked``/``cursor`` query values) is a 400
+``validation_error`` whose ``errors`` member names every failing field.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +43,8 @@ from gateway.errors import (
 )
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.keys.service import KeyService
+from gateway.keys.validation import validate_named, validate_rotate
+from gateway.openapi import PAGE_MAX, build_openapi
 from gateway.pipeline.errors import render
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.request_id import pick_request_id
@@ -47,9 +56,11 @@ SERVICES = web.AppKey("services", Services)
 KEY_SERVICE = web.AppKey("key_service", KeyService)
 ADMIN_KEY = web.RequestKey("admin_key", KeyRecord)
 REQUEST_ID = web.RequestKey("request_id", str)
+OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+DIGITS = re.compile(r"[0-9]{1,7}")
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -75,7 +86,9 @@ def as_gateway_error(exc: Exception) -> GatewayError | None:
     if isinstance(exc, web.HTTPNotFound):
         return GatewayError(NOT_FOUND, "no such admin endpoint")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return GatewayError(METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        allow = ", ".join(sorted(exc.allowed_methods))
+        return GatewayError(METHOD_NOT_ALLOWED, "method not allowed on this endpoint",
+                            headers={"Allow": allow})
     return None
 
 
@@ -151,16 +164,17 @@ async def read_json(request: web.Request) -> Any:
 
 
 def query_bool(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "false").lower()
-    if value not in ("true", "false", "1", "0"):
+    value = request.query.get(name, "false")
+    if value not in ("true", "false"):
         raise ValidationError({name: "must be true or false"})
-    return value in ("true", "1")
+    return value == "true"
 
 
 def query_limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise ValidationError({"limit": "must be an integer from 1 to 1000"})
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses
+    if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= PAGE_MAX:
+        raise ValidationError({"limit": f"must be an integer from 1 to {PAGE_MAX}"})
     return int(raw)
 
 
@@ -168,8 +182,7 @@ def query_limit(request: web.Request) -> int:
 async def create_workspace(request: web.Request) -> web.Response:
     if caller_workspace(request) is not None:
         raise NotFound("workspace admins cannot create workspaces")
-    body = await read_json(request)
-    name = body.get("name") if isinstance(body, dict) else None
+    name = validate_named(await read_json(request))
     workspace = await request.app[KEY_SERVICE].create_workspace(name, actor(request))
     return json_response(workspace.to_public(), 201)
 
@@ -184,8 +197,7 @@ async def list_workspaces(request: web.Request) -> web.Response:
 def _named_create(kind: str) -> Handler:
     async def create(request: web.Request) -> web.Response:
         workspace_id = visible_workspace(request)
-        body = await read_json(request)
-        name = body.get("name") if isinstance(body, dict) else None
+        name = validate_named(await read_json(request))
         service = request.app[KEY_SERVICE]
         make = service.create_project if kind == "project" else service.create_namespace
         created = await make(workspace_id, name, actor(request))
@@ -254,11 +266,9 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def rotate_key(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict) or set(body) - {"grace_period_seconds"}:
-        raise ValidationError({"body": "only grace_period_seconds is accepted"})
+    grace = validate_rotate(await read_json(request))
     _old, new, plaintext = await request.app[KEY_SERVICE].rotate_key(
-        request.match_info["key_id"], body.get("grace_period_seconds"), actor(request),
+        request.match_info["key_id"], grace, actor(request),
         caller_workspace(request),
     )
     return json_response({**new.to_public(utcnow()), "key": plaintext}, 201)
@@ -281,8 +291,12 @@ async def audit(request: web.Request) -> web.Response:
     wanted = request.query.get("workspace_id") or own
     if own is not None and wanted != own:
         raise NotFound(f"workspace {wanted} not found")
-    events = await request.app[KEY_SERVICE].audit(wanted, query_limit(request))
+    events = await request.app[KEY_SERVICE].audit(wanted or None, query_limit(request))
     return json_response({"results": [e.to_public() for e in events], "total": len(events)})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -304,6 +318,7 @@ def create_admin_app(services: Services, key_service: KeyService) -> web.Applica
     app = web.Application(middlewares=[errors_middleware, auth_middleware])
     app[SERVICES] = services
     app[KEY_SERVICE] = key_service
+    app[OPENAPI] = build_openapi()
     v1 = "/admin/v1"
     app.router.add_post(f"{v1}/workspaces", create_workspace)
     app.router.add_get(f"{v1}/workspaces", list_workspaces)
@@ -318,6 +333,7 @@ def create_admin_app(services: Services, key_service: KeyService) -> web.Applica
     app.router.add_post(f"{v1}/keys/{{key_id}}/rotate", rotate_key)
     app.router.add_get(f"{v1}/keys/{{key_id}}/usage", key_usage)
     app.router.add_get(f"{v1}/audit", audit)
+    app.router.add_get(f"{v1}/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

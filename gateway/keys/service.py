@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.config import Config
-from gateway.errors import KeyLimitReached, NotFound, ValidationError
+from gateway.errors import Conflict, KeyLimitReached, NotFound, ValidationError
 from gateway.keys.model import (
     AuditEvent,
     KeyHasher,
@@ -28,7 +28,13 @@ from gateway.keys.model import (
     utcnow,
 )
 from gateway.keys.store import KeyStore
-from gateway.keys.validation import CREATE_FIELDS, UPDATE_FIELDS, validate_fields, validate_name
+from gateway.keys.validation import (
+    CREATE_FIELDS,
+    UPDATE_FIELDS,
+    grace_period,
+    validate_fields,
+    validate_name,
+)
 
 ChangeHook = Callable[[str], None]
 
@@ -129,6 +135,7 @@ class KeyService:
     ) -> KeyRecord:
         current = await self.get_key(key_id, workspace_id)
         changes = validate_fields(body, UPDATE_FIELDS, required=())
+        _require_active(current, "changed")
         if not changes:
             return current
         updated = await self._store.update_key(key_id, changes)
@@ -147,7 +154,8 @@ class KeyService:
             key_id, {"status": "revoked", "revoked_at": utcnow(), "revoked_by": actor}
         )
         self._on_change(revoked.key_hash)
-        await self._audit(actor, "key.revoke", key_id, current.workspace_id, {})
+        await self._audit(actor, "key.revoke", key_id, current.workspace_id,
+                          {"status": "revoked"})
         return revoked
 
     async def rotate_key(
@@ -158,9 +166,7 @@ class KeyService:
         (0: revoked now). Returns (old, new, new plaintext)."""
         grace = _grace(grace_period_seconds)
         old = await self.get_key(key_id, workspace_id)
-        status = old.effective_status(utcnow())
-        if status != "active":
-            raise ValidationError({"key_id": f"only active keys can be rotated, not {status}"})
+        _require_active(old, "rotated")
         plaintext = generate_key(self._config.keys.prefixes[old.environment])
         key_prefix, hint = display_parts(plaintext)
         now = utcnow()
@@ -186,6 +192,9 @@ class KeyService:
         return usage
 
     async def audit(self, workspace_id: str | None, limit: int = 100) -> list[AuditEvent]:
+        """Newest first; ``workspace_id`` None means every event (operators only)."""
+        if workspace_id is not None:
+            await self.get_workspace(workspace_id)
         return await self._store.list_audit(workspace_id, limit)
 
     # helpers ----------------------------------------------------------------------------------
@@ -231,11 +240,18 @@ class KeyService:
 
 
 def _grace(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 31_536_000:
-        raise ValidationError({"grace_period_seconds": "must be an integer from 0 to 31536000"})
-    return value
+    try:
+        return grace_period(value)
+    except ValueError as exc:
+        raise ValidationError({"grace_period_seconds": str(exc)}) from None
+
+
+def _require_active(record: KeyRecord, verb: str) -> None:
+    """Revoked and expired keys are history: changing or rotating one is a 409, and a PATCH
+    can never bring one back (which would also slip past ``max_active_per_user``)."""
+    status = record.effective_status(utcnow())
+    if status != "active":
+        raise Conflict(f"key {record.key_id} is {status}; only active keys can be {verb}")
 
 
 __all__ = ["KeyLimitReached", "KeyService"]

@@ -12,7 +12,24 @@ from gateway.errors import ValidationError
 from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, Scope, utcnow
 from gateway.origins import parse_pattern
 
-PERMISSION = re.compile(r"^[A-Za-z0-9_.:*-]{1,100}$")
+# Limits shared with the OpenAPI document (gateway.openapi), so the two never disagree.
+PERMISSION_PATTERN = r"^[A-Za-z0-9_.:*-]{1,100}$"
+PERMISSION = re.compile(PERMISSION_PATTERN)
+NAME_MAX = 100
+DESCRIPTION_MAX = 500
+USER_ID_MAX = 254
+RESOURCE_ID_MAX = 200
+# Counts are stored in 64-bit integer columns; a cap far above any real limit keeps them there.
+COUNT_MAX = 1_000_000_000
+GRACE_MAX = 31_536_000  # one year
+# The shape of an allowed origin, checked before gateway.origins parses it (which also forgives
+# surrounding spaces and an empty query or fragment that the documented schema does not).
+ORIGIN_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://(\*\.)?[^/?#\s@*]+$"
+ORIGIN = re.compile(ORIGIN_PATTERN)
+# RFC 3339 §5.6 date-time, checked before parsing: fromisoformat alone also takes other ISO forms.
+RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
+)
 CREATE_FIELDS = frozenset(
     {
         "name",
@@ -44,24 +61,24 @@ UPDATE_FIELDS = frozenset(
 
 
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value.strip()) <= 100:
-        raise ValueError("must be a string of 1 to 100 characters")
+    if not isinstance(value, str) or not 1 <= len(value) <= NAME_MAX or not value.strip():
+        raise ValueError(f"must be a string of 1 to {NAME_MAX} characters, not only spaces")
     return value.strip()
 
 
 def _description(value: Any) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > 500:
-        raise ValueError("must be a string of at most 500 characters")
+    if not isinstance(value, str) or len(value) > DESCRIPTION_MAX:
+        raise ValueError(f"must be a string of at most {DESCRIPTION_MAX} characters")
     return value
 
 
 def _user_id(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= 254:
-        raise ValueError("must be a string of 1 to 254 characters")
+    if not isinstance(value, str) or not 1 <= len(value) <= USER_ID_MAX:
+        raise ValueError(f"must be a string of 1 to {USER_ID_MAX} characters")
     return value
 
 
@@ -77,8 +94,8 @@ def _scope(item: Any) -> Scope:
     if not isinstance(item, dict) or set(item) - {"resource_id", "operations"}:
         raise ValueError("each scope is {resource_id, operations}")
     resource_id, operations = item.get("resource_id"), item.get("operations")
-    if not isinstance(resource_id, str) or not 1 <= len(resource_id) <= 200:
-        raise ValueError("scope resource_id must be a string of 1 to 200 characters")
+    if not isinstance(resource_id, str) or not 1 <= len(resource_id) <= RESOURCE_ID_MAX:
+        raise ValueError(f"scope resource_id must be a string of 1 to {RESOURCE_ID_MAX} characters")
     if not isinstance(operations, list) or not operations or not all(
         isinstance(o, str) and PERMISSION.match(o) for o in operations
     ):
@@ -100,7 +117,8 @@ def _origins(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError("must be a list of origins")
     for origin in value:
-        pattern = parse_pattern(origin) if isinstance(origin, str) else None
+        well_shaped = isinstance(origin, str) and ORIGIN.match(origin)
+        pattern = parse_pattern(origin) if well_shaped else None
         if pattern is None or pattern.any_origin:
             raise ValueError(
                 f"{origin!r} is not scheme://host[:port] or scheme://*.domain[:port]"
@@ -111,16 +129,19 @@ def _origins(value: Any) -> tuple[str, ...]:
 def _positive_or_null(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("must be an integer >= 1 or null")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= COUNT_MAX:
+        raise ValueError(f"must be an integer from 1 to {COUNT_MAX} or null")
     return value
 
 
 def parse_timestamp(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError("must carry a time zone (RFC 3339)")
-    return parsed.astimezone(UTC)
+    if not RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time with a time zone")
+    parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+        raise ValueError("is out of range") from None
 
 
 def _expires_at(value: Any) -> datetime | None:
@@ -131,10 +152,19 @@ def _expires_at(value: Any) -> datetime | None:
     try:
         parsed = parse_timestamp(value)
     except ValueError:
-        raise ValueError("must be an RFC 3339 timestamp with a time zone") from None
+        raise ValueError("must be an RFC 3339 date-time with a time zone") from None
     if parsed <= utcnow():
         raise ValueError("must be in the future")
     return parsed
+
+
+def grace_period(value: Any) -> int:
+    """Missing or null means 0: a rotation without a stated grace period revokes at once."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= GRACE_MAX:
+        raise ValueError(f"must be an integer from 0 to {GRACE_MAX}")
+    return value
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -167,6 +197,7 @@ FIELD_CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "environment": _one_of(ENVIRONMENTS),
     "project_id": _project_id,
     "key_type": _one_of(KEY_TYPES),
+    "grace_period_seconds": grace_period,
 }
 
 
@@ -198,3 +229,18 @@ def validate_name(value: Any, field: str = "name") -> str:
         return _name(value)
     except ValueError as exc:
         raise ValidationError({field: str(exc)}) from None
+
+
+NAMED_FIELDS = frozenset({"name"})
+ROTATE_FIELDS = frozenset({"grace_period_seconds"})
+
+
+def validate_named(body: Any) -> str:
+    """The ``{name}`` body of a workspace, project or namespace create: unknown fields rejected."""
+    return str(validate_fields(body, NAMED_FIELDS, required=("name",))["name"])
+
+
+def validate_rotate(body: Any) -> int:
+    """The ``{grace_period_seconds}`` body of a rotate: the grace period in seconds."""
+    fields = validate_fields(body, ROTATE_FIELDS, required=())
+    return grace_period(fields.get("grace_period_seconds"))
