@@ -8,13 +8,12 @@ entry's life is capped at ``fallback_ttl`` so a missed change cannot keep a revo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from gateway.errors import StoreUnavailable
 from gateway.keys.cache import KeyCache
 from gateway.keys.store import KeyStore
+from gateway.periodic import Periodic
 
 log = logging.getLogger("gateway.invalidation")
 
@@ -30,10 +29,9 @@ class ChangeFeedPoller:
     ) -> None:
         self._store = store
         self._cache = cache
-        self._interval = interval
         self._fallback_ttl = fallback_ttl
         self._seq = 0
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(interval, self._poll)
         self._healthy = True
 
     async def start(self) -> None:
@@ -41,13 +39,10 @@ class ChangeFeedPoller:
             self._seq = await self._store.last_change_seq()
         except StoreUnavailable:
             self._healthy = False
-        self._task = asyncio.ensure_future(self._run())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
 
     async def poll_once(self) -> int:
         changes = await self._store.changes_since(self._seq)
@@ -56,15 +51,13 @@ class ChangeFeedPoller:
             self._seq = max(self._seq, change.seq)
         return len(changes)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.poll_once()
-            except StoreUnavailable:
-                if self._healthy:
-                    log.warning("change feed unreadable; capping cache ttl")
-                self._healthy = False
-                self._cache.cap_ttl(self._fallback_ttl)
-                continue
-            self._healthy = True
+    async def _poll(self) -> None:
+        try:
+            await self.poll_once()
+        except StoreUnavailable:
+            if self._healthy:
+                log.warning("change feed unreadable; capping cache ttl")
+            self._healthy = False
+            self._cache.cap_ttl(self._fallback_ttl)
+            return
+        self._healthy = True

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
 
 from gateway.errors import StoreUnavailable
 from gateway.keys.store import KeyStore, UsageDelta
+from gateway.periodic import Periodic
 
 log = logging.getLogger("gateway.usage")
 
@@ -18,10 +17,9 @@ log = logging.getLogger("gateway.usage")
 class UsageRecorder:
     def __init__(self, store: KeyStore, interval: float = 1.0) -> None:
         self._store = store
-        self._interval = interval
         self._pending: dict[str, list[int]] = {}  # key_id -> [requests, rate_limited]
         self._last_used: dict[str, float] = {}  # key_id -> time.time(), converted at flush
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(interval, self._flush_or_retry)
 
     def used(self, key_id: str) -> None:
         counts = self._pending.get(key_id)
@@ -36,13 +34,10 @@ class UsageRecorder:
         counts[1] += 1
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
         try:
             await self.flush()
         except StoreUnavailable:
@@ -73,13 +68,11 @@ class UsageRecorder:
         for key_id, at in last_used.items():
             self._last_used[key_id] = max(at, self._last_used.get(key_id, at))
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.flush()
-            except StoreUnavailable:
-                log.warning("usage flush failed; will retry")
+    async def _flush_or_retry(self) -> None:
+        try:
+            await self.flush()
+        except StoreUnavailable:
+            log.warning("usage flush failed; will retry")
 
 
 def _as_datetime(timestamp: float | None) -> datetime | None:
