@@ -16,6 +16,8 @@ from gateway.errors import ConfigError
 from gateway.keys.cache import KeyCache
 from gateway.keys.invalidation import ChangeFeedPoller
 from gateway.keys.model import KeyHasher
+from gateway.keys.notify import PostgresInvalidator
+from gateway.keys.postgres import PostgresKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import KeyStore
 from gateway.keys.tenancy import TenancyCache
@@ -27,6 +29,8 @@ from gateway.upstream import UpstreamGroup
 
 STORES: dict[str, Callable[[str], KeyStore]] = {
     "sqlite": SqliteKeyStore,
+    "postgresql": PostgresKeyStore,
+    "postgres": PostgresKeyStore,
 }
 
 
@@ -89,7 +93,11 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             negative_ttl=cache_config.negative_ttl,
             stale_if_error=cache_config.stale_if_error,
         )
-        feed = ChangeFeedPoller(store, cache, interval=cache_config.poll_interval)
+        feed: ChangeFeedPoller | PostgresInvalidator
+        if isinstance(store, PostgresKeyStore):  # LISTEN/NOTIFY: changes arrive at commit
+            feed = PostgresInvalidator(store.url, cache, connect_timeout=store.connect_timeout)
+        else:
+            feed = ChangeFeedPoller(store, cache, interval=cache_config.poll_interval)
         await feed.start()
         stack.push_async_callback(feed.stop)
         usage = UsageRecorder(store)

@@ -1,0 +1,108 @@
+"""PostgresInvalidator: a committed key change evicts the cached entry; a lost listener caps the
+cache ttl, reconnects, and drops the whole cache once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from gateway.keys.cache import KeyCache
+from gateway.keys.model import utcnow
+from gateway.keys.notify import PostgresInvalidator
+from gateway.keys.postgres import PostgresKeyStore
+from tests.keys.conftest import (
+    PG_HOST,
+    PG_PORT,
+    create_pg_database,
+    drop_pg_database,
+    postgres_reachable,
+)
+from tests.keys.test_postgres import make_record
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    if not postgres_reachable():
+        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None:
+    writer = PostgresKeyStore(pg_url)  # "another node"
+    reader = PostgresKeyStore(pg_url)
+    await writer.open()
+    await reader.open()
+    clock = [1000.0]
+    cache = KeyCache(reader, ttl=60.0, clock=lambda: clock[0])
+    invalidator = PostgresInvalidator(pg_url, cache, min_backoff=0.01, max_backoff=0.05)
+    await invalidator.start()
+    try:
+        assert invalidator.connected
+        ws = await writer.create_workspace("w")
+        key = await writer.create_key(make_record(ws.id), max_active_per_user=10)
+        assert (await cache.get(key.key_hash)) == key
+        assert len(cache) == 1
+
+        await writer.update_key(key.key_id, {"status": "revoked", "revoked_at": utcnow()})
+        await until(lambda: len(cache) == 0)
+        cached = await cache.get(key.key_hash)
+        assert cached is not None and cached.status == "revoked"
+
+        # the listener's connection dies: ttl capped at 5 s, then reconnect drops everything
+        admin = await asyncpg.connect(pg_url)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'gateway-listener' AND datname = current_database()"
+            )
+        finally:
+            await admin.close()
+        assert killed == 1
+        await until(lambda: invalidator.reconnects == 1)
+        assert invalidator.connected
+        assert len(cache) == 0  # dropped on reconnect
+
+        # while down, entries live at most fallback_ttl
+        await cache.get(key.key_hash)
+        invalidator._down(None)
+        clock[0] += 5.01
+        assert cache._positive[key.key_hash][1] <= clock[0]
+
+        # and it still hears changes after reconnecting
+        other = await writer.create_key(make_record(ws.id), max_active_per_user=10)
+        await cache.get(other.key_hash)
+        await writer.update_key(other.key_id, {"name": "renamed"})
+        await until(lambda: other.key_hash not in cache._positive)
+    finally:
+        await invalidator.stop()
+        await reader.close()
+        await writer.close()
+
+
+async def test_start_with_postgres_down_keeps_trying(unused_tcp_port: int) -> None:
+    store = PostgresKeyStore(f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x")
+    cache = KeyCache(store)
+    invalidator = PostgresInvalidator(store.url, cache, connect_timeout=0.5, max_backoff=0.05)
+    await invalidator.start()  # does not raise
+    try:
+        assert not invalidator.connected
+        await asyncio.sleep(0.2)
+        assert invalidator._task is not None and not invalidator._task.done()
+    finally:
+        await invalidator.stop()
