@@ -57,6 +57,7 @@ KEY_SERVICE = web.AppKey("key_service", KeyService)
 ADMIN_KEY = web.RequestKey("admin_key", KeyRecord)
 REQUEST_ID = web.RequestKey("request_id", str)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+QUERY_NAMES = web.AppKey("query_names", dict[tuple[str, str], frozenset[str]])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -134,6 +135,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if record.key_type != "admin":
         raise GatewayError(INSUFFICIENT_PERMISSIONS, "the admin API needs an admin key")
     request[ADMIN_KEY] = record
+    return await handler(request)
+
+
+def query_names(document: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+    """(METHOD, path template) -> the query parameters the OpenAPI document lists for it."""
+    allowed: dict[tuple[str, str], frozenset[str]] = {}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters":
+                params = operation.get("parameters", [])
+                names = frozenset(p["name"] for p in params if p["in"] == "query")
+                allowed[(method.upper(), path)] = names
+    return allowed
+
+
+@web.middleware
+async def query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown query parameters are rejected like unknown body fields."""
+    route = request.match_info.route.resource
+    if route is not None and request.path not in PUBLIC_PATHS:
+        allowed = request.app[QUERY_NAMES].get((request.method, route.canonical), frozenset())
+        unknown = sorted(set(request.query) - allowed)
+        if unknown:
+            raise ValidationError({name: "unknown query parameter" for name in unknown})
     return await handler(request)
 
 
@@ -233,7 +258,7 @@ async def list_keys(request: web.Request) -> web.Response:
         user_id=request.query.get("user_id"),
         resource_id=request.query.get("resource_id"),
         limit=query_limit(request),
-        cursor=request.query.get("cursor"),
+        cursor=request.query.get("cursor") or None,  # "?cursor=" is the first page
     )
     now = utcnow()
     return json_response({
@@ -315,10 +340,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_admin_app(services: Services, key_service: KeyService) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware])
+    app = web.Application(middlewares=[errors_middleware, auth_middleware, query_middleware])
     app[SERVICES] = services
     app[KEY_SERVICE] = key_service
     app[OPENAPI] = build_openapi()
+    app[QUERY_NAMES] = query_names(app[OPENAPI])
     v1 = "/admin/v1"
     app.router.add_post(f"{v1}/workspaces", create_workspace)
     app.router.add_get(f"{v1}/workspaces", list_workspaces)

@@ -207,7 +207,8 @@ KEY_LIST_PARAMS = [
     _query("resource_id", {"type": "string"},
            "only keys whose scopes name this resource, or that have no scopes"),
     LIMIT,
-    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+    _query("cursor", {"type": "string"},
+           "next_cursor of the previous page (opaque; empty means the first page)"),
 ]
 BAD = ("400", "401", "403", "404", "503")
 WRITE = (*BAD, "409")
@@ -226,7 +227,7 @@ def _paths() -> dict[str, Schema]:
         f"{ws}/projects": {
             "parameters": ws_param,
             "post": _operation("Create project", "201", "Project", body="NamedCreate",
-                               errors=BAD),
+                               errors=WRITE),
             "get": _operation("List projects", "200", "ProjectList"),
         },
         f"{ws}/namespaces": {

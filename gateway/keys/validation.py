@@ -126,12 +126,22 @@ def _origins(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def as_integer(value: Any) -> int | None:
+    """An int, or a float with no fraction (JSON Schema counts 5.0 as an integer); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
 def _positive_or_null(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= COUNT_MAX:
+    number = as_integer(value)
+    if number is None or not 1 <= number <= COUNT_MAX:
         raise ValueError(f"must be an integer from 1 to {COUNT_MAX} or null")
-    return value
+    return number
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -162,9 +172,10 @@ def grace_period(value: Any) -> int:
     """Missing or null means 0: a rotation without a stated grace period revokes at once."""
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= GRACE_MAX:
+    number = as_integer(value)
+    if number is None or not 0 <= number <= GRACE_MAX:
         raise ValueError(f"must be an integer from 0 to {GRACE_MAX}")
-    return value
+    return number
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
