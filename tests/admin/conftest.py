@@ -1,0 +1,50 @@
+"""Admin API fixtures: a small client that sends JSON with an admin key and returns
+(status, body), on top of the real gateway from ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Gateway, bearer
+
+
+@dataclass
+class Admin:
+    http: aiohttp.ClientSession
+    base: str  # the admin listener's URL
+    token: str | None  # None: send no Authorization header
+
+    async def call(
+        self, method: str, path: str, json: Any = None, *, data: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        headers = bearer(self.token) if self.token is not None else {}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        async with self.http.request(method, self.base + path, json=json, data=data,
+                                     params=params, headers=headers) as r:
+            body = await r.json(content_type=None) if r.content_length != 0 else None
+            return r.status, body
+
+    async def ok(self, method: str, path: str, json: Any = None, **kw: Any) -> Any:
+        status, body = await self.call(method, path, json, **kw)
+        assert status in (200, 201), (status, body)
+        return body
+
+
+@pytest.fixture
+async def operator(gateway: Gateway, http: aiohttp.ClientSession) -> Admin:
+    return Admin(http, gateway.admin_url, await gateway.admin_key())
+
+
+async def workspace_admin(
+    gateway: Gateway, http: aiohttp.ClientSession, workspace_id: str
+) -> Admin:
+    _record, token = await gateway.keys.create_key(
+        workspace_id, {"name": "ws admin", "key_type": "admin"}, "test"
+    )
+    return Admin(http, gateway.admin_url, token)
