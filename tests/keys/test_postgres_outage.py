@@ -1,0 +1,179 @@
+"""Postgres outage: a private server (own data directory, free port) is stopped under a running
+gateway and started again. The machine's shared server is never touched.
+
+While it is down: keys already cached keep working (stale window: ``key_cache.stale_if_error``
+past the ttl, itself capped at 5 s once the change listener is lost); an uncached key is 503
+``auth_unavailable`` (never 401); ``/readyz`` is 503; no request waits longer than the store's
+command timeout. Once it is back, service resumes by itself within 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.keys.postgres import COMMAND_TIMEOUT
+from tests.keys.test_revocation_multiprocess import (
+    admin_key,
+    free_port,
+    gateway_cmd,
+    processes,
+    spawn,
+    wait_ready,
+    write_config,
+)
+
+PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+class PrivatePostgres:
+    """initdb + pg_ctl on a temp directory and a free port (as the postgres user when root)."""
+
+    def __init__(self) -> None:
+        self.bin = Path(PG_BINS[-1])
+        self.root = Path(tempfile.mkdtemp(prefix="gw-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            os.chmod(self.root, 0o755)
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*prefix, *args], check=True, capture_output=True, timeout=timeout, cwd=self.root
+        )
+
+    def init(self) -> None:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
+            "-l", str(self.root / "pg.log"), "-w", "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    if not PG_BINS or (shutil.which("runuser") is None and os.geteuid() == 0):
+        pytest.skip("initdb/pg_ctl (or runuser) not available")
+    server = PrivatePostgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def timed_get(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object] | None, float]:
+    started = time.perf_counter()
+    async with session.get(url, headers=headers or {}) as response:
+        body = await response.read()
+        elapsed = time.perf_counter() - started
+        data = None
+        if response.content_type.endswith("json"):
+            data = await response.json(content_type=None)
+        del body
+        return response.status, data, elapsed
+
+
+@pytest.mark.slow
+async def test_outage_and_recovery(private_pg: PrivatePostgres, tmp_path: Path) -> None:
+    upstream_port = free_port()
+    node = write_config(tmp_path / "gw.yaml", private_pg.url, upstream_port)
+    upstream = spawn(
+        gateway_cmd("echo-upstream", "--listen", f"127.0.0.1:{upstream_port}"),
+        tmp_path / "upstream.log",
+    )
+    running = [upstream]
+    with processes(running):
+        token = admin_key(node.config)
+        node.process = spawn(gateway_cmd("-c", str(node.config), "serve"), tmp_path / "gw.log")
+        running.append(node.process)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await wait_ready(session, [node], timeout=20)
+            auth = {"Authorization": f"Bearer {token}"}
+            async with session.post(
+                f"{node.admin}/admin/v1/workspaces", json={"name": "o"}, headers=auth
+            ) as response:
+                workspace = await response.json()
+            keys = []
+            for name in ("cached", "uncached"):
+                async with session.post(
+                    f"{node.admin}/admin/v1/workspaces/{workspace['id']}/keys",
+                    json={"name": name},
+                    headers=auth,
+                ) as response:
+                    assert response.status == 201
+                    keys.append((await response.json())["key"])
+            cached = {"Authorization": f"Bearer {keys[0]}"}
+            uncached = {"Authorization": f"Bearer {keys[1]}"}
+            api = f"{node.base}/api/x"
+            assert (await timed_get(session, api, cached))[0] == 200
+
+            private_pg.stop()
+            worst = 0.0
+            for _ in range(5):
+                status, _, elapsed = await timed_get(session, api, cached)
+                assert status == 200
+                worst = max(worst, elapsed)
+                status, body, elapsed = await timed_get(session, api, uncached)
+                assert status == 503 and body is not None
+                assert body["code"] == "auth_unavailable"
+                worst = max(worst, elapsed)
+                status, _, elapsed = await timed_get(session, f"{node.admin}/readyz")
+                assert status == 503
+                worst = max(worst, elapsed)
+            assert worst < COMMAND_TIMEOUT + 0.5, worst
+
+            private_pg.start()
+            back = time.monotonic()
+            while True:
+                status, _, _ = await timed_get(session, api, uncached)
+                ready, _, _ = await timed_get(session, f"{node.admin}/readyz")
+                if status == 200 and ready == 200:
+                    break
+                assert status in (503, 200), status
+                assert time.monotonic() - back < 2.0, "not resumed within 2 s"
+                await asyncio.sleep(0.02)
+            resumed = time.monotonic() - back
+            assert (await timed_get(session, api, cached))[0] == 200
+
+            # the change listener is back too: a revocation still lands at once
+            async with session.get(
+                f"{node.admin}/admin/v1/workspaces/{workspace['id']}/keys", headers=auth
+            ) as response:
+                listed = (await response.json())["results"]
+            cached_id = next(k["key_id"] for k in listed if k["name"] == "cached")
+            await asyncio.sleep(1.2)  # past the listener's longest reconnect backoff
+            async with session.delete(
+                f"{node.admin}/admin/v1/keys/{cached_id}", headers=auth
+            ) as response:
+                assert response.status == 200
+            assert (await timed_get(session, api, cached))[0] == 401
+    print(f"\noutage: slowest request while down {worst * 1000:.1f} ms; resumed in {resumed:.2f} s")
