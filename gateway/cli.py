@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.config import Config, Listen, load_config
+from gateway.config import Config, load_config
 from gateway.errors import (
     ConfigError,
     Conflict,
@@ -289,5 +289,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. the listen address is taken
         return fail(f"{exc.strerror or exc}", EXIT_FAILURE)
 
-
-__all__ = ["Listen", "main"]
