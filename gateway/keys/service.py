@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.config import Config
-from gateway.errors import Conflict, KeyLimitReached, NotFound, ValidationError
+from gateway.errors import Conflict, NotFound, ValidationError
 from gateway.keys.model import (
     AuditEvent,
     KeyHasher,
@@ -252,6 +252,3 @@ def _require_active(record: KeyRecord, verb: str) -> None:
     status = record.effective_status(utcnow())
     if status != "active":
         raise Conflict(f"key {record.key_id} is {status}; only active keys can be {verb}")
-
-
-__all__ = ["KeyLimitReached", "KeyService"]
