@@ -475,7 +475,7 @@ class PostgresKeyStore:
         """Apply pending migrations in one transaction under an advisory lock (nodes starting
         together serialize; the later ones find nothing to do); return the versions applied."""
         migrations = migration_files("postgres")
-        async with self._transaction() as conn:
+        async with self._transaction(MIGRATION_TIMEOUT) as conn:
             await conn.execute(
                 f"SELECT pg_advisory_xact_lock({_LOCK_CLASS_MIGRATIONS}, 0)",
                 timeout=MIGRATION_TIMEOUT,
@@ -513,17 +513,22 @@ class PostgresKeyStore:
         return True
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _conn(self, deadline: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; the whole use (waiting for the pool, connecting, every
+        statement) is bounded by ``deadline`` (default ``command_timeout``) in total."""
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("postgres key store is not open")
+        limit = self.command_timeout if deadline is None else deadline
         with _translated():
-            async with pool.acquire(timeout=self.command_timeout) as conn:
+            async with asyncio.timeout(limit), pool.acquire(timeout=limit) as conn:
                 yield conn
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self._conn() as conn, conn.transaction():
+    async def _transaction(
+        self, deadline: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        async with self._conn(deadline) as conn, conn.transaction():
             yield conn
 
     # keys ------------------------------------------------------------------------------------

@@ -140,8 +140,8 @@ async def test_command_timeout_is_store_unavailable(pg_url: str) -> None:
     store = PostgresKeyStore(pg_url, command_timeout=0.2)
     await store.open()
     try:
-        async with store._conn() as conn:  # a query that outlives the timeout
-            with pytest.raises(asyncio.TimeoutError):
+        with pytest.raises(StoreUnavailable):  # a query that outlives the timeout
+            async with store._conn() as conn:
                 await conn.execute("SELECT pg_sleep(2)")
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -177,5 +177,20 @@ async def test_usage_batch_is_one_statement(pg_url: str) -> None:
         for key_id, counts in expected.items():
             usage = await store.get_usage(key_id)
             assert usage is not None and (usage.requests, usage.rate_limited) == counts
+    finally:
+        await store.close()
+
+
+async def test_every_call_is_bounded_by_the_command_timeout(pg_url: str) -> None:
+    store = PostgresKeyStore(pg_url, command_timeout=0.3, min_size=1, max_size=1)
+    await store.open()
+    loop = asyncio.get_running_loop()
+    try:
+        async with store._conn(deadline=5):  # the pool's only connection is busy
+            started = loop.time()
+            with pytest.raises(StoreUnavailable):
+                await store.get_key("key_x")
+            assert loop.time() - started < 0.6
+        assert await store.get_key("key_x") is None  # and it recovers
     finally:
         await store.close()
