@@ -18,10 +18,13 @@ from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, STATUSES
 from gateway.keys.validation import (
     COUNT_MAX,
     DESCRIPTION_MAX,
+    FREE_TEXT_PATTERN,
     GRACE_MAX,
     NAME_MAX,
+    NAME_PATTERN,
     ORIGIN_PATTERN,
     PERMISSION_PATTERN,
+    PLAIN_TEXT_PATTERN,
     RESOURCE_ID_MAX,
     USER_ID_MAX,
 )
@@ -41,7 +44,7 @@ def _nullable(schema: Schema) -> Schema:
 
 
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
-NAME: Schema = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": r"\S"}
+NAME: Schema = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}
 PERMISSIONS: Schema = {"type": "array", "items": {"type": "string", "pattern": PERMISSION_PATTERN}}
 COUNT: Schema = {"type": "integer", "minimum": 1, "maximum": COUNT_MAX}
 # scheme://host[:port] or scheme://*.domain[:port]; gateway.origins also checks host and port.
@@ -52,7 +55,8 @@ SCOPE: Schema = {
     "additionalProperties": False,
     "required": ["resource_id", "operations"],
     "properties": {
-        "resource_id": {"type": "string", "minLength": 1, "maxLength": RESOURCE_ID_MAX},
+        "resource_id": {"type": "string", "minLength": 1, "maxLength": RESOURCE_ID_MAX,
+                        "pattern": PLAIN_TEXT_PATTERN},
         "operations": {**PERMISSIONS, "minItems": 1},
     },
 }
@@ -60,7 +64,9 @@ SCOPE: Schema = {
 # PATCH fields; create adds the ones that cannot change after creation.
 UPDATABLE: dict[str, Schema] = {
     "name": NAME,
-    "description": _nullable({"type": "string", "maxLength": DESCRIPTION_MAX}),
+    "description": _nullable(
+        {"type": "string", "maxLength": DESCRIPTION_MAX, "pattern": FREE_TEXT_PATTERN}
+    ),
     "permissions": PERMISSIONS,
     "scopes": _nullable({"type": "array", "items": _ref("Scope")}),
     "allowed_origins": _nullable({"type": "array", "items": ORIGIN}),
@@ -69,7 +75,9 @@ UPDATABLE: dict[str, Schema] = {
     "expires_at": _nullable({**TIMESTAMP, "description": "RFC 3339, in the future"}),
 }
 CREATE_ONLY: dict[str, Schema] = {
-    "user_id": _nullable({"type": "string", "minLength": 1, "maxLength": USER_ID_MAX}),
+    "user_id": _nullable(
+        {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": PLAIN_TEXT_PATTERN}
+    ),
     "environment": {"type": "string", "enum": list(ENVIRONMENTS)},
     "project_id": _nullable({"type": "string", "minLength": 1}),
     "key_type": {"type": "string", "enum": list(KEY_TYPES)},

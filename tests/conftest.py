@@ -132,6 +132,7 @@ async def make_gateway(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Gate
         return Gateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", port,
                        services, keys, workspace, upstream)
 
+    factory.close = stack.aclose  # type: ignore[attr-defined]  # close early (idempotent)
     yield factory
     await stack.aclose()
 

@@ -60,10 +60,26 @@ UPDATE_FIELDS = frozenset(
 )
 
 
+# Control characters are refused in every free-text field: NUL cannot be stored in Postgres text
+# at all, and the rest only ever arrive by mistake or to confuse logs and terminals. The
+# description may hold tabs and line breaks. These patterns are published in the OpenAPI document.
+PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+FREE_TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+_PLAIN_TEXT = re.compile(PLAIN_TEXT_PATTERN)
+_FREE_TEXT = re.compile(FREE_TEXT_PATTERN)
+
+
+def _no_control(value: str, pattern: re.Pattern[str] = _PLAIN_TEXT) -> str:
+    if not pattern.match(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= NAME_MAX or not value.strip():
         raise ValueError(f"must be a string of 1 to {NAME_MAX} characters, not only spaces")
-    return value.strip()
+    return _no_control(value).strip()
 
 
 def _description(value: Any) -> str:
@@ -71,7 +87,7 @@ def _description(value: Any) -> str:
         return ""
     if not isinstance(value, str) or len(value) > DESCRIPTION_MAX:
         raise ValueError(f"must be a string of at most {DESCRIPTION_MAX} characters")
-    return value
+    return _no_control(value, _FREE_TEXT)
 
 
 def _user_id(value: Any) -> str | None:
@@ -79,7 +95,7 @@ def _user_id(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= USER_ID_MAX:
         raise ValueError(f"must be a string of 1 to {USER_ID_MAX} characters")
-    return value
+    return _no_control(value)
 
 
 def _permissions(value: Any) -> tuple[str, ...]:
@@ -96,6 +112,7 @@ def _scope(item: Any) -> Scope:
     resource_id, operations = item.get("resource_id"), item.get("operations")
     if not isinstance(resource_id, str) or not 1 <= len(resource_id) <= RESOURCE_ID_MAX:
         raise ValueError(f"scope resource_id must be a string of 1 to {RESOURCE_ID_MAX} characters")
+    _no_control(resource_id)
     if not isinstance(operations, list) or not operations or not all(
         isinstance(o, str) and PERMISSION.match(o) for o in operations
     ):

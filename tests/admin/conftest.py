@@ -1,15 +1,42 @@
 """Admin API fixtures: a small client that sends JSON with an admin key and returns
-(status, body), on top of the real gateway from ``tests/conftest.py``."""
+(status, body), on top of the real gateway from ``tests/conftest.py``.
+
+Every admin test runs on both key stores (issue: the admin API must work on both): the
+``gateway`` fixture is overridden here, parametrized by backend, each on a fresh database."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, bearer
+from tests.conftest import Gateway, GatewayFactory, bearer
+from tests.keys.conftest import (
+    BACKENDS,
+    create_pg_database,
+    drop_pg_database,
+    postgres_reachable,
+)
+
+
+@pytest.fixture(params=BACKENDS)
+async def gateway(
+    request: pytest.FixtureRequest, make_gateway: GatewayFactory
+) -> AsyncIterator[Gateway]:
+    if request.param == "sqlite":
+        yield await make_gateway()
+        return
+    if not postgres_reachable():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    url = await create_pg_database()
+    try:
+        yield await make_gateway(database=url)
+    finally:
+        await make_gateway.close()  # type: ignore[attr-defined]
+        await drop_pg_database(url)
 
 
 @dataclass

@@ -151,3 +151,22 @@ async def test_bad_query_parameters(operator: Admin, keys_path: str) -> None:
         assert set(errors) == {field}, params
     errors = await rejected(operator, "GET", "/admin/v1/audit", None, params={"limit": "x"})
     assert set(errors) == {"limit"}
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "tab\there", "bell\x07", "del\x7f"])
+async def test_control_characters_are_refused(
+    operator: Admin, gateway: Gateway, keys_path: str, bad: str
+) -> None:
+    # NUL cannot be stored in Postgres text: without this check it became a 503 there
+    body = {"name": bad, "user_id": bad, "scopes": [{"resource_id": bad, "operations": ["read"]}]}
+    assert set(await rejected(operator, "POST", keys_path, body)) == {"name", "user_id", "scopes"}
+    projects = f"/admin/v1/workspaces/{gateway.workspace.id}/projects"
+    assert set(await rejected(operator, "POST", projects, {"name": bad})) == {"name"}
+
+
+async def test_description_may_hold_line_breaks_but_not_nul(
+    operator: Admin, keys_path: str
+) -> None:
+    await operator.ok("POST", keys_path, {"name": "k", "description": "line 1\nline 2\tend"})
+    errors = await rejected(operator, "POST", keys_path, {"name": "k", "description": "a\x00"})
+    assert set(errors) == {"description"}
