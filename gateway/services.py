@@ -93,9 +93,12 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             negative_ttl=cache_config.negative_ttl,
             stale_if_error=cache_config.stale_if_error,
         )
+        metrics = Metrics()
         feed: ChangeFeedPoller | PostgresInvalidator
         if isinstance(store, PostgresKeyStore):  # LISTEN/NOTIFY: changes arrive at commit
-            feed = PostgresInvalidator(store.url, cache, connect_timeout=store.connect_timeout)
+            feed = PostgresInvalidator(
+                store.url, cache, connect_timeout=store.connect_timeout, metrics=metrics
+            )
         else:
             feed = ChangeFeedPoller(store, cache, interval=cache_config.poll_interval)
         await feed.start()
@@ -117,6 +120,6 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             limiter=limiter,
             local_limiter=MemoryRateLimiter(),
             usage=usage,
-            metrics=Metrics(),
+            metrics=metrics,
             upstreams=upstreams,
         )

@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs
 
 from gateway.keys.cache import KeyCache
 from gateway.keys.postgres import CONNECT_TIMEOUT, NOTIFY_CHANNEL
+from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.invalidation")
 
@@ -44,9 +46,11 @@ class PostgresInvalidator:
         keepalive: float = 2.0,
         min_backoff: float = 0.05,
         max_backoff: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._url = url
         self._cache = cache
+        self._metrics = metrics
         self._fallback_ttl = fallback_ttl
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
@@ -97,7 +101,12 @@ class PostgresInvalidator:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
-        self._cache.invalidate(payload)
+        key_hash, _, sent_at = payload.partition(" ")
+        self._cache.invalidate(key_hash)
+        if sent_at and self._metrics is not None:
+            # against the database's clock: skew between hosts adds to (or hides) lag
+            with contextlib.suppress(ValueError):
+                self._metrics.observe_invalidation_lag(time.time() - float(sent_at))
 
     def _on_terminated(self, _conn: Any) -> None:
         self._lost.set()

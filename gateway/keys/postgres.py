@@ -117,7 +117,9 @@ _FEED = (
     "WITH fed AS (INSERT INTO key_changes (key_hash, changed_at) "
     "SELECT h, $2 FROM unnest($1::text[]) WITH ORDINALITY AS t(h, n) ORDER BY n "
     "RETURNING key_hash) "
-    f"SELECT count(pg_notify('{NOTIFY_CHANNEL}', key_hash)) FROM fed"
+    # payload "<key_hash> <seconds since epoch, the database's clock>": listeners export the lag
+    f"SELECT count(pg_notify('{NOTIFY_CHANNEL}', "
+    "key_hash || ' ' || extract(epoch FROM clock_timestamp())::text)) FROM fed"
 )
 _PRUNE_FEED = "DELETE FROM key_changes WHERE changed_at < $1"
 # One statement per flush: duplicates in a batch are summed first (ON CONFLICT may touch a

@@ -4,6 +4,7 @@ mutating transaction, timeouts and error translation."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -114,11 +115,20 @@ async def test_every_mutation_notifies_on_commit_only(pg_url: str) -> None:
     await store.open()
     heard: asyncio.Queue[str] = asyncio.Queue()
     listener = await asyncpg.connect(pg_url)
-    await listener.add_listener(NOTIFY_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+    payloads: list[str] = []
+
+    def on_notify(*args: object) -> None:
+        payload = str(args[3])  # "<key_hash> <epoch seconds at the change>"
+        payloads.append(payload)
+        heard.put_nowait(payload.split(" ")[0])
+
+    await listener.add_listener(NOTIFY_CHANNEL, on_notify)
     try:
         ws = await store.create_workspace("w")
         key = await store.create_key(make_record(ws.id), max_active_per_user=10)
         assert await asyncio.wait_for(heard.get(), 2) == key.key_hash
+        sent_at = float(payloads[-1].split(" ")[1])
+        assert abs(time.time() - sent_at) < 5
         await store.update_key(key.key_id, {"name": "renamed"})
         assert await asyncio.wait_for(heard.get(), 2) == key.key_hash
         new = make_record(ws.id)

@@ -9,6 +9,7 @@ p50/p99/max.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -217,6 +218,11 @@ async def test_revocation_reaches_every_node_fast(pg_database: str, tmp_path: Pa
                         )
                     )
                 )
+            for node in nodes[1:]:  # each node exports the lag it saw, one per change
+                async with session.get(f"{node.admin}/metrics") as response:
+                    text = await response.text()
+                count = re.search(r"^gateway_invalidation_lag_seconds_count (\d+)$", text, re.M)
+                assert count is not None and int(count.group(1)) >= TRIALS, text
     p50, p99, worst = percentile(lags, 0.5), percentile(lags, 0.99), max(lags)
     print(
         f"\nrevocation lag over {len(lags)} samples ({TRIALS} trials x 2 other nodes): "
