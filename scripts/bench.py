@@ -7,7 +7,9 @@ Run from the repository root (as root, so nginx and wrk can be installed with ap
     .venv/bin/python scripts/bench.py --connections 64 --duration 20 --threads 2
 
 What runs: one nginx (1 worker) serving a fast upstream (``return 200 "ok\\n"``) on port A and a
-keep-alive reverse proxy to A on port B; one gateway (``workers: 1``, ``--variant embedded``:
+keep-alive reverse proxy to A on port B; one gateway (``workers: 1``; ``--variant embedded``, or
+``--variant postgres`` for the key store on a fresh database at $GATEWAY_BENCH_PG, default
+the local server, dropped afterwards):
 SQLite key store and in-process limiter, limits too high to ever reject but still checked) with
 an ``auth: none`` route ``/open/`` and a full-pipeline route ``/api/`` (Bearer key,
 ``permissions: [read]``), both to A. The key is created with the CLI before the gateway starts.
@@ -94,11 +96,29 @@ class Backends:
 
     database: str
     redis: str | None
+    cleanup: Callable[[], None] | None = None  # e.g. drop the database made for the run
 
 
-# A variant maps the run's temp dir to its backends; postgres/redis variants are added here.
+PG_ADMIN = os.environ.get("GATEWAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def psql(sql: str) -> None:
+    subprocess.run(["psql", PG_ADMIN, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                   check=True, capture_output=True, timeout=30)
+
+
+def postgres_backends(workdir: Path) -> Backends:
+    """A fresh database on the Postgres server at $GATEWAY_BENCH_PG, dropped afterwards."""
+    name = f"gw_bench_{os.getpid()}_{int(time.time())}"
+    psql(f"CREATE DATABASE {name}")
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    return Backends(url, None, lambda: psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+# A variant maps the run's temp dir to its backends; a redis variant is added here.
 VARIANTS: dict[str, Callable[[Path], Backends]] = {
     "embedded": lambda workdir: Backends(f"sqlite:///{workdir / 'bench.db'}", None),
+    "postgres": postgres_backends,  # key store on Postgres, in-process limiter
 }
 
 
@@ -536,6 +556,7 @@ class Run:
     load_before: float  # 1-minute load average before the servers started
     key: str = ""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def gateway_log(self) -> Path:
@@ -548,10 +569,15 @@ class Run:
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             stop(process)
+        for cleanup in self.cleanups:
+            with contextlib.suppress(Exception):  # best effort: the run is already over
+                cleanup()
 
 
 def start_servers(run: Run) -> None:
     backends = VARIANTS[run.args.variant](run.workdir)
+    if backends.cleanup is not None:
+        run.cleanups.append(backends.cleanup)
     config_path = run.workdir / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(gateway_config(run.ports, backends), sort_keys=False))
     start_nginx(run.nginx, run.workdir, run.ports, run.pin, run.processes)
