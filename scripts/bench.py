@@ -7,12 +7,12 @@ Run from the repository root (as root, so nginx and wrk can be installed with ap
     .venv/bin/python scripts/bench.py --connections 64 --duration 20 --threads 2
 
 What runs: one nginx (1 worker) serving a fast upstream (``return 200 "ok\\n"``) on port A and a
-keep-alive reverse proxy to A on port B; one gateway (``workers: 1``; ``--variant embedded``, or
-``--variant postgres`` for the key store on a fresh database at $GATEWAY_BENCH_PG, default
-the local server, dropped afterwards):
-SQLite key store and in-process limiter, limits too high to ever reject but still checked) with
-an ``auth: none`` route ``/open/`` and a full-pipeline route ``/api/`` (Bearer key,
-``permissions: [read]``), both to A. The key is created with the CLI before the gateway starts.
+keep-alive reverse proxy to A on port B; one gateway (``workers: 1``, limits too high to ever
+reject but still checked) with an ``auth: none`` route ``/open/`` and a full-pipeline route
+``/api/`` (Bearer key, ``permissions: [read]``), both to A. ``--variant embedded`` (default):
+SQLite key store and in-process limiter; ``--variant postgres``: the key store on a fresh
+database at $GATEWAY_BENCH_PG (default: the local server), dropped afterwards. The key is
+created with the CLI before the gateway starts.
 
 What is measured, with wrk and the same threads/connections/duration for every target, each
 after a warm-up run, in this order, repeated ``--rounds`` times (interleaved: a slow minute on
