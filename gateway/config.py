@@ -62,6 +62,15 @@ class KeyCacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyStoreConfig:
+    """Extension: how the gateway talks to its key store."""
+
+    timeout: float = 5.0  # seconds one store call may take (Postgres command / SQLite busy wait)
+    connect_timeout: float = 5.0  # seconds to open a connection (Postgres)
+    pool_size: int = 10  # most connections per process (Postgres)
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     rate_limit: RateLimit = RateLimit(100, 60.0)
     max_concurrent: int | None = 10
@@ -109,6 +118,7 @@ class Config:
     implies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     defaults: Defaults = Defaults()
     key_cache: KeyCacheConfig = KeyCacheConfig()
+    key_store: KeyStoreConfig = KeyStoreConfig()
     routes: tuple[RouteConfig, ...] = ()
 
 
@@ -146,6 +156,7 @@ _TOP_KEYS = (
     "permissions",
     "defaults",
     "key_cache",
+    "key_store",
     "routes",
 )
 _KEYS_KEYS = ("prefixes", "max_active_per_user", "hash_pepper")
@@ -154,6 +165,7 @@ _PERMISSIONS_KEYS = ("implies",)
 _DEFAULTS_KEYS = ("rate_limit", "max_concurrent", "on_limiter_error")
 _RATE_LIMIT_KEYS = ("requests", "window")
 _KEY_CACHE_KEYS = ("max_entries", "ttl", "negative_ttl", "stale_if_error", "poll_interval")
+_KEY_STORE_KEYS = ("timeout", "connect_timeout", "pool_size")
 _ROUTE_KEYS = (
     "name",
     "path",
@@ -198,6 +210,7 @@ _DEFAULT_CONFIG = Config(source="")
 _DEFAULT_KEYS = _DEFAULT_CONFIG.keys
 _DEFAULT_DEFAULTS = Defaults()
 _DEFAULT_KEY_CACHE = KeyCacheConfig()
+_DEFAULT_KEY_STORE = KeyStoreConfig()
 _DEFAULT_ROUTE = RouteConfig(name="", path="/", upstreams=())
 _DEFAULT_CORS = CorsConfig(allow_origins=())
 
@@ -249,6 +262,7 @@ def parse_config(data: object, source: str, environ: Mapping[str, str]) -> Confi
         implies=_opt(ctx, top, "", "permissions", _permissions_section, {}),
         defaults=_opt(ctx, top, "", "defaults", _defaults, _DEFAULT_DEFAULTS),
         key_cache=_opt(ctx, top, "", "key_cache", _key_cache, _DEFAULT_KEY_CACHE),
+        key_store=_opt(ctx, top, "", "key_store", _key_store, _DEFAULT_KEY_STORE),
         routes=_routes(ctx, top["routes"], "routes"),
     )
 
@@ -682,6 +696,17 @@ def _key_cache(ctx: _Ctx, value: object, path: str) -> KeyCacheConfig:
         negative_ttl=_opt(ctx, data, path, "negative_ttl", number, d.negative_ttl),
         stale_if_error=_opt(ctx, data, path, "stale_if_error", number, d.stale_if_error),
         poll_interval=_opt(ctx, data, path, "poll_interval", number, d.poll_interval),
+    )
+
+
+def _key_store(ctx: _Ctx, value: object, path: str) -> KeyStoreConfig:
+    data = _section(ctx, value, path, _KEY_STORE_KEYS)
+    d = _DEFAULT_KEY_STORE
+    number = _positive_number
+    return KeyStoreConfig(
+        timeout=_opt(ctx, data, path, "timeout", number, d.timeout),
+        connect_timeout=_opt(ctx, data, path, "connect_timeout", number, d.connect_timeout),
+        pool_size=_opt(ctx, data, path, "pool_size", _integer(1, 1000), d.pool_size),
     )
 
 

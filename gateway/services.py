@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from gateway.config import Config
+from gateway.config import Config, KeyStoreConfig
 from gateway.errors import ConfigError
 from gateway.keys.cache import KeyCache
 from gateway.keys.invalidation import ChangeFeedPoller
@@ -27,10 +27,25 @@ from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.upstream import UpstreamGroup
 
-STORES: dict[str, Callable[[str], KeyStore]] = {
-    "sqlite": SqliteKeyStore,
-    "postgresql": PostgresKeyStore,
-    "postgres": PostgresKeyStore,
+
+def _sqlite(url: str, options: KeyStoreConfig) -> KeyStore:
+    return SqliteKeyStore(url, busy_timeout_ms=int(options.timeout * 1000))
+
+
+def _postgres(url: str, options: KeyStoreConfig) -> KeyStore:
+    return PostgresKeyStore(
+        url,
+        connect_timeout=options.connect_timeout,
+        command_timeout=options.timeout,
+        lock_timeout_ms=int(options.timeout * 1000),
+        max_size=options.pool_size,
+    )
+
+
+STORES: dict[str, Callable[[str, KeyStoreConfig], KeyStore]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgres,
+    "postgres": _postgres,
 }
 
 
@@ -57,7 +72,7 @@ def create_store(config: Config) -> KeyStore:
             f"{config.source}: database: the {scheme} key store is not available in this "
             f"version (supported: {', '.join(sorted(STORES))}), got {config.database!r}"
         )
-    return factory(config.database)
+    return factory(config.database, config.key_store)
 
 
 def create_limiter(config: Config) -> RateLimiter:

@@ -262,7 +262,7 @@ CASES: dict[str, str] = {
     "duplicate_key.yaml": "line 2, column 1: duplicate key, got 'workers'",
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
-        "database, redis, keys, permissions, defaults, key_cache, routes), got []"
+        "database, redis, keys, permissions, defaults, key_cache, key_store, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -326,6 +326,8 @@ CASES: dict[str, str] = {
         "defaults.on_limiter_error: must be one of open, closed, local, got 'fail'"
     ),
     "key_cache_ttl_zero.yaml": "key_cache.ttl: must be a number > 0, got 0",
+    "key_store_timeout_zero.yaml": "key_store.timeout: must be a number > 0, got 0",
+    "key_store_pool_size_zero.yaml": "key_store.pool_size: must be an integer between 1 and 1000, got 0",
     "key_cache_unknown_key.yaml": (
         "key_cache.size: unknown key (allowed: max_entries, ttl, negative_ttl, stale_if_error, "
         "poll_interval), got 10"
