@@ -327,7 +327,9 @@ CASES: dict[str, str] = {
     ),
     "key_cache_ttl_zero.yaml": "key_cache.ttl: must be a number > 0, got 0",
     "key_store_timeout_zero.yaml": "key_store.timeout: must be a number > 0, got 0",
-    "key_store_pool_size_zero.yaml": "key_store.pool_size: must be an integer between 1 and 1000, got 0",
+    "key_store_pool_size_zero.yaml": (
+        "key_store.pool_size: must be an integer between 1 and 1000, got 0"
+    ),
     "key_cache_unknown_key.yaml": (
         "key_cache.size: unknown key (allowed: max_entries, ttl, negative_ttl, stale_if_error, "
         "poll_interval), got 10"
