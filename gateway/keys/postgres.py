@@ -25,7 +25,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see report
@@ -44,13 +44,16 @@ from gateway.keys.model import (
     new_id,
     utcnow,
 )
-from gateway.keys.sqlite import (
+from gateway.keys.rows import (
     CHANGE_RETENTION,
-    _check_limit,
-    _decode_cursor,
-    _encode_cursor,
-    _json_default,
-    _retire_changes,
+    Encoders,
+    check_limit,
+    decode_cursor,
+    encode_changes,
+    encode_cursor,
+    json_default,
+    retire_changes,
+    utc,
 )
 from gateway.keys.store import KeyChange, UsageDelta
 
@@ -154,33 +157,11 @@ _HAS_RESOURCE = (
 )
 _LAST_SEQ = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM key_changes_seq_seq"
 
-# update_key: KeyRecord field -> nullable?
-_UPDATABLE: dict[str, bool] = {
-    "name": False,
-    "description": False,
-    "permissions": False,
-    "scopes": False,
-    "allowed_origins": False,
-    "rate_limit_override": True,
-    "concurrency_limit": True,
-    "expires_at": True,
-    "status": False,
-    "revoked_at": True,
-    "revoked_by": True,
-    "last_used_at": True,
-}
-_DATETIME_FIELDS = frozenset({"expires_at", "revoked_at", "last_used_at"})
-_STRING_LIST_FIELDS = frozenset({"permissions", "allowed_origins"})
-
 # --------------------------------------------------------------------------------------------
 # value encoding
 
 
-def _utc(value: datetime) -> datetime:
-    """A naive datetime is taken to be UTC; every value leaves in UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+_utc = utc
 
 
 def _opt_utc(value: datetime | None) -> datetime | None:
@@ -258,24 +239,13 @@ def _row_to_key(row: Row) -> KeyRecord:
     )
 
 
-def _encode_change(field: str, value: Any) -> Any:
-    if field not in _UPDATABLE:
-        raise ValueError(f"unknown or immutable key field {field!r}")
-    if value is None:
-        if not _UPDATABLE[field]:
-            raise ValueError(f"key field {field!r} cannot be null")
-        return None
-    if field in _DATETIME_FIELDS:
-        return _utc(value)
-    if field == "scopes":
-        return _scopes_json(value)
-    if field in _STRING_LIST_FIELDS:
-        return [str(item) for item in value]
-    return value
+ENCODERS = Encoders(
+    when=_utc, scopes=_scopes_json, strings=lambda values: [str(v) for v in values]
+)
 
 
 def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
-    return {field: _encode_change(field, value) for field, value in changes.items()}
+    return encode_changes(changes, ENCODERS)
 
 
 def _row_to_workspace(row: Row) -> Workspace:
@@ -402,7 +372,7 @@ async def _fetch_key(conn: asyncpg.Connection, column: str, value: str) -> KeyRe
 
 
 async def _apply_update(conn: asyncpg.Connection, key_id: str, columns: dict[str, Any]) -> None:
-    # Column names come from _UPDATABLE (checked by _encode_changes), never from the caller.
+    # Column names come from UPDATABLE (checked by _encode_changes), never from the caller.
     assignments = ", ".join(
         f"{column} = ${i}{_CASTS.get(column, '')}" for i, column in enumerate(columns, 2)
     )
@@ -583,7 +553,7 @@ class PostgresKeyStore:
             if row is None:
                 raise NotFound(f"key {old_key_id} not found")
             old = _row_to_key(row)
-            retire = _encode_changes(_retire_changes(old, _utc(old_expires_at), revoked_by, now))
+            retire = _encode_changes(retire_changes(old, old_expires_at, revoked_by, now))
             if retire:
                 await _apply_update(conn, old_key_id, retire)
             await conn.execute(_INSERT_KEY, *_key_params(new))
@@ -604,8 +574,8 @@ class PostgresKeyStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> KeyPage:
-        _check_limit(limit)
-        after = _decode_cursor(cursor) if cursor is not None else None
+        check_limit(limit)
+        after = decode_cursor(cursor) if cursor is not None else None
         params = _Params()
         where = _key_filter(
             params,
@@ -619,7 +589,7 @@ class PostgresKeyStore:
         count_values = list(params.values)
         page_where = where
         if after is not None:
-            stamp = _utc(datetime.fromisoformat(after[0]))
+            stamp = after[0]
             created, key_id = params.add(stamp), params.add(after[1])
             page_where = f"{where} AND (created_at, key_id) > ({created}, {key_id})"
         page_limit = params.add(limit + 1)
@@ -635,9 +605,7 @@ class PostgresKeyStore:
         next_cursor = None
         if len(rows) > limit:
             last = page[-1]
-            next_cursor = _encode_cursor(
-                _utc(last["created_at"]).isoformat(timespec="microseconds"), last["key_id"]
-            )
+            next_cursor = encode_cursor(last["created_at"], last["key_id"])
         return KeyPage(
             results=[_row_to_key(row) for row in page], total=total, next_cursor=next_cursor
         )
@@ -763,7 +731,7 @@ class PostgresKeyStore:
         workspace_id: str | None,
         changes: dict[str, Any],
     ) -> None:
-        payload = json.dumps(changes, default=_json_default)
+        payload = json.dumps(changes, default=json_default)
         async with self._conn() as conn:
             await conn.execute(
                 "INSERT INTO audit_log (at, actor, action, target, workspace_id, changes) "
@@ -777,7 +745,7 @@ class PostgresKeyStore:
             )
 
     async def list_audit(self, workspace_id: str | None, limit: int = 100) -> list[AuditEvent]:
-        _check_limit(limit)
+        check_limit(limit)
         columns = "id, at, actor, action, target, workspace_id, changes"
         async with self._conn() as conn:
             if workspace_id is None:

@@ -14,19 +14,18 @@ are JSON text. Driver errors leave this module only as ``StoreUnavailable`` (sto
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from gateway.errors import Conflict, KeyLimitReached, NotFound, StoreUnavailable, ValidationError
+from gateway.errors import Conflict, KeyLimitReached, NotFound, StoreUnavailable
 from gateway.keys.migrations import SCHEMA_MIGRATIONS_DDL, migration_files, pending
 from gateway.keys.model import (
     AuditEvent,
@@ -40,6 +39,17 @@ from gateway.keys.model import (
     new_id,
     utcnow,
 )
+from gateway.keys.rows import (
+    CHANGE_RETENTION,
+    Encoders,
+    check_limit,
+    decode_cursor,
+    encode_changes,
+    encode_cursor,
+    json_default,
+    retire_changes,
+    timestamp_text,
+)
 from gateway.keys.store import KeyChange, UsageDelta
 
 if TYPE_CHECKING:
@@ -48,8 +58,6 @@ if TYPE_CHECKING:
 URL_PREFIX = "sqlite:///"
 MEMORY = ":memory:"
 BUSY_TIMEOUT_MS = 5000
-CHANGE_RETENTION = timedelta(hours=1)
-MAX_PAGE = 1000
 
 Row = sqlite3.Row
 
@@ -110,33 +118,11 @@ _SELECT_USAGE = (
 )
 _AUDIT_COLUMNS = "id, at, actor, action, target, workspace_id, changes"
 
-# update_key: KeyRecord field -> nullable?
-_UPDATABLE: dict[str, bool] = {
-    "name": False,
-    "description": False,
-    "permissions": False,
-    "scopes": False,
-    "allowed_origins": False,
-    "rate_limit_override": True,
-    "concurrency_limit": True,
-    "expires_at": True,
-    "status": False,
-    "revoked_at": True,
-    "revoked_by": True,
-    "last_used_at": True,
-}
-_DATETIME_FIELDS = frozenset({"expires_at", "revoked_at", "last_used_at"})
-_STRING_LIST_FIELDS = frozenset({"permissions", "allowed_origins"})
-
 # --------------------------------------------------------------------------------------------
 # value encoding
 
 
-def _to_text(value: datetime) -> str:
-    """UTC ISO-8601 with microseconds; a naive datetime is taken to be UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+_to_text = timestamp_text  # stored as text that sorts in time order
 
 
 def _opt_text(value: datetime | None) -> str | None:
@@ -183,14 +169,16 @@ def _strings_from_json(text: str) -> tuple[str, ...]:
     return tuple(str(item) for item in json.loads(text))
 
 
-def _json_default(value: object) -> Any:
-    if isinstance(value, datetime):
-        return _to_text(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return str(value)
+ENCODERS = Encoders(when=_to_text, scopes=_scopes_json, strings=_strings_json)
+
+
+def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    return encode_changes(changes, ENCODERS)
+
+
+def _decode_text_cursor(cursor: str) -> tuple[str, str]:
+    created_at, key_id = decode_cursor(cursor)
+    return _to_text(created_at), key_id
 
 
 def _key_params(record: KeyRecord) -> tuple[Any, ...]:
@@ -251,41 +239,6 @@ def _row_to_key(row: Row) -> KeyRecord:
     )
 
 
-def _encode_change(field: str, value: Any) -> Any:
-    if field not in _UPDATABLE:
-        raise ValueError(f"unknown or immutable key field {field!r}")
-    if value is None:
-        if not _UPDATABLE[field]:
-            raise ValueError(f"key field {field!r} cannot be null")
-        return None
-    if field in _DATETIME_FIELDS:
-        return _to_text(value)
-    if field == "scopes":
-        return _scopes_json(value)
-    if field in _STRING_LIST_FIELDS:
-        return _strings_json(value)
-    return value
-
-
-def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """KeyRecord field changes -> column values; ``ValueError`` for an unknown field."""
-    return {field: _encode_change(field, value) for field, value in changes.items()}
-
-
-def _retire_changes(
-    old: KeyRecord, old_expires_at: datetime, revoked_by: str | None, now: datetime
-) -> dict[str, Any]:
-    """What rotation does to the old key: expire it later, or revoke it now. Rotation never
-    extends a key's life, and an already revoked key stays as it was."""
-    if old.status == "revoked":
-        return {}
-    if _to_datetime(_to_text(old_expires_at)) <= now:
-        return {"status": "revoked", "revoked_at": now, "revoked_by": revoked_by}
-    if old.expires_at is not None and old.expires_at <= old_expires_at:
-        return {}
-    return {"expires_at": old_expires_at}
-
-
 def _row_to_workspace(row: Row) -> Workspace:
     return Workspace(
         id=str(row["id"]),
@@ -327,31 +280,6 @@ def _row_to_audit(row: Row) -> AuditEvent:
 
 # --------------------------------------------------------------------------------------------
 # cursors, limits, filters
-
-
-def _encode_cursor(created_at: str, key_id: str) -> str:
-    raw = json.dumps([created_at, key_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    """(created_at text, key_id) of the last row of the previous page."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = json.loads(raw)
-        if not (isinstance(value, list) and len(value) == 2):
-            raise ValueError("not a pair")
-        created_at, key_id = value
-        if not (isinstance(created_at, str) and isinstance(key_id, str)):
-            raise ValueError("not strings")
-        return _to_text(datetime.fromisoformat(created_at)), key_id
-    except ValueError:
-        raise ValidationError({"cursor": "malformed cursor"}) from None
-
-
-def _check_limit(limit: int) -> None:
-    if not 1 <= limit <= MAX_PAGE:
-        raise ValidationError({"limit": f"must be between 1 and {MAX_PAGE}"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -633,7 +561,7 @@ class SqliteKeyStore:
             old = await _fetch_key(db, "key_id", old_key_id)
             if old is None:
                 raise NotFound(f"key {old_key_id} not found")
-            retire = _encode_changes(_retire_changes(old, old_expires_at, revoked_by, now))
+            retire = _encode_changes(retire_changes(old, old_expires_at, revoked_by, now))
             if retire:
                 await _apply_update(db, old_key_id, retire)
             await db.execute(_INSERT_KEY, _key_params(new))
@@ -654,8 +582,8 @@ class SqliteKeyStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> KeyPage:
-        _check_limit(limit)
-        after = _decode_cursor(cursor) if cursor is not None else None
+        check_limit(limit)
+        after = _decode_text_cursor(cursor) if cursor is not None else None
         key_filter = _KeyFilter(workspace_id, include_revoked, user_id, resource_id, key_type)
         where, params = key_filter.where(utcnow())
         page_where, page_params = where, list(params)
@@ -795,7 +723,7 @@ class SqliteKeyStore:
         workspace_id: str | None,
         changes: dict[str, Any],
     ) -> None:
-        payload = json.dumps(changes, default=_json_default)
+        payload = json.dumps(changes, default=json_default)
         async with self._transaction() as db:
             await db.execute(
                 "INSERT INTO audit_log (at, actor, action, target, workspace_id, changes) "
@@ -804,7 +732,7 @@ class SqliteKeyStore:
             )
 
     async def list_audit(self, workspace_id: str | None, limit: int = 100) -> list[AuditEvent]:
-        _check_limit(limit)
+        check_limit(limit)
         where, params = "", []
         if workspace_id is not None:
             where, params = "WHERE workspace_id = ?", [workspace_id]
@@ -834,7 +762,7 @@ def _key_page(rows: list[Row], total: int, limit: int) -> KeyPage:
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
-        next_cursor = _encode_cursor(str(last["created_at"]), str(last["key_id"]))
+        next_cursor = encode_cursor(_to_datetime(str(last["created_at"])), str(last["key_id"]))
     return KeyPage(results=[_row_to_key(row) for row in page], total=total, next_cursor=next_cursor)
 
 
