@@ -29,14 +29,6 @@ def random_base62(length: int) -> str:
     return "".join(secrets.choice(BASE62) for _ in range(length))
 
 
-def base62_fixed(number: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
-        number, rem = divmod(number, 62)
-        digits.append(BASE62[rem])
-    return "".join(reversed(digits))
-
-
 def checksum(body: str) -> str:
     """6 base62 digits of CRC32 (62**6 > 2**32), unrolled: it runs on every request."""
     n = zlib.crc32(body.encode())
