@@ -22,8 +22,9 @@ Driver errors leave this module only as ``StoreUnavailable``, ``Conflict`` (uniq
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -39,21 +40,29 @@ from gateway.keys.model import (
     KeyUsage,
     Namespace,
     Project,
-    Scope,
     Workspace,
     new_id,
     utcnow,
 )
 from gateway.keys.rows import (
     CHANGE_RETENTION,
+    KEY_COLUMNS,
+    Decoders,
     Encoders,
+    audit_from_row,
     check_limit,
     decode_cursor,
     encode_changes,
     encode_cursor,
     json_default,
+    key_from_row,
+    key_params,
+    namespace_from_row,
+    project_from_row,
     retire_changes,
+    scopes_json,
     utc,
+    workspace_from_row,
 )
 from gateway.keys.store import KeyChange, UsageDelta
 
@@ -77,39 +86,13 @@ Row: TypeAlias = asyncpg.Record
 # --------------------------------------------------------------------------------------------
 # SQL
 
-_KEY_COLUMNS = (
-    "key_id",
-    "key_hash",
-    "key_prefix",
-    "hint",
-    "name",
-    "description",
-    "workspace_id",
-    "project_id",
-    "user_id",
-    "key_type",
-    "environment",
-    "permissions",
-    "scopes",
-    "allowed_origins",
-    "rate_limit_override",
-    "concurrency_limit",
-    "status",
-    "expires_at",
-    "last_used_at",
-    "created_at",
-    "created_by",
-    "revoked_at",
-    "revoked_by",
-    "rotated_from",
-)
 _CASTS = {"permissions": "::text[]", "scopes": "::jsonb", "allowed_origins": "::text[]"}
 _INSERT_KEY = (
-    f"INSERT INTO api_keys ({', '.join(_KEY_COLUMNS)}) VALUES ("
-    + ", ".join(f"${i}{_CASTS.get(c, '')}" for i, c in enumerate(_KEY_COLUMNS, 1))
+    f"INSERT INTO api_keys ({', '.join(KEY_COLUMNS)}) VALUES ("
+    + ", ".join(f"${i}{_CASTS.get(c, '')}" for i, c in enumerate(KEY_COLUMNS, 1))
     + ")"
 )
-_SELECT_KEY = f"SELECT {', '.join(_KEY_COLUMNS)} FROM api_keys"
+_SELECT_KEY = f"SELECT {', '.join(KEY_COLUMNS)} FROM api_keys"
 _ACTIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > {now})"
 _COUNT_ACTIVE = (
     "SELECT COUNT(*) FROM api_keys WHERE user_id = $1 AND "
@@ -168,123 +151,21 @@ def _opt_utc(value: datetime | None) -> datetime | None:
     return None if value is None else _utc(value)
 
 
-def _scopes_json(scopes: Iterable[Scope]) -> str:
-    return json.dumps(
-        [{"resource_id": s.resource_id, "operations": list(s.operations)} for s in scopes]
-    )
-
-
-def _scopes_from_json(text: str) -> tuple[Scope, ...]:
-    return tuple(
-        Scope(resource_id=str(item["resource_id"]), operations=tuple(item["operations"]))
-        for item in json.loads(text)
-    )
-
-
-def _key_params(record: KeyRecord) -> tuple[Any, ...]:
-    return (
-        record.key_id,
-        record.key_hash,
-        record.key_prefix,
-        record.hint,
-        record.name,
-        record.description,
-        record.workspace_id,
-        record.project_id,
-        record.user_id,
-        record.key_type,
-        record.environment,
-        list(record.permissions),
-        _scopes_json(record.scopes),
-        list(record.allowed_origins),
-        record.rate_limit_override,
-        record.concurrency_limit,
-        record.status,
-        _opt_utc(record.expires_at),
-        _opt_utc(record.last_used_at),
-        _utc(record.created_at),
-        record.created_by,
-        _opt_utc(record.revoked_at),
-        record.revoked_by,
-        record.rotated_from,
-    )
-
-
-def _row_to_key(row: Row) -> KeyRecord:
-    return KeyRecord(
-        key_id=row["key_id"],
-        key_hash=row["key_hash"],
-        key_prefix=row["key_prefix"],
-        hint=row["hint"],
-        name=row["name"],
-        description=row["description"],
-        workspace_id=row["workspace_id"],
-        project_id=row["project_id"],
-        user_id=row["user_id"],
-        key_type=row["key_type"],
-        environment=row["environment"],
-        permissions=tuple(row["permissions"]),
-        scopes=_scopes_from_json(row["scopes"]),
-        allowed_origins=tuple(row["allowed_origins"]),
-        rate_limit_override=row["rate_limit_override"],
-        concurrency_limit=row["concurrency_limit"],
-        status=row["status"],
-        expires_at=_opt_utc(row["expires_at"]),
-        last_used_at=_opt_utc(row["last_used_at"]),
-        created_at=_utc(row["created_at"]),
-        created_by=row["created_by"],
-        revoked_at=_opt_utc(row["revoked_at"]),
-        revoked_by=row["revoked_by"],
-        rotated_from=row["rotated_from"],
-    )
-
-
 ENCODERS = Encoders(
-    when=_utc, scopes=_scopes_json, strings=lambda values: [str(v) for v in values]
+    when=_utc, scopes=scopes_json, strings=lambda values: [str(v) for v in values]
 )
+DECODERS = Decoders(when=_utc, strings=tuple)
+
+_key_params = functools.partial(key_params, encoders=ENCODERS)
+_row_to_key = functools.partial(key_from_row, decoders=DECODERS)
+_row_to_workspace = functools.partial(workspace_from_row, decoders=DECODERS)
+_row_to_project = functools.partial(project_from_row, decoders=DECODERS)
+_row_to_namespace = functools.partial(namespace_from_row, decoders=DECODERS)
+_row_to_audit = functools.partial(audit_from_row, decoders=DECODERS)
 
 
 def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     return encode_changes(changes, ENCODERS)
-
-
-def _row_to_workspace(row: Row) -> Workspace:
-    return Workspace(
-        id=row["id"],
-        name=row["name"],
-        default_project_id=row["default_project_id"],
-        created_at=_utc(row["created_at"]),
-    )
-
-
-def _row_to_project(row: Row) -> Project:
-    return Project(
-        id=row["id"],
-        name=row["name"],
-        workspace_id=row["workspace_id"],
-        created_at=_utc(row["created_at"]),
-    )
-
-
-def _row_to_namespace(row: Row) -> Namespace:
-    return Namespace(
-        id=row["id"],
-        name=row["name"],
-        workspace_id=row["workspace_id"],
-        created_at=_utc(row["created_at"]),
-    )
-
-
-def _row_to_audit(row: Row) -> AuditEvent:
-    return AuditEvent(
-        id=int(row["id"]),
-        at=_utc(row["at"]),
-        actor=row["actor"],
-        action=row["action"],
-        target=row["target"],
-        workspace_id=row["workspace_id"],
-        changes=dict(json.loads(row["changes"])),
-    )
 
 
 # --------------------------------------------------------------------------------------------

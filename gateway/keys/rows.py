@@ -1,6 +1,8 @@
-"""What both SQL key stores share, whatever their dialect: which key fields ``update_key`` may
-change (and whether to null), page limits and cursors, what rotation does to the old key, and how
-audit changes become JSON. Each store keeps only its own value encoding and SQL."""
+"""What both SQL key stores share, whatever their dialect: the key columns and how records map to
+and from rows, which key fields ``update_key`` may change (and whether to null), page limits and
+cursors, what rotation does to the old key, and how audit changes become JSON. Each store keeps
+only its SQL and how its driver stores a timestamp and a list of strings (``Encoders`` /
+``Decoders``)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,34 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.errors import ValidationError
-from gateway.keys.model import KeyRecord, Scope
+from gateway.keys.model import AuditEvent, KeyRecord, Namespace, Project, Scope, Workspace
 
+KEY_COLUMNS = (
+    "key_id",
+    "key_hash",
+    "key_prefix",
+    "hint",
+    "name",
+    "description",
+    "workspace_id",
+    "project_id",
+    "user_id",
+    "key_type",
+    "environment",
+    "permissions",
+    "scopes",
+    "allowed_origins",
+    "rate_limit_override",
+    "concurrency_limit",
+    "status",
+    "expires_at",
+    "last_used_at",
+    "created_at",
+    "created_by",
+    "revoked_at",
+    "revoked_by",
+    "rotated_from",
+)
 CHANGE_RETENTION = timedelta(hours=1)  # how long the change feed keeps a row
 MAX_PAGE = 1000
 
@@ -55,6 +83,134 @@ class Encoders:
     when: Callable[[datetime], Any]
     scopes: Callable[[Iterable[Scope]], Any]
     strings: Callable[[Iterable[str]], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decoders:
+    """How one dialect reads back a timestamp and a string list."""
+
+    when: Callable[[Any], datetime]
+    strings: Callable[[Any], tuple[str, ...]]
+
+    def opt_when(self, value: Any) -> datetime | None:
+        return None if value is None else self.when(value)
+
+
+def scopes_json(scopes: Iterable[Scope]) -> str:
+    """Scopes as JSON text (SQLite TEXT, Postgres jsonb)."""
+    return json.dumps(
+        [{"resource_id": s.resource_id, "operations": list(s.operations)} for s in scopes]
+    )
+
+
+def scopes_from_json(text: str) -> tuple[Scope, ...]:
+    return tuple(
+        Scope(resource_id=str(item["resource_id"]), operations=tuple(item["operations"]))
+        for item in json.loads(text)
+    )
+
+
+def key_params(record: KeyRecord, encoders: Encoders) -> tuple[Any, ...]:
+    """The record's values in ``KEY_COLUMNS`` order."""
+    when = encoders.when
+
+    def opt_when(value: datetime | None) -> Any:
+        return None if value is None else when(value)
+
+    return (
+        record.key_id,
+        record.key_hash,
+        record.key_prefix,
+        record.hint,
+        record.name,
+        record.description,
+        record.workspace_id,
+        record.project_id,
+        record.user_id,
+        record.key_type,
+        record.environment,
+        encoders.strings(record.permissions),
+        encoders.scopes(record.scopes),
+        encoders.strings(record.allowed_origins),
+        record.rate_limit_override,
+        record.concurrency_limit,
+        record.status,
+        opt_when(record.expires_at),
+        opt_when(record.last_used_at),
+        when(record.created_at),
+        record.created_by,
+        opt_when(record.revoked_at),
+        record.revoked_by,
+        record.rotated_from,
+    )
+
+
+def key_from_row(row: Any, decoders: Decoders) -> KeyRecord:
+    return KeyRecord(
+        key_id=row["key_id"],
+        key_hash=row["key_hash"],
+        key_prefix=row["key_prefix"],
+        hint=row["hint"],
+        name=row["name"],
+        description=row["description"],
+        workspace_id=row["workspace_id"],
+        project_id=row["project_id"],
+        user_id=row["user_id"],
+        key_type=row["key_type"],
+        environment=row["environment"],
+        permissions=decoders.strings(row["permissions"]),
+        scopes=scopes_from_json(row["scopes"]),
+        allowed_origins=decoders.strings(row["allowed_origins"]),
+        rate_limit_override=row["rate_limit_override"],
+        concurrency_limit=row["concurrency_limit"],
+        status=row["status"],
+        expires_at=decoders.opt_when(row["expires_at"]),
+        last_used_at=decoders.opt_when(row["last_used_at"]),
+        created_at=decoders.when(row["created_at"]),
+        created_by=row["created_by"],
+        revoked_at=decoders.opt_when(row["revoked_at"]),
+        revoked_by=row["revoked_by"],
+        rotated_from=row["rotated_from"],
+    )
+
+
+def workspace_from_row(row: Any, decoders: Decoders) -> Workspace:
+    return Workspace(
+        id=row["id"],
+        name=row["name"],
+        default_project_id=row["default_project_id"],
+        created_at=decoders.when(row["created_at"]),
+    )
+
+
+def project_from_row(row: Any, decoders: Decoders) -> Project:
+    return Project(
+        id=row["id"],
+        name=row["name"],
+        workspace_id=row["workspace_id"],
+        created_at=decoders.when(row["created_at"]),
+    )
+
+
+def namespace_from_row(row: Any, decoders: Decoders) -> Namespace:
+    return Namespace(
+        id=row["id"],
+        name=row["name"],
+        workspace_id=row["workspace_id"],
+        created_at=decoders.when(row["created_at"]),
+    )
+
+
+def audit_from_row(row: Any, decoders: Decoders) -> AuditEvent:
+    return AuditEvent(
+        id=int(row["id"]),
+        at=decoders.when(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        workspace_id=row["workspace_id"],
+        changes=dict(json.loads(row["changes"])),
+    )
 
 
 def encode_changes(changes: Mapping[str, Any], encoders: Encoders) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import sqlite3
@@ -34,21 +35,29 @@ from gateway.keys.model import (
     KeyUsage,
     Namespace,
     Project,
-    Scope,
     Workspace,
     new_id,
     utcnow,
 )
 from gateway.keys.rows import (
     CHANGE_RETENTION,
+    KEY_COLUMNS,
+    Decoders,
     Encoders,
+    audit_from_row,
     check_limit,
     decode_cursor,
     encode_changes,
     encode_cursor,
     json_default,
+    key_from_row,
+    key_params,
+    namespace_from_row,
+    project_from_row,
     retire_changes,
+    scopes_json,
     timestamp_text,
+    workspace_from_row,
 )
 from gateway.keys.store import KeyChange, UsageDelta
 
@@ -64,37 +73,11 @@ Row = sqlite3.Row
 # --------------------------------------------------------------------------------------------
 # SQL
 
-_KEY_COLUMNS = (
-    "key_id",
-    "key_hash",
-    "key_prefix",
-    "hint",
-    "name",
-    "description",
-    "workspace_id",
-    "project_id",
-    "user_id",
-    "key_type",
-    "environment",
-    "permissions",
-    "scopes",
-    "allowed_origins",
-    "rate_limit_override",
-    "concurrency_limit",
-    "status",
-    "expires_at",
-    "last_used_at",
-    "created_at",
-    "created_by",
-    "revoked_at",
-    "revoked_by",
-    "rotated_from",
-)
 _INSERT_KEY = (
-    f"INSERT INTO api_keys ({', '.join(_KEY_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _KEY_COLUMNS)})"
+    f"INSERT INTO api_keys ({', '.join(KEY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in KEY_COLUMNS)})"
 )
-_SELECT_KEY = f"SELECT {', '.join(_KEY_COLUMNS)} FROM api_keys"
+_SELECT_KEY = f"SELECT {', '.join(KEY_COLUMNS)} FROM api_keys"
 _ACTIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > ?)"
 _COUNT_ACTIVE = f"SELECT COUNT(*) FROM api_keys WHERE user_id = ? AND {_ACTIVE}"
 _AFTER_CURSOR = "(created_at > ? OR (created_at = ? AND key_id > ?))"
@@ -125,10 +108,6 @@ _AUDIT_COLUMNS = "id, at, actor, action, target, workspace_id, changes"
 _to_text = timestamp_text  # stored as text that sorts in time order
 
 
-def _opt_text(value: datetime | None) -> str | None:
-    return None if value is None else _to_text(value)
-
-
 def _to_datetime(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
@@ -140,27 +119,6 @@ def _opt_datetime(text: Any) -> datetime | None:
     return None if text is None else _to_datetime(str(text))
 
 
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _scopes_json(scopes: Iterable[Scope]) -> str:
-    return json.dumps(
-        [{"resource_id": s.resource_id, "operations": list(s.operations)} for s in scopes]
-    )
-
-
-def _scopes_from_json(text: str) -> tuple[Scope, ...]:
-    return tuple(
-        Scope(resource_id=str(item["resource_id"]), operations=tuple(item["operations"]))
-        for item in json.loads(text)
-    )
-
-
 def _strings_json(values: Iterable[str]) -> str:
     return json.dumps(list(values))
 
@@ -169,7 +127,15 @@ def _strings_from_json(text: str) -> tuple[str, ...]:
     return tuple(str(item) for item in json.loads(text))
 
 
-ENCODERS = Encoders(when=_to_text, scopes=_scopes_json, strings=_strings_json)
+ENCODERS = Encoders(when=_to_text, scopes=scopes_json, strings=_strings_json)
+DECODERS = Decoders(when=_to_datetime, strings=_strings_from_json)
+
+_key_params = functools.partial(key_params, encoders=ENCODERS)
+_row_to_key = functools.partial(key_from_row, decoders=DECODERS)
+_row_to_workspace = functools.partial(workspace_from_row, decoders=DECODERS)
+_row_to_project = functools.partial(project_from_row, decoders=DECODERS)
+_row_to_namespace = functools.partial(namespace_from_row, decoders=DECODERS)
+_row_to_audit = functools.partial(audit_from_row, decoders=DECODERS)
 
 
 def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,103 +145,6 @@ def _encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
 def _decode_text_cursor(cursor: str) -> tuple[str, str]:
     created_at, key_id = decode_cursor(cursor)
     return _to_text(created_at), key_id
-
-
-def _key_params(record: KeyRecord) -> tuple[Any, ...]:
-    return (
-        record.key_id,
-        record.key_hash,
-        record.key_prefix,
-        record.hint,
-        record.name,
-        record.description,
-        record.workspace_id,
-        record.project_id,
-        record.user_id,
-        record.key_type,
-        record.environment,
-        _strings_json(record.permissions),
-        _scopes_json(record.scopes),
-        _strings_json(record.allowed_origins),
-        record.rate_limit_override,
-        record.concurrency_limit,
-        record.status,
-        _opt_text(record.expires_at),
-        _opt_text(record.last_used_at),
-        _to_text(record.created_at),
-        record.created_by,
-        _opt_text(record.revoked_at),
-        record.revoked_by,
-        record.rotated_from,
-    )
-
-
-def _row_to_key(row: Row) -> KeyRecord:
-    return KeyRecord(
-        key_id=str(row["key_id"]),
-        key_hash=str(row["key_hash"]),
-        key_prefix=str(row["key_prefix"]),
-        hint=str(row["hint"]),
-        name=str(row["name"]),
-        description=str(row["description"]),
-        workspace_id=_opt_str(row["workspace_id"]),
-        project_id=_opt_str(row["project_id"]),
-        user_id=_opt_str(row["user_id"]),
-        key_type=str(row["key_type"]),
-        environment=str(row["environment"]),
-        permissions=_strings_from_json(row["permissions"]),
-        scopes=_scopes_from_json(row["scopes"]),
-        allowed_origins=_strings_from_json(row["allowed_origins"]),
-        rate_limit_override=_opt_int(row["rate_limit_override"]),
-        concurrency_limit=_opt_int(row["concurrency_limit"]),
-        status=str(row["status"]),
-        expires_at=_opt_datetime(row["expires_at"]),
-        last_used_at=_opt_datetime(row["last_used_at"]),
-        created_at=_to_datetime(row["created_at"]),
-        created_by=_opt_str(row["created_by"]),
-        revoked_at=_opt_datetime(row["revoked_at"]),
-        revoked_by=_opt_str(row["revoked_by"]),
-        rotated_from=_opt_str(row["rotated_from"]),
-    )
-
-
-def _row_to_workspace(row: Row) -> Workspace:
-    return Workspace(
-        id=str(row["id"]),
-        name=str(row["name"]),
-        default_project_id=str(row["default_project_id"]),
-        created_at=_to_datetime(row["created_at"]),
-    )
-
-
-def _row_to_project(row: Row) -> Project:
-    return Project(
-        id=str(row["id"]),
-        name=str(row["name"]),
-        workspace_id=str(row["workspace_id"]),
-        created_at=_to_datetime(row["created_at"]),
-    )
-
-
-def _row_to_namespace(row: Row) -> Namespace:
-    return Namespace(
-        id=str(row["id"]),
-        name=str(row["name"]),
-        workspace_id=str(row["workspace_id"]),
-        created_at=_to_datetime(row["created_at"]),
-    )
-
-
-def _row_to_audit(row: Row) -> AuditEvent:
-    return AuditEvent(
-        id=int(row["id"]),
-        at=_to_datetime(row["at"]),
-        actor=_opt_str(row["actor"]),
-        action=str(row["action"]),
-        target=str(row["target"]),
-        workspace_id=_opt_str(row["workspace_id"]),
-        changes=dict(json.loads(row["changes"])),
-    )
 
 
 # --------------------------------------------------------------------------------------------
