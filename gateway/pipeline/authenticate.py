@@ -78,8 +78,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         return record
 
     async def authenticate(exchange: Exchange) -> None:
-        exchange.key = key = await lookup(bearer_token(exchange.request))
+        exchange.key = await lookup(bearer_token(exchange.request))
         # a later refusal still reports the key's quota (SPEC §4), without spending any
-        exchange.peek_quota = lambda: peek_headers(key)
+        exchange.peek_quota = peek_headers
 
     return authenticate

@@ -47,8 +47,9 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
             exc = GatewayError(INTERNAL_ERROR, "internal error")
         metrics.count_error(exc.kind.code)
         # every response to a request with a valid key carries its quota (SPEC §4)
-        if exchange.peek_quota is not None and "RateLimit-Limit" not in exchange.response_headers:
-            exchange.response_headers.update(await exchange.peek_quota())
+        peek, key, headers = exchange.peek_quota, exchange.key, exchange.response_headers
+        if peek is not None and key is not None and "RateLimit-Limit" not in headers:
+            headers.update(await peek(key))
         return render(exc, exchange)
 
     return handle_error

@@ -44,7 +44,7 @@ class Exchange:
         # concurrency slot to give back); None until a stage needs one
         self.cleanups: list[Callable[[], Awaitable[None]]] | None = None
         # the key's quota headers without counting, for errors raised before rate limiting
-        self.peek_quota: Callable[[], Awaitable[dict[str, str]]] | None = None
+        self.peek_quota: Callable[[KeyRecord], Awaitable[dict[str, str]]] | None = None
 
     def on_done(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         if self.cleanups is None:
