@@ -14,12 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Gateway, GatewayFactory, bearer
-from tests.keys.conftest import (
-    BACKENDS,
-    create_pg_database,
-    drop_pg_database,
-    postgres_reachable,
-)
+from tests.keys.conftest import BACKENDS, fresh_pg_database
 
 
 @pytest.fixture(params=BACKENDS)
@@ -29,14 +24,11 @@ async def gateway(
     if request.param == "sqlite":
         yield await make_gateway()
         return
-    if not postgres_reachable():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    url = await create_pg_database()
-    try:
-        yield await make_gateway(database=url)
-    finally:
-        await make_gateway.close()  # type: ignore[attr-defined]
-        await drop_pg_database(url)
+    async with fresh_pg_database() as url:
+        try:
+            yield await make_gateway(database=url)
+        finally:  # the gateway's pool closes before its database is dropped
+            await make_gateway.close()  # type: ignore[attr-defined]
 
 
 @dataclass

@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def postgres_reachable() -> bool:
         return False
 
 
-def pg_url(database: str) -> str:
+def pg_database_url(database: str) -> str:
     """``PG_ADMIN_URL`` pointing at another database of the same server."""
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
 
@@ -72,7 +72,7 @@ async def create_pg_database() -> str:
         await conn.execute(f"CREATE DATABASE {name}")
     finally:
         await conn.close()
-    return pg_url(name)
+    return pg_database_url(name)
 
 
 async def drop_pg_database(url: str) -> None:
@@ -84,6 +84,19 @@ async def drop_pg_database(url: str) -> None:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    """A fresh database on the shared server for one test, dropped afterwards; the test is
+    skipped when the server is not reachable."""
+    if not postgres_reachable():
+        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
 
 
 def database_url(backend: str, tmp_path: Path) -> str:
@@ -109,7 +122,7 @@ def unusable_urls(backend: str, tmp_path: Path) -> dict[str, str]:
             probe.bind(("127.0.0.1", 0))
             free_port = probe.getsockname()[1]
         return {
-            "no such database": pg_url(f"gw_missing_{secrets.token_hex(4)}"),
+            "no such database": pg_database_url(f"gw_missing_{secrets.token_hex(4)}"),
             "nothing listening": f"postgresql://postgres@127.0.0.1:{free_port}/postgres",
         }
     raise ValueError(f"unknown backend {backend!r}")
@@ -193,13 +206,15 @@ async def db_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     if backend != "postgres":
         yield database_url(backend, tmp_path)
         return
-    if not postgres_reachable():
-        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
-    url = await create_pg_database()
-    try:
+    async with fresh_pg_database() as url:
         yield url
-    finally:
-        await drop_pg_database(url)
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh Postgres database (for the Postgres-only tests)."""
+    async with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg  # type: ignore[import-untyped]
@@ -16,24 +15,6 @@ from gateway.keys.migrations import migration_files
 from gateway.keys.model import KeyHasher, KeyRecord, display_parts, generate_key, new_id, utcnow
 from gateway.keys.postgres import NOTIFY_CHANNEL, PostgresKeyStore
 from gateway.keys.store import UsageDelta
-from tests.keys.conftest import (
-    PG_HOST,
-    PG_PORT,
-    create_pg_database,
-    drop_pg_database,
-    postgres_reachable,
-)
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    if not postgres_reachable():
-        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
-    url = await create_pg_database()
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
 
 
 def make_record(workspace_id: str | None = None, **overrides: object) -> KeyRecord:

@@ -4,34 +4,15 @@ cache ttl, reconnects, and drops the whole cache once it is back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg  # type: ignore[import-untyped]
-import pytest
 
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import utcnow
 from gateway.keys.notify import PostgresInvalidator
 from gateway.keys.postgres import PostgresKeyStore
-from tests.keys.conftest import (
-    PG_HOST,
-    PG_PORT,
-    create_pg_database,
-    drop_pg_database,
-    postgres_reachable,
-)
 from tests.keys.test_postgres import make_record
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    if not postgres_reachable():
-        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
-    url = await create_pg_database()
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:

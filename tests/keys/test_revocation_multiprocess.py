@@ -15,21 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-
-from tests.keys.conftest import (
-    PG_HOST,
-    PG_PORT,
-    create_pg_database,
-    drop_pg_database,
-    postgres_reachable,
-)
 
 TRIALS = 30
 POLL = 0.005
@@ -134,17 +126,6 @@ def processes(items: list[subprocess.Popen[bytes]]) -> Iterator[None]:
             stop(process)
 
 
-@pytest.fixture
-async def pg_database() -> AsyncIterator[str]:
-    if not postgres_reachable():
-        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
-    url = await create_pg_database()
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
-
-
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
@@ -166,10 +147,10 @@ async def first_401(
 
 
 @pytest.mark.slow
-async def test_revocation_reaches_every_node_fast(pg_database: str, tmp_path: Path) -> None:
+async def test_revocation_reaches_every_node_fast(pg_url: str, tmp_path: Path) -> None:
     test_started = time.monotonic()
     upstream_port = free_port()
-    nodes = [write_config(tmp_path / f"node{i}.yaml", pg_database, upstream_port) for i in range(3)]
+    nodes = [write_config(tmp_path / f"node{i}.yaml", pg_url, upstream_port) for i in range(3)]
     env_upstream = spawn(
         gateway_cmd("echo-upstream", "--listen", f"127.0.0.1:{upstream_port}"),
         tmp_path / "upstream.log",
