@@ -31,4 +31,7 @@ class RateLimiter(Protocol):
     async def release(self, bucket: str) -> None:
         """Give back a slot taken by ``acquire``."""
 
+    async def ping(self) -> None:
+        """Raise ``LimiterUnavailable`` unless the limiter can decide now (for /readyz)."""
+
     async def close(self) -> None: ...

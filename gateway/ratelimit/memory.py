@@ -70,6 +70,9 @@ class MemoryRateLimiter:
             if not log or log[-1] <= now - window:
                 del self._logs[bucket]
 
+    async def ping(self) -> None:
+        return None  # in-process: always able to decide
+
     async def close(self) -> None:
         self._logs.clear()
 
