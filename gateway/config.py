@@ -112,6 +112,7 @@ class Config:
     listen: Listen = Listen("0.0.0.0", 8080)
     admin_listen: Listen = Listen("127.0.0.1", 8081)
     workers: int = 1
+    drain_timeout: float = 30.0  # extension: seconds in-flight requests get after SIGTERM
     database: str = "sqlite:///./gateway.db"
     redis: str | None = None
     keys: KeysConfig = KeysConfig(prefixes={"live": "sk_live", "test": "sk_test"})
@@ -150,6 +151,7 @@ _TOP_KEYS = (
     "listen",
     "admin_listen",
     "workers",
+    "drain_timeout",
     "database",
     "redis",
     "keys",
@@ -256,6 +258,9 @@ def parse_config(data: object, source: str, environ: Mapping[str, str]) -> Confi
         listen=listen,
         admin_listen=admin_listen,
         workers=_opt(ctx, top, "", "workers", _integer(1, 64), _DEFAULT_CONFIG.workers),
+        drain_timeout=_opt(
+            ctx, top, "", "drain_timeout", _positive_number, _DEFAULT_CONFIG.drain_timeout
+        ),
         database=_opt(ctx, top, "", "database", _database, database),
         redis=_opt(ctx, top, "", "redis", _redis, overrides.get("redis")),
         keys=_opt(ctx, top, "", "keys", _keys, _DEFAULT_KEYS),

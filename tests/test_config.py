@@ -262,7 +262,8 @@ CASES: dict[str, str] = {
     "duplicate_key.yaml": "line 2, column 1: duplicate key, got 'workers'",
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
-        "database, redis, keys, permissions, defaults, key_cache, key_store, routes), got []"
+        "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
+        "routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -283,6 +284,7 @@ CASES: dict[str, str] = {
     ),
     "workers_bool.yaml": "workers: must be an integer between 1 and 64, got True",
     "workers_too_many.yaml": "workers: must be an integer between 1 and 64, got 65",
+    "drain_timeout_zero.yaml": "drain_timeout: must be a number > 0, got 0",
     "database_bad_scheme.yaml": (
         "database: must be sqlite:///<file>, sqlite:///:memory:, postgresql://... or "
         "postgres://..., got 'mysql://gw:***@db/gw'"
