@@ -13,6 +13,7 @@ or invalid fields, bad ``limit``/``include_revoked``/``cursor`` query values) is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,7 @@ from gateway.errors import (
     ErrorKind,
     GatewayError,
     KeyLimitReached,
+    LimiterUnavailable,
     NotFound,
     StoreUnavailable,
     ValidationError,
@@ -58,6 +60,8 @@ ADMIN_KEY = web.RequestKey("admin_key", KeyRecord)
 REQUEST_ID = web.RequestKey("request_id", str)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 QUERY_NAMES = web.AppKey("query_names", dict[tuple[str, str], frozenset[str]])
+# set by the server on SIGTERM: /readyz answers 503 from then on, so load balancers move away
+DRAINING = web.AppKey("draining", asyncio.Event)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -329,9 +333,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if await request.app[SERVICES].store.ping():
+    """200 while this process should get traffic: not draining, and both the key store and the
+    limiter answer. Each failing part is named in the 503 body."""
+    if request.app[DRAINING].is_set():
+        return json_response({"status": "draining"}, 503)
+    services = request.app[SERVICES]
+    store_ok, limiter_ok = await asyncio.gather(services.store.ping(), limiter_answers(services))
+    if store_ok and limiter_ok:
         return json_response({"status": "ready"})
-    return json_response({"status": "not ready", "store": "unreachable"}, 503)
+    body = {"status": "not ready"}
+    if not store_ok:
+        body["store"] = "unreachable"
+    if not limiter_ok:
+        body["limiter"] = "unreachable"
+    return json_response(body, 503)
+
+
+async def limiter_answers(services: Services) -> bool:
+    try:
+        await services.limiter.ping()
+    except LimiterUnavailable:
+        return False
+    return True
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -345,6 +368,7 @@ def create_admin_app(services: Services, key_service: KeyService) -> web.Applica
     app[KEY_SERVICE] = key_service
     app[OPENAPI] = build_openapi()
     app[QUERY_NAMES] = query_names(app[OPENAPI])
+    app[DRAINING] = asyncio.Event()
     v1 = "/admin/v1"
     app.router.add_post(f"{v1}/workspaces", create_workspace)
     app.router.add_get(f"{v1}/workspaces", list_workspaces)
