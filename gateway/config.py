@@ -21,6 +21,8 @@ import yaml
 from gateway.errors import ConfigError
 
 LIMITER_POLICIES = ("open", "closed", "local")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
 AUTH_MODES = ("required", "none")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -68,6 +70,25 @@ class KeyStoreConfig:
     timeout: float = 5.0  # seconds one store call may take (Postgres command / SQLite busy wait)
     connect_timeout: float = 5.0  # seconds to open a connection (Postgres)
     pool_size: int = 10  # most connections per process (Postgres)
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterConfig:
+    """Extension: the Redis limiter (used when ``redis`` is set)."""
+
+    prefix: str = "gw:"  # every Redis key starts with this
+    timeout: float = 0.25  # seconds a decision may take; then on_limiter_error applies
+    lease_ttl: float = 30.0  # seconds a dead node's concurrency slots stay taken
+    expected_nodes: int = 1  # gateway nodes sharing the limits: `local` gives each 1/(N*workers)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """Extension: log lines on stderr (gateway.logs)."""
+
+    level: str = "info"  # debug, info, warning, error: the least severe line written
+    format: str = "json"  # json: one object per line; text: for a terminal
+    access_log: bool = True  # one line per proxied request
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +141,8 @@ class Config:
     defaults: Defaults = Defaults()
     key_cache: KeyCacheConfig = KeyCacheConfig()
     key_store: KeyStoreConfig = KeyStoreConfig()
+    logging: LoggingConfig = LoggingConfig()
+    limiter: LimiterConfig = LimiterConfig()
     routes: tuple[RouteConfig, ...] = ()
 
 
@@ -159,6 +182,8 @@ _TOP_KEYS = (
     "defaults",
     "key_cache",
     "key_store",
+    "limiter",
+    "logging",
     "routes",
 )
 _KEYS_KEYS = ("prefixes", "max_active_per_user", "hash_pepper")
@@ -168,6 +193,8 @@ _DEFAULTS_KEYS = ("rate_limit", "max_concurrent", "on_limiter_error")
 _RATE_LIMIT_KEYS = ("requests", "window")
 _KEY_CACHE_KEYS = ("max_entries", "ttl", "negative_ttl", "stale_if_error", "poll_interval")
 _KEY_STORE_KEYS = ("timeout", "connect_timeout", "pool_size")
+_LOGGING_KEYS = ("level", "format", "access_log")
+_LIMITER_KEYS = ("prefix", "timeout", "lease_ttl", "expected_nodes")
 _ROUTE_KEYS = (
     "name",
     "path",
@@ -196,6 +223,7 @@ _CORS_KEYS = (
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 _PERMISSION_RE = re.compile(r"[A-Za-z0-9_.:*-]{1,100}")
+_REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:/-]{0,64}")  # no braces: they are hash tags
 _ROUTE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token (header names)
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -213,6 +241,8 @@ _DEFAULT_KEYS = _DEFAULT_CONFIG.keys
 _DEFAULT_DEFAULTS = Defaults()
 _DEFAULT_KEY_CACHE = KeyCacheConfig()
 _DEFAULT_KEY_STORE = KeyStoreConfig()
+_DEFAULT_LOGGING = LoggingConfig()
+_DEFAULT_LIMITER = LimiterConfig()
 _DEFAULT_ROUTE = RouteConfig(name="", path="/", upstreams=())
 _DEFAULT_CORS = CorsConfig(allow_origins=())
 
@@ -268,6 +298,8 @@ def parse_config(data: object, source: str, environ: Mapping[str, str]) -> Confi
         defaults=_opt(ctx, top, "", "defaults", _defaults, _DEFAULT_DEFAULTS),
         key_cache=_opt(ctx, top, "", "key_cache", _key_cache, _DEFAULT_KEY_CACHE),
         key_store=_opt(ctx, top, "", "key_store", _key_store, _DEFAULT_KEY_STORE),
+        logging=_opt(ctx, top, "", "logging", _logging, _DEFAULT_LOGGING),
+        limiter=_opt(ctx, top, "", "limiter", _limiter, _DEFAULT_LIMITER),
         routes=_routes(ctx, top["routes"], "routes"),
     )
 
@@ -712,6 +744,32 @@ def _key_store(ctx: _Ctx, value: object, path: str) -> KeyStoreConfig:
         timeout=_opt(ctx, data, path, "timeout", number, d.timeout),
         connect_timeout=_opt(ctx, data, path, "connect_timeout", number, d.connect_timeout),
         pool_size=_opt(ctx, data, path, "pool_size", _integer(1, 1000), d.pool_size),
+    )
+
+
+def _limiter(ctx: _Ctx, value: object, path: str) -> LimiterConfig:
+    data = _section(ctx, value, path, _LIMITER_KEYS)
+    d = _DEFAULT_LIMITER
+    prefix = _opt(ctx, data, path, "prefix", _string, d.prefix)
+    if not _REDIS_PREFIX_RE.fullmatch(prefix):
+        ctx.fail(f"{path}.prefix", "must be at most 64 of A-Z a-z 0-9 _ . : / - (no braces: "
+                 "the gateway adds Redis Cluster hash tags itself)", prefix)
+    return LimiterConfig(
+        prefix=prefix,
+        timeout=_opt(ctx, data, path, "timeout", _positive_number, d.timeout),
+        lease_ttl=_opt(ctx, data, path, "lease_ttl", _positive_number, d.lease_ttl),
+        expected_nodes=_opt(ctx, data, path, "expected_nodes", _integer(1, 10_000),
+                            d.expected_nodes),
+    )
+
+
+def _logging(ctx: _Ctx, value: object, path: str) -> LoggingConfig:
+    data = _section(ctx, value, path, _LOGGING_KEYS)
+    d = _DEFAULT_LOGGING
+    return LoggingConfig(
+        level=_opt(ctx, data, path, "level", _choice(LOG_LEVELS), d.level),
+        format=_opt(ctx, data, path, "format", _choice(LOG_FORMATS), d.format),
+        access_log=_opt(ctx, data, path, "access_log", _boolean, d.access_log),
     )
 
 

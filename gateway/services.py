@@ -25,6 +25,7 @@ from gateway.keys.usage import UsageRecorder
 from gateway.metrics import Metrics
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.memory import MemoryRateLimiter
+from gateway.ratelimit.redis import RedisRateLimiter
 from gateway.upstream import UpstreamGroup
 
 
@@ -76,12 +77,12 @@ def create_store(config: Config) -> KeyStore:
 
 
 def create_limiter(config: Config) -> RateLimiter:
-    if config.redis is not None:
-        raise ConfigError(
-            f"{config.source}: redis: the Redis limiter is not available in this version; "
-            f"set redis: null for the in-process limiter, got {config.redis!r}"
-        )
-    return MemoryRateLimiter()
+    if config.redis is None:
+        return MemoryRateLimiter()
+    options = config.limiter
+    return RedisRateLimiter(
+        config.redis, prefix=options.prefix, timeout=options.timeout, lease_ttl=options.lease_ttl
+    )
 
 
 @contextlib.asynccontextmanager
@@ -99,6 +100,9 @@ async def open_store(config: Config) -> AsyncIterator[KeyStore]:
 async def open_services(config: Config) -> AsyncIterator[Services]:
     limiter = create_limiter(config)
     async with contextlib.AsyncExitStack() as stack:
+        if isinstance(limiter, RedisRateLimiter):
+            await limiter.open()  # an unreachable Redis is not fatal: on_limiter_error applies
+        stack.push_async_callback(limiter.close)
         store = await stack.enter_async_context(open_store(config))
         cache_config = config.key_cache
         cache = KeyCache(
@@ -121,7 +125,6 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         usage = UsageRecorder(store)
         usage.start()
         stack.push_async_callback(usage.stop)
-        stack.push_async_callback(limiter.close)
         upstreams = {r.name: UpstreamGroup(r.upstreams) for r in config.routes}
         for group in upstreams.values():
             stack.push_async_callback(group.close)

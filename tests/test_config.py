@@ -263,7 +263,7 @@ CASES: dict[str, str] = {
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
         "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
-        "routes), got []"
+        "limiter, logging, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -327,8 +327,16 @@ CASES: dict[str, str] = {
     "on_limiter_error_bad.yaml": (
         "defaults.on_limiter_error: must be one of open, closed, local, got 'fail'"
     ),
+    "logging_format_bad.yaml": "logging.format: must be one of json, text, got 'xml'",
     "key_cache_ttl_zero.yaml": "key_cache.ttl: must be a number > 0, got 0",
     "key_store_timeout_zero.yaml": "key_store.timeout: must be a number > 0, got 0",
+    "limiter_prefix_braces.yaml": (
+        "limiter.prefix: must be at most 64 of A-Z a-z 0-9 _ . : / - (no braces: the gateway "
+        "adds Redis Cluster hash tags itself), got 'gw{x}:'"
+    ),
+    "limiter_expected_nodes_zero.yaml": (
+        "limiter.expected_nodes: must be an integer between 1 and 10000, got 0"
+    ),
     "key_store_pool_size_zero.yaml": (
         "key_store.pool_size: must be an integer between 1 and 1000, got 0"
     ),

@@ -378,16 +378,18 @@ async def test_auth_unavailable_for_uncached_keys(
 
 
 class DownLimiter:
-    async def hit(self, bucket: str, limit: int, window: float) -> Decision:
+    async def admit(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> Decision:
         raise LimiterUnavailable("down")
 
-    async def peek(self, bucket: str, limit: int, window: float) -> Decision:
+    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         raise LimiterUnavailable("down")
 
-    async def acquire(self, bucket: str, max_in_flight: int) -> bool:
+    async def release(self, budget: str, lease: str) -> None:
         raise LimiterUnavailable("down")
 
-    async def release(self, bucket: str) -> None:
+    async def ping(self) -> None:
         raise LimiterUnavailable("down")
 
     async def close(self) -> None:

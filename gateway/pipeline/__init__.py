@@ -22,7 +22,6 @@ from gateway.config import RouteConfig
 from gateway.pipeline import (
     authenticate,
     authorize,
-    concurrency,
     cors,
     errors,
     rate_limit,
@@ -43,8 +42,7 @@ ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     authenticate.build,  # Bearer key -> key record (401, 503 auth_unavailable)
     authorize.build,  # permissions, resource scopes, allowed origins (403)
     tenancy.build,  # X-Project-Id, X-Namespace (404)
-    rate_limit.build,  # sliding window per key (429)
-    concurrency.build,  # in-flight requests per key (429)
+    rate_limit.build,  # sliding window + in-flight cap per key, one limiter call (429)
 )
 # ... then proxy.build: forward to the upstream, count usage.
 # Errors from any of them: errors.render (problem+json), in the driver below.

@@ -1,10 +1,18 @@
-"""Rate limit: a sliding window per key — ``rate_limit_override`` (per minute) if the key has
-one, else the route's limit, else the default — with ``RateLimit-*`` / ``X-RateLimit-*``
-headers on every response and 429 + ``Retry-After`` past the limit.
+"""Rate limit and concurrency, decided by one limiter call (one Redis round trip):
 
-Buckets: the override and the default are one budget per key across routes; a route with its
-own ``rate_limit`` has its own budget per key. A limiter failure follows ``on_limiter_error``:
-``open`` admits, ``closed`` answers 503, ``local`` enforces the limit in this process.
+* a sliding window per key — ``rate_limit_override`` (per minute) if the key has one, else the
+  route's limit, else the default — with ``RateLimit-*`` / ``X-RateLimit-*`` headers on every
+  response and 429 ``rate_limited`` + ``Retry-After`` past the limit. The override and the
+  default are one budget per key across routes; a route with its own ``rate_limit`` has its own
+  budget per key.
+* at most N requests in flight per key (the key's ``concurrency_limit``, else the route's
+  ``max_concurrent``, else the default): 429 ``concurrency_limited``. The slot is held until the
+  response has been fully sent or the exchange failed, client disconnects included.
+
+A request refused for concurrency is not counted against the rate limit. A limiter failure
+follows ``on_limiter_error``: ``open`` admits (no quota headers), ``closed`` answers 503
+``rate_limit_unavailable``, ``local`` enforces each limit in this process divided by the number of
+processes expected to share it (``limiter.expected_nodes`` times ``workers``).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.config import RateLimit, RouteConfig
 from gateway.errors import (
+    CONCURRENCY_LIMITED,
     RATE_LIMIT_UNAVAILABLE,
     RATE_LIMITED,
     GatewayError,
@@ -23,20 +32,24 @@ from gateway.errors import (
 )
 from gateway.keys.model import KeyRecord
 from gateway.pipeline.exchange import Check, Exchange
-from gateway.ratelimit.base import Decision
+from gateway.ratelimit.base import Decision, RateLimiter, local_share
 from gateway.services import Services
 
 log = logging.getLogger("gateway.ratelimit")
 
 
 def quota_for(key: KeyRecord, route: RouteConfig, default: RateLimit) -> tuple[str, int, float]:
-    """(bucket, limit, window) for this key on this route."""
-    budget = key.rotated_from or key.key_id  # a rotated key shares its predecessor's budget
+    """(scope, limit, window) for this key on this route: scope "" is the key-wide budget."""
     if key.rate_limit_override is not None:
-        return f"k:{budget}", key.rate_limit_override, 60.0
+        return "", key.rate_limit_override, 60.0
     if route.rate_limit is not None:
-        return f"k:{budget}:r:{route.name}", route.rate_limit.requests, route.rate_limit.window
-    return f"k:{budget}", default.requests, default.window
+        return route.name, route.rate_limit.requests, route.rate_limit.window
+    return "", default.requests, default.window
+
+
+def budget_of(key: KeyRecord) -> str:
+    """A rotated key spends its predecessor's budget: the first key of the chain names it."""
+    return key.rotated_from or key.key_id
 
 
 @functools.lru_cache(maxsize=1024)
@@ -64,9 +77,9 @@ def peek_headers_for(
     default = services.config.defaults.rate_limit
 
     async def peek(key: KeyRecord) -> dict[str, str]:
-        bucket, limit, window = quota_for(key, route, default)
+        scope, limit, window = quota_for(key, route, default)
         try:
-            return quota_headers(await services.limiter.peek(bucket, limit, window))
+            return quota_headers(await services.limiter.peek(budget_of(key), scope, limit, window))
         except LimiterUnavailable:
             return {}
 
@@ -76,39 +89,59 @@ def peek_headers_for(
 def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
         return None
-    default = services.config.defaults.rate_limit
-    policy = route.on_limiter_error or services.config.defaults.on_limiter_error
+    config = services.config
+    default = config.defaults.rate_limit
+    route_cap = route.max_concurrent or config.defaults.max_concurrent
+    policy = route.on_limiter_error or config.defaults.on_limiter_error
+    nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
     limiter = services.limiter
+    local = services.local_limiter
     usage = services.usage
     metrics = services.metrics
 
-    async def degraded(bucket: str, limit: int, window: float) -> Decision | None:
+    async def degraded(
+        budget: str, scope: str, limit: int, window: float, cap: int | None
+    ) -> tuple[Decision | None, RateLimiter]:
         """The limiter failed: apply on_limiter_error."""
         metrics.count_limiter_error(policy)
         if policy == "closed":
             raise GatewayError(
                 RATE_LIMIT_UNAVAILABLE, "rate limiting is unavailable", {"Retry-After": "1"}
             )
-        if policy == "local":
-            return await services.local_limiter.hit(bucket, limit, window)
-        return None  # open: admit without a quota to report
+        if policy == "local":  # this process's share of each limit
+            local_cap = None if cap is None else local_share(cap, nodes)
+            share = local_share(limit, nodes)
+            return await local.admit(budget, scope, share, window, local_cap), local
+        return None, local  # open: admit without a quota to report
 
     async def rate_limit(exchange: Exchange) -> None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
-        bucket, limit, window = quota_for(key, route, default)
+        budget = budget_of(key)
+        scope, limit, window = quota_for(key, route, default)
+        cap = key.concurrency_limit or route_cap
         decision: Decision | None
+        decider: RateLimiter = limiter
         try:  # no nested coroutine on the hot path: this runs on every keyed request
-            decision = await limiter.hit(bucket, limit, window)
+            decision = await limiter.admit(budget, scope, limit, window, cap)
         except LimiterUnavailable:
-            decision = await degraded(bucket, limit, window)
-        if decision is not None:
-            exchange.response_headers.update(quota_headers(decision))
-            if not decision.allowed:
-                usage.rate_limited(key.key_id)
-                retry = str(max(1, math.ceil(decision.retry_after)))
+            decision, decider = await degraded(budget, scope, limit, window, cap)
+        if decision is None:
+            return
+        exchange.response_headers.update(quota_headers(decision))
+        if decision.lease is not None:  # given back once the response is sent
+            exchange.on_done(functools.partial(decider.release, budget, decision.lease))
+        elif not decision.allowed:
+            if decision.busy:
                 raise GatewayError(
-                    RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry}
+                    CONCURRENCY_LIMITED,
+                    f"at most {cap} requests may be in flight for this key",
+                    {"Retry-After": "1"},
                 )
+            usage.rate_limited(key.key_id)
+            retry = str(max(1, math.ceil(decision.retry_after)))
+            raise GatewayError(
+                RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry}
+            )
 
     return rate_limit

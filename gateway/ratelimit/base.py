@@ -1,6 +1,13 @@
 """The rate-limiter contract. Implementations live beside it: ``memory.py`` (in-process, the
-embedded default) and, for shared limits across nodes, a Redis one. The pipeline stage never
-knows which it has; backends raise ``LimiterUnavailable`` for their own failures.
+embedded default) and ``redis.py`` (shared by every gateway process and node). The pipeline
+stage never knows which it has; backends raise ``LimiterUnavailable`` for their own failures.
+
+One call decides a request: ``admit`` checks the key's sliding window and, when the route caps
+requests in flight, takes a concurrency lease in the same step (one Redis round trip).
+
+Names: a *budget* is what one key spends — the first key of its rotation chain, so a rotated key
+and its successor share everything — and a *scope* splits its rate limit per route ("" for the
+key-wide budget). Concurrency leases belong to the budget alone.
 """
 
 from __future__ import annotations
@@ -16,22 +23,30 @@ class Decision(NamedTuple):
     remaining: int
     reset: float  # seconds until the window admits another request
     retry_after: float  # seconds a rejected client should wait (0 when allowed)
+    lease: str | None = None  # the concurrency slot taken; give it back with ``release``
+    busy: bool = False  # refused because every concurrency slot is held (nothing was counted)
 
 
 class RateLimiter(Protocol):
-    async def hit(self, bucket: str, limit: int, window: float) -> Decision:
-        """Count one request in ``bucket`` if the sliding window admits it."""
+    async def admit(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> Decision:
+        """Count one request if the window admits it and, when ``max_in_flight`` is set, a
+        concurrency slot is free (then ``lease`` names the slot). A request refused for either
+        reason is not counted."""
 
-    async def peek(self, bucket: str, limit: int, window: float) -> Decision:
-        """The state of ``bucket`` without counting anything."""
+    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
+        """The state of the window without counting anything."""
 
-    async def acquire(self, bucket: str, max_in_flight: int) -> bool:
-        """Take one in-flight slot; False when ``max_in_flight`` are already held."""
-
-    async def release(self, bucket: str) -> None:
-        """Give back a slot taken by ``acquire``."""
+    async def release(self, budget: str, lease: str) -> None:
+        """Give back a slot taken by ``admit``."""
 
     async def ping(self) -> None:
         """Raise ``LimiterUnavailable`` unless the limiter can decide now (for /readyz)."""
 
     async def close(self) -> None: ...
+
+
+def local_share(limit: int, nodes: int) -> int:
+    """This process's part of a limit shared by ``nodes`` processes (never below 1)."""
+    return max(1, limit // nodes)

@@ -1,4 +1,5 @@
-"""In-process limiter: an exact sliding log per bucket, for one node (the embedded default).
+"""In-process limiter: an exact sliding log per bucket, for one node (the embedded default, and
+the ``local`` fallback while Redis is unreachable).
 
 Each bucket keeps the admission times of the last ``window`` seconds in a deque, so the count in
 any window never exceeds the limit and a client under its limit is never refused. Memory per
@@ -14,54 +15,60 @@ from collections.abc import Callable
 from gateway.ratelimit.base import Decision
 
 Clock = Callable[[], float]
+LEASE = "local"  # in-process slots are counted, not named
 
 
 class MemoryRateLimiter:
     def __init__(self, clock: Clock = time.monotonic, sweep_every: int = 10_000) -> None:
         self._clock = clock
         self._logs: dict[str, tuple[deque[float], float]] = {}  # bucket -> (log, window)
-        self._in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # budget -> slots held
         self._sweep_every = sweep_every
         self._hits = 0
 
-    async def hit(self, bucket: str, limit: int, window: float) -> Decision:
-        return self.hit_now(bucket, limit, window)
+    async def admit(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> Decision:
+        return self.admit_now(budget, scope, limit, window, max_in_flight)
 
-    def hit_now(self, bucket: str, limit: int, window: float) -> Decision:
+    def admit_now(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> Decision:
         now = self._clock()
-        log = self._log(bucket, window, now)
+        log = self._log(f"{budget}:{scope}", window, now)
         self._hits += 1
         if self._hits % self._sweep_every == 0:
             self.sweep()
         if len(log) >= limit:
             wait = log[len(log) - limit] + window - now
             return Decision(False, limit, 0, wait, wait)
+        lease = None
+        if max_in_flight is not None:
+            held = self._in_flight.get(budget, 0)
+            if held >= max_in_flight:
+                reset = log[0] + window - now if log else window
+                return Decision(False, limit, limit - len(log), reset, 1.0, None, True)
+            self._in_flight[budget] = held + 1
+            lease = LEASE
         log.append(now)
-        return Decision(True, limit, limit - len(log), log[0] + window - now, 0.0)
+        return Decision(True, limit, limit - len(log), log[0] + window - now, 0.0, lease)
 
-    async def peek(self, bucket: str, limit: int, window: float) -> Decision:
+    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         now = self._clock()
-        log = self._log(bucket, window, now)
+        log = self._log(f"{budget}:{scope}", window, now)
         remaining = max(0, limit - len(log))
         reset = log[0] + window - now if log else window
         return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
 
-    async def acquire(self, bucket: str, max_in_flight: int) -> bool:
-        held = self._in_flight.get(bucket, 0)
-        if held >= max_in_flight:
-            return False
-        self._in_flight[bucket] = held + 1
-        return True
-
-    async def release(self, bucket: str) -> None:
-        held = self._in_flight.get(bucket, 0) - 1
+    async def release(self, budget: str, lease: str) -> None:
+        held = self._in_flight.get(budget, 0) - 1
         if held > 0:
-            self._in_flight[bucket] = held
+            self._in_flight[budget] = held
         else:
-            self._in_flight.pop(bucket, None)
+            self._in_flight.pop(budget, None)
 
-    def in_flight(self, bucket: str) -> int:
-        return self._in_flight.get(bucket, 0)
+    def in_flight(self, budget: str) -> int:
+        return self._in_flight.get(budget, 0)
 
     def sweep(self) -> None:
         """Drop buckets with nothing left in their window."""

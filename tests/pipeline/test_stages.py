@@ -10,7 +10,7 @@ from gateway.errors import GatewayError
 from gateway.keys.model import KeyRecord, Scope
 from gateway.pipeline.authenticate import bearer_token, check_status
 from gateway.pipeline.authorize import expand, missing_permission, scope_allows
-from gateway.pipeline.rate_limit import quota_for, quota_headers
+from gateway.pipeline.rate_limit import budget_of, quota_for, quota_headers
 from gateway.pipeline.request_id import pick_request_id
 from gateway.ratelimit.base import Decision
 
@@ -85,10 +85,11 @@ def test_quota_selection() -> None:
     default = RateLimit(100, 60)
     plain = RouteConfig("plain", "/p/", ("http://u",))
     limited = RouteConfig("limited", "/l/", ("http://u",), rate_limit=RateLimit(5, 10))
-    assert quota_for(key(), plain, default) == ("k:key_1", 100, 60)
-    assert quota_for(key(), limited, default) == ("k:key_1:r:limited", 5, 10)
-    assert quota_for(key(rate_limit_override=7), limited, default) == ("k:key_1", 7, 60.0)
-    assert quota_for(key(rotated_from="key_0"), plain, default)[0] == "k:key_0"
+    assert quota_for(key(), plain, default) == ("", 100, 60)
+    assert quota_for(key(), limited, default) == ("limited", 5, 10)
+    assert quota_for(key(rate_limit_override=7), limited, default) == ("", 7, 60.0)
+    assert budget_of(key()) == "key_1"
+    assert budget_of(key(rotated_from="key_0")) == "key_0"
 
 
 def test_quota_headers_round_up_reset() -> None:

@@ -1,5 +1,9 @@
+"""The in-process limiter on a fake clock (its window logic, exactly); the behaviour it shares
+with the Redis limiter is in test_contract.py."""
+
 import pytest
 
+from gateway.ratelimit.base import local_share
 from gateway.ratelimit.memory import MemoryRateLimiter
 
 
@@ -18,7 +22,7 @@ def clock() -> Clock:
 
 async def test_admits_up_to_the_limit_then_refuses(clock: Clock) -> None:
     limiter = MemoryRateLimiter(clock)
-    decisions = [await limiter.hit("k", 3, 10) for _ in range(4)]
+    decisions = [await limiter.admit("k", "", 3, 10, None) for _ in range(4)]
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions] == [2, 1, 0, 0]
     assert decisions[3].retry_after == pytest.approx(10)
@@ -26,15 +30,15 @@ async def test_admits_up_to_the_limit_then_refuses(clock: Clock) -> None:
 
 async def test_window_slides(clock: Clock) -> None:
     limiter = MemoryRateLimiter(clock)
-    await limiter.hit("k", 2, 10)
+    await limiter.admit("k", "", 2, 10, None)
     clock.now = 6
-    await limiter.hit("k", 2, 10)
+    await limiter.admit("k", "", 2, 10, None)
     clock.now = 9.9
-    refused = await limiter.hit("k", 2, 10)
+    refused = await limiter.admit("k", "", 2, 10, None)
     assert not refused.allowed and refused.retry_after == pytest.approx(0.1)
     clock.now = 10.0  # the first hit left the window
-    assert (await limiter.hit("k", 2, 10)).allowed
-    assert not (await limiter.hit("k", 2, 10)).allowed
+    assert (await limiter.admit("k", "", 2, 10, None)).allowed
+    assert not (await limiter.admit("k", "", 2, 10, None)).allowed
 
 
 async def test_never_more_than_limit_in_any_window(clock: Clock) -> None:
@@ -42,7 +46,7 @@ async def test_never_more_than_limit_in_any_window(clock: Clock) -> None:
     admitted: list[float] = []
     for step in range(3000):
         clock.now = step * 0.013
-        if (await limiter.hit("k", 50, 5)).allowed:
+        if (await limiter.admit("k", "", 50, 5, None)).allowed:
             admitted.append(clock.now)
     for i, t in enumerate(admitted):
         in_window = [a for a in admitted[i:] if a < t + 5]
@@ -51,29 +55,15 @@ async def test_never_more_than_limit_in_any_window(clock: Clock) -> None:
     assert len(admitted) >= 380
 
 
-async def test_buckets_are_independent_and_peek_does_not_count(clock: Clock) -> None:
-    limiter = MemoryRateLimiter(clock)
-    await limiter.hit("a", 1, 10)
-    peek = await limiter.peek("b", 1, 10)
-    assert peek.remaining == 1
-    assert (await limiter.hit("b", 1, 10)).allowed
-
-
-async def test_concurrency_slots(clock: Clock) -> None:
-    limiter = MemoryRateLimiter(clock)
-    assert await limiter.acquire("c", 2)
-    assert await limiter.acquire("c", 2)
-    assert not await limiter.acquire("c", 2)
-    await limiter.release("c")
-    assert await limiter.acquire("c", 2)
-    await limiter.release("c")
-    await limiter.release("c")
-    assert limiter.in_flight("c") == 0
-
-
 async def test_sweep_drops_idle_buckets(clock: Clock) -> None:
     limiter = MemoryRateLimiter(clock)
-    await limiter.hit("k", 5, 10)
+    await limiter.admit("k", "", 5, 10, None)
     clock.now = 11
     limiter.sweep()
     assert limiter._logs == {}
+
+
+def test_local_share_never_drops_below_one() -> None:
+    assert local_share(100, 3) == 33
+    assert local_share(2, 3) == 1
+    assert local_share(10, 1) == 10

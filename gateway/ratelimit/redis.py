@@ -1,0 +1,321 @@
+"""Shared limits in Redis: every gateway process and node spends one budget per key.
+
+The algorithm is an exact sliding log, as in ``memory.py``, kept in Redis sorted sets and decided
+by ONE Lua script per request (EVALSHA, reloaded on NOSCRIPT), so there is never a
+read-modify-write across round trips:
+
+* the log ``<prefix>{<budget>}:r[:<route>]`` holds one member per admitted request, scored by
+  Redis's own clock (``TIME``, in µs) so every node judges against the same time; members older
+  than the window are trimmed first. The count in ANY window never exceeds the limit and a client
+  under its limit is never refused. Memory per active key is O(limit): a refused request adds
+  nothing, so at most ``limit`` members live in the log (see README for bytes per key).
+* concurrency leases live in ``<prefix>{<budget>}:c``, one member per request in flight, scored
+  by the time it expires. The script trims expired leases, compares the count with the cap and
+  takes a lease in the same call as the rate decision. A lease is given back when the response
+  ends (``release``); leases of a node that died expire after ``lease_ttl``; a live node renews
+  its own every ``lease_ttl / 3`` so long streams keep theirs.
+* every key expires (PEXPIRE) one window / one lease TTL after its last write, and the ``{budget}``
+  hash tag keeps a key's log and leases in one Redis Cluster slot.
+
+Throughput: the decisions requested within one event-loop tick go out as one pipelined batch
+over one connection (``resp.py``) and come back together: one write, one read, one future per
+batch. Releases ride along with the next batch — inside the admit script when the same key is
+being admitted again, else as a ZREM.
+
+Failures: a batch that takes longer than ``timeout`` fails (``LimiterUnavailable``) and drops the
+connection; while there is no connection every decision fails at once, without waiting, and the
+pipeline applies ``on_limiter_error``. A supervisor reconnects every ``retry_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from typing import Any
+
+from gateway.errors import LimiterUnavailable
+from gateway.periodic import Periodic
+from gateway.ratelimit.base import Decision
+from gateway.ratelimit.resp import ReplyError, RespConnection, encode
+
+log = logging.getLogger("gateway.ratelimit.redis")
+
+# KEYS[1] the sliding log, KEYS[2] the leases. ARGV[1] mode: a(dmit) | p(eek) | r(enew).
+# admit: ARGV[2] limit, [3] window µs, [4] member id, [5] max in flight (0: none), [6] lease
+# TTL µs, [7..] leases to give back first. Replies {status, count, reset µs}: status 1 admitted
+# (count includes it), 0 over the rate limit, 2 every concurrency slot held.
+SCRIPT = b"""
+local mode = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if mode == 'r' then
+  local ttl = tonumber(ARGV[2])
+  for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i]) end
+  redis.call('PEXPIRE', KEYS[2], math.ceil(ttl / 1000))
+  return 1
+end
+local limit = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local log = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+local count = redis.call('ZCARD', log)
+local function reset(nth)
+  if count == 0 then return window end
+  return tonumber(redis.call('ZRANGE', log, nth, nth, 'WITHSCORES')[2]) + window - now
+end
+if mode == 'p' then return {1, count, reset(0)} end
+local leases = KEYS[2]
+if #ARGV > 6 then redis.call('ZREM', leases, unpack(ARGV, 7)) end
+if count >= limit then return {0, count, reset(count - limit)} end
+local cap = tonumber(ARGV[5])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  if redis.call('ZCARD', leases) >= cap then return {2, count, reset(0)} end
+  local ttl = tonumber(ARGV[6])
+  redis.call('ZADD', leases, now + ttl, ARGV[4])
+  redis.call('PEXPIRE', leases, math.ceil(ttl / 1000))
+end
+redis.call('ZADD', log, now, ARGV[4])
+redis.call('PEXPIRE', log, math.ceil(window / 1000))
+count = count + 1
+return {1, count, reset(0)}
+"""
+SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
+ADMIT, PEEK, RENEW = b"a", b"p", b"r"
+RATE_LIMIT_REFUSED, ADMITTED, BUSY = 0, 1, 2
+
+
+class RedisRateLimiter:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "gw:",
+        timeout: float = 0.25,
+        lease_ttl: float = 30.0,
+        retry_interval: float = 0.25,
+    ) -> None:
+        self._url = url
+        self._prefix = prefix.encode()
+        self._timeout = timeout
+        self._lease_ttl_us = str(int(lease_ttl * 1_000_000)).encode()
+        self._retry_interval = retry_interval
+        self._conn: RespConnection | None = None
+        self._connected = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._renewer = Periodic(lease_ttl / 3, self._renew)
+        # the batch being gathered in this tick: commands (built at flush) and their future
+        self._ops: list[tuple[bytes, str, str, int, float, int, bytes]] = []
+        self._batch: asyncio.Future[list[Any]] | None = None
+        self._releases: dict[str, list[bytes]] = {}  # budget -> leases to give back
+        self._held: dict[str, set[bytes]] = {}  # budget -> leases this node holds (renewed)
+        self._node = secrets.token_hex(4).encode()  # members are <node>.<sequence>: unique
+        self._sequence = 0
+        # counters for /metrics and the benchmark
+        self.batches = 0
+        self.commands = 0
+        self.failures = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (waiting at most ``timeout``); an unreachable Redis is not fatal: decisions
+        follow ``on_limiter_error`` until the supervisor gets through."""
+        self._supervisor = asyncio.ensure_future(self._supervise())
+        self._renewer.start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout * 2):
+                await self._connected.wait()
+
+    async def close(self) -> None:
+        await self._renewer.stop()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _supervise(self) -> None:
+        reported = False
+        while True:
+            try:
+                conn = await RespConnection.open(self._url, self._timeout)
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await conn.call(encode(b"SCRIPT", b"LOAD", SCRIPT))
+                except BaseException:
+                    conn.close()
+                    raise
+            except (OSError, TimeoutError, ReplyError) as exc:
+                if not reported:
+                    log.warning("redis is unreachable (%s); on_limiter_error applies", exc)
+                    reported = True
+                await asyncio.sleep(self._retry_interval)
+                continue
+            if reported:
+                log.warning("redis is reachable again; limits are shared once more")
+                reported = False
+            self._conn = conn
+            self._connected.set()
+            await conn.closed
+            self._conn = None
+            self._connected.clear()
+            self._held.clear()  # a restarted Redis has none of them; a live one expires them
+            self._releases.clear()
+            log.warning("redis connection lost; reconnecting")
+
+    # ---- the contract ------------------------------------------------------------------------
+
+    async def admit(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> Decision:
+        self._sequence += 1
+        member = b"%b.%x" % (self._node, self._sequence)
+        op = (ADMIT, budget, scope, limit, window, max_in_flight or 0, member)
+        reply = await self._decide(op)
+        status, count, reset_us = reply
+        reset = reset_us / 1_000_000
+        if status == ADMITTED:
+            lease = None
+            if max_in_flight:
+                self._held.setdefault(budget, set()).add(member)
+                lease = member.decode()
+            return Decision(True, limit, limit - count, reset, 0.0, lease)
+        if status == BUSY:
+            return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True)
+        return Decision(False, limit, 0, reset, reset)
+
+    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
+        _status, count, reset_us = await self._decide((PEEK, budget, scope, limit, window, 0, b""))
+        reset = reset_us / 1_000_000
+        remaining = max(0, limit - count)
+        return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
+
+    async def release(self, budget: str, lease: str) -> None:
+        member = lease.encode()
+        held = self._held.get(budget)
+        if held is not None:
+            held.discard(member)
+            if not held:
+                del self._held[budget]
+        if self._conn is None:
+            return  # the lease expires on its own
+        self._releases.setdefault(budget, []).append(member)
+        if self._batch is None:
+            self._start_batch()
+
+    async def ping(self) -> None:
+        conn = self._conn
+        if conn is None:
+            raise LimiterUnavailable("redis is unreachable")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.call(encode(b"PING"))
+        except (OSError, TimeoutError, ReplyError) as exc:
+            raise LimiterUnavailable(f"redis did not answer PING: {exc}") from exc
+
+    # ---- batching ----------------------------------------------------------------------------
+
+    async def _decide(self, op: tuple[bytes, str, str, int, float, int, bytes]) -> list[int]:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self.failures += 1
+                raise LimiterUnavailable("redis is unreachable")
+            batch = self._batch or self._start_batch()
+            index = len(self._ops)
+            self._ops.append(op)
+            try:
+                reply = (await batch)[index]
+            except (ConnectionError, TimeoutError) as exc:
+                self.failures += 1
+                raise LimiterUnavailable(f"redis: {exc}") from exc
+            if not isinstance(reply, ReplyError):
+                return reply  # type: ignore[no-any-return]
+            if attempt == 1 and str(reply).startswith("NOSCRIPT"):
+                await self._load_script()  # Redis restarted or flushed its scripts
+                continue
+            self.failures += 1
+            raise LimiterUnavailable(f"redis: {reply}")
+        raise AssertionError("unreachable")
+
+    def _start_batch(self) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        batch: asyncio.Future[list[Any]] = loop.create_future()
+        self._batch = batch
+        loop.call_soon(self._flush)  # after every request already scheduled in this tick
+        return batch
+
+    def _flush(self) -> None:
+        batch, ops, releases = self._batch, self._ops, self._releases
+        assert batch is not None
+        self._batch, self._ops, self._releases = None, [], {}
+        conn = self._conn
+        if conn is None:
+            batch.set_exception(ConnectionError("redis is unreachable"))
+            batch.exception()  # retrieved: a batch of releases only has nobody waiting
+            return
+        prefix, sha, lease_ttl = self._prefix, SHA, self._lease_ttl_us
+        parts = []
+        for mode, budget, scope, limit, window, cap, member in ops:
+            tag = b"%b{%b}" % (prefix, budget.encode())
+            rate_key = tag + b":r:" + scope.encode() if scope else tag + b":r"
+            window_us = b"%d" % int(window * 1_000_000)
+            args = [b"EVALSHA", sha, b"2", rate_key, tag + b":c", mode, b"%d" % limit, window_us]
+            if mode == ADMIT:
+                args += (member, b"%d" % cap, lease_ttl)
+                if cap and (given_back := releases.pop(budget, None)):
+                    args += given_back
+            parts.append(encode(*args))
+        for budget, members in releases.items():
+            parts.append(encode(b"ZREM", b"%b{%b}:c" % (prefix, budget.encode()), *members))
+        self.batches += 1
+        self.commands += len(parts)
+        conn.send(b"".join(parts), len(parts), batch)
+        asyncio.get_running_loop().call_later(self._timeout, self._expire, batch, conn)
+        batch.add_done_callback(_retrieve)
+
+    def _expire(self, batch: asyncio.Future[list[Any]], conn: RespConnection) -> None:
+        if not batch.done():
+            log.warning("redis did not answer within %.3f s; reconnecting", self._timeout)
+            batch.set_exception(TimeoutError(f"no answer within {self._timeout} s"))
+            conn.close()  # replies would now arrive for the wrong batch: start afresh
+
+    async def _load_script(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        with contextlib.suppress(OSError, TimeoutError, ReplyError):
+            async with asyncio.timeout(self._timeout):
+                await conn.call(encode(b"SCRIPT", b"LOAD", SCRIPT))
+
+    async def _renew(self) -> None:
+        """Push out the expiry of every lease this node holds (long streams keep theirs)."""
+        conn = self._conn
+        if conn is None or not self._held:
+            return
+        parts = [
+            encode(b"EVALSHA", SHA, b"2", tag + b":r", tag + b":c", RENEW, self._lease_ttl_us,
+                   *members)
+            for tag, members in (
+                (b"%b{%b}" % (self._prefix, budget.encode()), members)
+                for budget, members in self._held.items()
+            )
+        ]
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        conn.send(b"".join(parts), len(parts), future)
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await future
+
+
+def _retrieve(batch: asyncio.Future[list[Any]]) -> None:
+    """Mark a failed batch's exception as seen (the requests waiting on it re-raise it)."""
+    if not batch.cancelled():
+        batch.exception()
+

@@ -1,0 +1,142 @@
+"""Limiter fixtures: every limiter backend runs the same contract tests.
+
+Redis tests use the shared server on 127.0.0.1:6379 (``GATEWAY_TEST_REDIS``) with a fresh key
+prefix per test, deleted afterwards; outage tests start their own ``redis-server`` on a free port
+(``private_redis``) so they can kill and restart it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gateway.ratelimit.memory import MemoryRateLimiter
+from gateway.ratelimit.redis import RedisRateLimiter
+
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+LIMITERS = ["memory", "redis"]
+
+OpenLimiter = Callable[..., Awaitable[Any]]
+
+
+def redis_reachable() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def require_redis() -> None:
+    if not redis_reachable():
+        pytest.skip(f"no Redis at {REDIS_URL}")
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    prefix = f"gwtest:{secrets.token_hex(4)}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_client() -> redis.Redis:
+    require_redis()
+    return redis.Redis.from_url(REDIS_URL)
+
+
+@pytest.fixture(params=LIMITERS)
+async def open_limiter(
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> AsyncIterator[OpenLimiter]:
+    """``await open_limiter(**options)``: a fresh limiter of the parametrized backend."""
+    opened: list[Any] = []
+
+    async def factory(**options: Any) -> Any:
+        if request.param == "memory":
+            limiter: Any = MemoryRateLimiter()
+        else:
+            require_redis()
+            limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, **options)
+            await limiter.open()
+        opened.append(limiter)
+        return limiter
+
+    yield factory
+    for limiter in opened:
+        await limiter.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, on a free port, that the test may kill and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = directory
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self._directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def pause(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.resume() if server._process is not None else None
+    server.kill()

@@ -1,0 +1,161 @@
+"""The Redis limiter's own promises: key hygiene, batching, scripts, leases, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from gateway.errors import LimiterUnavailable
+from gateway.ratelimit.redis import RedisRateLimiter
+from tests.ratelimit.conftest import REDIS_URL, PrivateRedis, require_redis
+
+
+@pytest.fixture
+async def limiter(redis_prefix: str) -> RedisRateLimiter:
+    require_redis()
+    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    await limiter.open()
+    yield limiter  # type: ignore[misc]
+    await limiter.close()
+
+
+async def test_keys_carry_the_prefix_a_hash_tag_and_an_expiry(
+    limiter: RedisRateLimiter, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    await limiter.admit("key_a", "", 10, 30, 2)
+    await limiter.admit("key_a", "route_x", 10, 5, None)
+    keys = sorted(k.decode() for k in redis_client.scan_iter(match=f"{redis_prefix}*"))
+    assert keys == [
+        f"{redis_prefix}{{key_a}}:c",
+        f"{redis_prefix}{{key_a}}:r",
+        f"{redis_prefix}{{key_a}}:r:route_x",
+    ]
+    assert 29_000 < redis_client.pttl(f"{redis_prefix}{{key_a}}:r") <= 30_000
+    assert 4_000 < redis_client.pttl(f"{redis_prefix}{{key_a}}:r:route_x") <= 5_000
+    assert 29_000 < redis_client.pttl(f"{redis_prefix}{{key_a}}:c") <= 30_000
+    # one hash slot per key: its log and leases can live on one Redis Cluster shard
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_memory_per_key_is_bounded_by_the_limit(
+    limiter: RedisRateLimiter, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    key = f"{redis_prefix}{{key_a}}:r"
+    for _ in range(100):
+        await limiter.admit("key_a", "", 100, 60, None)
+    full = redis_client.memory_usage(key)
+    await asyncio.gather(*(limiter.admit("key_a", "", 100, 60, None) for _ in range(500)))
+    assert redis_client.memory_usage(key) == full  # refused requests add nothing
+    assert redis_client.zcard(key) == 100
+    assert full < 100 * 64  # listpack encoding: well under 64 bytes per admitted request
+
+
+async def test_decisions_in_one_tick_share_one_round_trip(limiter: RedisRateLimiter) -> None:
+    before = limiter.batches
+    await asyncio.gather(*(limiter.admit(f"key_{i}", "", 10, 10, 1) for i in range(200)))
+    assert limiter.batches - before == 1
+    assert limiter.commands >= 200
+
+
+async def test_a_flushed_script_is_reloaded(
+    limiter: RedisRateLimiter, redis_client: redis.Redis
+) -> None:
+    assert (await limiter.admit("key_a", "", 10, 10, None)).allowed
+    redis_client.script_flush()
+    assert (await limiter.admit("key_a", "", 10, 10, None)).remaining == 8
+
+
+async def test_a_dead_nodes_lease_expires_and_a_live_one_is_renewed(redis_prefix: str) -> None:
+    require_redis()
+    dead = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.3)
+    live = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.3)
+    other = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.3)
+    for limiter in (dead, live, other):
+        await limiter.open()
+    try:
+        assert (await dead.admit("key_dead", "", 100, 10, 1)).lease
+        assert (await live.admit("key_live", "", 100, 10, 1)).lease
+        await dead.close()  # the node dies holding its lease
+        assert (await other.admit("key_dead", "", 100, 10, 1)).busy
+        await asyncio.sleep(0.8)  # well past the TTL; the live node renewed twice meanwhile
+        assert (await other.admit("key_dead", "", 100, 10, 1)).allowed
+        assert (await other.admit("key_live", "", 100, 10, 1)).busy
+    finally:
+        await live.close()
+        await other.close()
+
+
+async def test_a_dead_redis_fails_fast_and_recovery_is_quick(
+    private_redis: PrivateRedis,
+) -> None:
+    limiter = RedisRateLimiter(private_redis.url, timeout=0.25, retry_interval=0.1)
+    await limiter.open()
+    try:
+        assert (await limiter.admit("key_a", "", 100, 10, 1)).allowed
+        private_redis.kill()
+        for _ in range(20):
+            started = time.monotonic()
+            with pytest.raises(LimiterUnavailable):
+                await limiter.admit("key_a", "", 100, 10, 1)
+            assert time.monotonic() - started < 0.3  # never past the Redis timeout
+        with pytest.raises(LimiterUnavailable):
+            await limiter.ping()
+        private_redis.start()
+        returned = time.monotonic()
+        while True:
+            try:
+                decision = await limiter.admit("key_a", "", 100, 10, 1)
+                break
+            except LimiterUnavailable:
+                assert time.monotonic() - returned < 2.0
+                await asyncio.sleep(0.02)
+        assert decision.allowed and decision.remaining == 99  # a fresh Redis: a fresh window
+        await limiter.ping()
+    finally:
+        await limiter.close()
+
+
+async def test_a_hung_redis_times_out(private_redis: PrivateRedis) -> None:
+    limiter = RedisRateLimiter(private_redis.url, timeout=0.2, retry_interval=0.1)
+    await limiter.open()
+    try:
+        private_redis.pause()
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(limiter.admit("key_a", "", 100, 10, None) for _ in range(10)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, LimiterUnavailable) for r in results)
+        assert time.monotonic() - started < 0.3
+        private_redis.resume()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                assert (await limiter.admit("key_a", "", 100, 10, None)).allowed
+                break
+            except LimiterUnavailable:
+                await asyncio.sleep(0.02)
+        else:
+            pytest.fail("limits were not enforced again within 2 s of Redis returning")
+    finally:
+        await limiter.close()
+
+
+async def test_an_unreachable_redis_at_start_is_not_fatal(private_redis: PrivateRedis) -> None:
+    private_redis.kill()
+    limiter = RedisRateLimiter(private_redis.url, timeout=0.1, retry_interval=0.05)
+    started = time.monotonic()
+    await limiter.open()
+    assert time.monotonic() - started < 0.5
+    try:
+        with pytest.raises(LimiterUnavailable):
+            await limiter.admit("key_a", "", 1, 1, None)
+        private_redis.start()
+        await asyncio.sleep(0.5)
+        assert (await limiter.admit("key_a", "", 1, 1, None)).allowed
+    finally:
+        await limiter.close()
