@@ -1,0 +1,240 @@
+"""Rate limits and concurrency through a real gateway, on the in-process limiter and on Redis
+alike; then what each ``on_limiter_error`` policy does while a Redis of the test's own is down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Gateway, GatewayFactory, bearer, start_site
+from tests.ratelimit.conftest import LIMITERS, REDIS_URL, PrivateRedis, require_redis
+from tests.test_errors_e2e import problem
+
+MakeLimited = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture(params=LIMITERS)
+def make_limited(
+    request: pytest.FixtureRequest, make_gateway: GatewayFactory, redis_prefix: str
+) -> MakeLimited:
+    """A gateway factory on the parametrized limiter (Redis: a prefix of this test's own)."""
+
+    async def factory(routes: list[dict[str, Any]] | None = None, **top: Any) -> Gateway:
+        if request.param == "redis":
+            require_redis()
+            top = {"redis": REDIS_URL, "limiter": {"prefix": redis_prefix}, **top}
+        return await make_gateway(routes, **top)
+
+    return factory
+
+
+class SlowUpstream:
+    """Holds every request until ``release`` is set; ``entered`` counts arrivals."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.arrived = 0
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.arrived += 1
+        if request.path.endswith("/stream"):
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"first\n")
+            await self.release.wait()
+            await response.write(b"last\n")
+            return response
+        await self.release.wait()
+        return web.Response(text="done")
+
+
+@pytest.fixture
+async def slow() -> AsyncIterator[SlowUpstream]:
+    upstream = SlowUpstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
+    runner = web.AppRunner(app)
+    upstream.url = f"http://127.0.0.1:{await start_site(runner)}"
+    yield upstream
+    upstream.release.set()
+    await runner.cleanup()
+
+
+def slow_routes(url: str, **route: Any) -> list[dict[str, Any]]:
+    return [{"name": "slow", "path": "/slow/", "upstream": url, **route}]
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_rate_limit_headers_and_429(
+    make_limited: MakeLimited, http: aiohttp.ClientSession
+) -> None:
+    gateway = await make_limited(defaults={"rate_limit": {"requests": 3, "window": 60}})
+    key = await gateway.key()
+    remaining = []
+    for _ in range(3):
+        async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
+            assert response.status == 200
+            remaining.append(response.headers["RateLimit-Remaining"])
+    assert remaining == ["2", "1", "0"]
+    async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
+        await problem(response, 429, "rate_limited")
+        assert 59 <= int(response.headers["Retry-After"]) <= 60
+        assert response.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_concurrency_slot_comes_back_after_success_disconnect_and_upstream_error(
+    make_limited: MakeLimited, http: aiohttp.ClientSession, slow: SlowUpstream
+) -> None:
+    gateway = await make_limited(routes=slow_routes(slow.url, timeout=30))
+    key = await gateway.key(concurrency_limit=1)
+    url = f"{gateway.url}/slow"
+
+    # 1. a request in flight holds the slot; it comes back when the response is sent
+    first = asyncio.ensure_future(http.get(f"{url}/a", headers=bearer(key)))
+    await wait_for(lambda: slow.arrived == 1)
+    async with http.get(f"{url}/b", headers=bearer(key)) as response:
+        await problem(response, 429, "concurrency_limited")
+    slow.release.set()
+    async with await first as response:
+        assert response.status == 200
+    async with http.get(f"{url}/c", headers=bearer(key)) as response:
+        assert response.status == 200
+    slow.release.clear()
+
+    # 2. the client goes away in the middle of a streamed response
+    stream = await http.get(f"{url}/stream", headers=bearer(key))
+    assert await stream.content.readline() == b"first\n"
+    async with http.get(f"{url}/d", headers=bearer(key)) as response:
+        await problem(response, 429, "concurrency_limited")
+    stream.close()  # drops the connection
+    await wait_for_status(http, f"{url}/e", key, slow, 200)
+
+    # 3. the upstream fails: 502, and the slot is free again
+    gateway2 = await make_limited(routes=slow_routes("http://127.0.0.1:1"))
+    key2 = await gateway2.key(concurrency_limit=1)
+    for _ in range(3):
+        async with http.get(f"{gateway2.url}/slow/x", headers=bearer(key2)) as response:
+            await problem(response, 502, "upstream_unavailable")
+
+
+async def wait_for_status(
+    http: aiohttp.ClientSession, url: str, key: str, slow: SlowUpstream, status: int
+) -> None:
+    """The slot of an abandoned exchange is given back once the gateway notices: retry briefly."""
+    slow.release.set()
+    deadline = time.monotonic() + 5
+    while True:
+        async with http.get(url, headers=bearer(key)) as response:
+            if response.status == status:
+                return
+            assert time.monotonic() < deadline, await response.text()
+        await asyncio.sleep(0.02)
+
+
+async def test_a_rotated_key_shares_its_predecessors_budget(
+    make_limited: MakeLimited, http: aiohttp.ClientSession, slow: SlowUpstream
+) -> None:
+    gateway = await make_limited(
+        routes=slow_routes(slow.url), defaults={"rate_limit": {"requests": 5, "window": 60}}
+    )
+    old = await gateway.key(concurrency_limit=1)
+    old_id = gateway.created[-1].key_id
+    slow.release.set()
+    for _ in range(2):
+        async with http.get(f"{gateway.url}/slow/x", headers=bearer(old)) as response:
+            assert response.status == 200
+    _old, _new, new = await gateway.keys.rotate_key(old_id, 300, "test")
+    async with http.get(f"{gateway.url}/slow/x", headers=bearer(new)) as response:
+        assert response.headers["RateLimit-Remaining"] == "2"  # 5 - 2 (old) - 1
+    # concurrency: the old key holds the one slot, so the new key is refused
+    slow.release.clear()
+    held = asyncio.ensure_future(http.get(f"{gateway.url}/slow/y", headers=bearer(old)))
+    await wait_for(lambda: slow.arrived == 4)
+    async with http.get(f"{gateway.url}/slow/z", headers=bearer(new)) as response:
+        await problem(response, 429, "concurrency_limited")
+    slow.release.set()
+    async with await held as response:
+        assert response.headers["RateLimit-Remaining"] == "1"  # the refusal was not counted
+    async with http.get(f"{gateway.url}/slow/x", headers=bearer(new)) as response:
+        assert response.headers["RateLimit-Remaining"] == "0"
+    for key in (old, new):
+        async with http.get(f"{gateway.url}/slow/x", headers=bearer(key)) as response:
+            await problem(response, 429, "rate_limited")
+
+
+# ---- Redis down: on_limiter_error ------------------------------------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def scrape(http: aiohttp.ClientSession, gateway: Gateway) -> str:
+    async with http.get(f"{gateway.admin_url}/metrics") as response:
+        return await response.text()
+
+
+@pytest.mark.parametrize("policy", ["open", "closed", "local"])
+async def test_redis_outage_follows_the_policy_and_limits_return(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, private_redis: PrivateRedis,
+    policy: str,
+) -> None:
+    gateway = await make_gateway(
+        redis=private_redis.url,
+        limiter={"timeout": 0.2, "expected_nodes": 2},
+        defaults={"rate_limit": {"requests": 10, "window": 60}, "on_limiter_error": policy},
+    )
+    key = await gateway.key()
+    url = f"{gateway.url}/api/ai/x"
+    async with http.get(url, headers=bearer(key)) as response:
+        assert response.headers["RateLimit-Remaining"] == "9"  # counted in Redis
+
+    private_redis.kill()
+    statuses = []
+    for _ in range(12):
+        started = time.monotonic()
+        async with http.get(url, headers=bearer(key)) as response:
+            statuses.append(response.status)
+            assert time.monotonic() - started < 0.4  # never past the Redis timeout
+            if policy == "closed":
+                await problem(response, 503, "rate_limit_unavailable")
+                assert response.headers["Retry-After"] == "1"
+            elif policy == "open":
+                assert response.status == 200 and "RateLimit-Limit" not in response.headers
+            else:  # local: each of the 2 expected nodes enforces 10 / 2
+                assert response.headers["RateLimit-Limit"] == "5"
+    if policy == "local":
+        assert statuses == [200] * 5 + [429] * 7
+    text = await scrape(http, gateway)
+    assert metric(text, "gateway_limiter_errors_total") == 12
+    assert metric(text, "gateway_limiter_degraded_decisions_total", policy=policy) == 12
+
+    private_redis.start()  # an empty Redis: a fresh window
+    returned = time.monotonic()
+    while True:
+        async with http.get(url, headers=bearer(key)) as response:
+            if response.headers.get("RateLimit-Limit") == "10":
+                assert response.status == 200
+                assert response.headers["RateLimit-Remaining"] == "9"
+                break
+        assert time.monotonic() - returned < 2.0, "limits not enforced within 2 s"
+        await asyncio.sleep(0.05)
