@@ -9,10 +9,12 @@ Run from the repository root (as root, so nginx and wrk can be installed with ap
 What runs: one nginx (1 worker) serving a fast upstream (``return 200 "ok\\n"``) on port A and a
 keep-alive reverse proxy to A on port B; one gateway (``workers: 1``, limits too high to ever
 reject but still checked) with an ``auth: none`` route ``/open/`` and a full-pipeline route
-``/api/`` (Bearer key, ``permissions: [read]``), both to A. ``--variant embedded`` (default):
-SQLite key store and in-process limiter; ``--variant postgres``: the key store on a fresh
-database at $GATEWAY_BENCH_PG (default: the local server), dropped afterwards. The key is
-created with the CLI before the gateway starts.
+``/api/`` (Bearer key, ``permissions: [read]``), both to A. ``--variant``: ``embedded``
+(default): SQLite key store and in-process limiter; ``postgres``: the key store on a fresh
+database at $GATEWAY_BENCH_PG (default: the local server), dropped afterwards; ``redis``: SQLite
+and the limiter on the Redis at $GATEWAY_BENCH_REDIS (default: the local server) under a prefix
+of the run's own, deleted afterwards; ``production``: Postgres and Redis. The key is created with
+the CLI before the gateway starts.
 
 What is measured, with wrk and the same threads/connections/duration for every target, each
 after a warm-up run, in this order, repeated ``--rounds`` times (interleaved: a slow minute on
@@ -27,9 +29,12 @@ then ``direct`` and ``full`` again with one connection (``-t1 -c1``), for the la
 
 Targets, each PASS or FAIL:
 
-    full / nginx_proxy    req/s >= 0.40
+    full / nginx_proxy    req/s >= 0.40    (0.35 with Redis)
     full / auth_none      req/s >= 0.85    (the key pipeline costs at most 15 %)
     p50(full, c=1) - p50(direct, c=1) <= 0.3 ms
+    Redis round trips per request (full) <= 1   (Redis variants: the gateway's
+                          gateway_limiter_round_trips_total; INFO commandstats gives the
+                          commands per request beside it)
 
 A target that got any non-2xx/3xx response or socket error has failed, and so has every ratio
 that uses it. With ``taskset`` and two cores, nginx and the gateway run on core 0 and wrk on
@@ -97,6 +102,7 @@ class Backends:
     database: str
     redis: str | None
     cleanup: Callable[[], None] | None = None  # e.g. drop the database made for the run
+    limiter_prefix: str = "gw:"
 
 
 PG_ADMIN = os.environ.get("GATEWAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -115,11 +121,43 @@ def postgres_backends(workdir: Path) -> Backends:
     return Backends(url, None, lambda: psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
-# A variant maps the run's temp dir to its backends; a redis variant is added here.
+REDIS = os.environ.get("GATEWAY_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_cli(*args: str) -> str:
+    done = subprocess.run(["redis-cli", "-u", REDIS, *args], check=True, capture_output=True,
+                          text=True, timeout=30)
+    return done.stdout
+
+
+def redis_backends(database: Backends) -> Backends:
+    """The limiter on the Redis at $GATEWAY_BENCH_REDIS under a prefix of this run's own, whose
+    keys are deleted afterwards."""
+    prefix = f"gwbench:{os.getpid()}:"
+
+    def cleanup() -> None:
+        keys = redis_cli("--scan", "--pattern", f"{prefix}*").split()
+        if keys:
+            redis_cli("DEL", *keys)
+        if database.cleanup is not None:
+            database.cleanup()
+
+    return Backends(database.database, REDIS, cleanup, prefix)
+
+
+def embedded_backends(workdir: Path) -> Backends:
+    return Backends(f"sqlite:///{workdir / 'bench.db'}", None)
+
+
+# A variant maps the run's temp dir to its backends.
 VARIANTS: dict[str, Callable[[Path], Backends]] = {
-    "embedded": lambda workdir: Backends(f"sqlite:///{workdir / 'bench.db'}", None),
+    "embedded": embedded_backends,  # SQLite, in-process limiter (the default)
     "postgres": postgres_backends,  # key store on Postgres, in-process limiter
+    "redis": lambda workdir: redis_backends(embedded_backends(workdir)),  # SQLite, Redis limits
+    "production": lambda workdir: redis_backends(postgres_backends(workdir)),  # Postgres + Redis
 }
+# The targets for full / nginx_proxy: Redis adds a network round trip per batch of requests.
+PROXY_RATIO = {"embedded": 0.40, "postgres": 0.40, "redis": 0.35, "production": 0.35}
 
 
 @dataclass(frozen=True)
@@ -164,6 +202,8 @@ class WrkResult:
     socket_errors: dict[str, int] = field(default_factory=dict)
     error: str | None = None  # wrk failed or its output could not be read
     other_cpu: float | None = None  # cores used by processes outside the benchmark meanwhile
+    redis_commands: int | None = None  # commands Redis executed during the run (commandstats)
+    redis_round_trips: int | None = None  # limiter batches the gateway sent (its /metrics)
     output: str = ""
 
     @property
@@ -330,6 +370,7 @@ def gateway_config(ports: Ports, backends: Backends) -> dict[str, Any]:
         "workers": 1,
         "database": backends.database,
         "redis": backends.redis,
+        "limiter": {"prefix": backends.limiter_prefix},
         # Never rejects during a run, but the limiter and the concurrency stage still run.
         "defaults": {"rate_limit": {"requests": 100_000_000, "window": 60},
                      "max_concurrent": 1_000_000},
@@ -404,8 +445,23 @@ def other_cores(before: CpuSnapshot, after: CpuSnapshot) -> float:
 
 
 # ---- wrk ---------------------------------------------------------------------------------------
+RedisCounters = Callable[[], tuple[int, int | None]]
+
+
+def redis_commands() -> int:
+    """Commands Redis has executed, from INFO commandstats (every client's, so run alone)."""
+    return sum(int(calls) for calls in re.findall(r"^cmdstat_\w+:calls=(\d+)",
+                                                  redis_cli("INFO", "commandstats"), re.M))
+
+
+def limiter_round_trips(admin_port: int) -> int | None:
+    status, body = http_get(f"http://{HOST}:{admin_port}/metrics")
+    match = re.search(rb"^gateway_limiter_round_trips_total ([\d.e+]+)", body, re.M)
+    return int(float(match[1])) if status == 200 and match else None
+
+
 def run_wrk(wrk: str, target: Target, options: WrkOptions, pin: Pinning,
-            server_groups: set[int]) -> WrkResult:
+            server_groups: set[int], redis: RedisCounters | None = None) -> WrkResult:
     headers = [arg for name, value in target.headers for arg in ("-H", f"{name}: {value}")]
 
     def command(seconds: int) -> list[str]:
@@ -417,10 +473,17 @@ def run_wrk(wrk: str, target: Target, options: WrkOptions, pin: Pinning,
         subprocess.run(command(options.warmup), capture_output=True, timeout=options.warmup + 30,
                        check=False)
     before = cpu_snapshot(server_groups)
+    redis_before = redis() if redis else None
     done = subprocess.run(command(options.duration), capture_output=True, text=True,
                           timeout=options.duration + 30, check=False)
     result = parse_wrk(target.name, options.connections, done.stdout)
     result.other_cpu = other_cores(before, cpu_snapshot(server_groups))
+    if redis and redis_before:
+        # wrk's count leaves out requests still in flight at the end: a few % at most
+        commands, trips = redis()
+        result.redis_commands = commands - redis_before[0]
+        if trips is not None and redis_before[1] is not None:
+            result.redis_round_trips = trips - redis_before[1]
     if done.returncode != 0:
         result.error = f"wrk exited with {done.returncode}: {done.stderr.strip()}"
     print(f" {result.requests_per_sec:>10,.0f} req/s" + ("" if result.ok else "  FAILED"))
@@ -474,12 +537,25 @@ def noise_note(*results: WrkResult) -> str:
     return "noisy: other processes used the CPU, unreliable" if noisy else ""
 
 
-def evaluate(results: dict[str, WrkResult]) -> list[Check]:
-    return [
-        ratio_check("full / nginx_proxy, req/s", results["full"], results["nginx_proxy"], 0.40),
-        ratio_check("full / auth_none, req/s", results["full"], results["auth_none"], 0.85),
+def per_request_check(name: str, count: int | None, full: WrkResult, maximum: float) -> Check:
+    if count is None or not full.ok or full.requests <= 0:
+        return Check(name, None, "<=", maximum, False, "not measured")
+    value = count / full.requests
+    return Check(name, value, "<=", maximum, value <= maximum)
+
+
+def evaluate(results: dict[str, WrkResult], variant: str) -> list[Check]:
+    full = results["full"]
+    checks = [
+        ratio_check("full / nginx_proxy, req/s", full, results["nginx_proxy"],
+                    PROXY_RATIO[variant]),
+        ratio_check("full / auth_none, req/s", full, results["auth_none"], 0.85),
         latency_check(results["full_c1"], results["direct_c1"], 0.3),
     ]
+    if full.redis_commands is not None:
+        checks.append(per_request_check("Redis round trips per request (full)",
+                                        full.redis_round_trips, full, 1.0))
+    return checks
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -495,6 +571,11 @@ def print_table(results: dict[str, WrkResult]) -> None:
         other = "-" if r.other_cpu is None else f"{r.other_cpu:.2f}"
         print(f"{r.name:<12} {r.connections:>5} {r.requests_per_sec:>11,.0f} "
               f"{fmt_ms(r.p50_ms):>8} {fmt_ms(r.p99_ms):>8} {other:>9}  {status}")
+        if r.redis_commands is not None and r.requests:
+            trips = ("-" if r.redis_round_trips is None
+                     else f"{r.redis_round_trips / r.requests:.3f}")
+            print(f"{'':<12} Redis: {r.redis_commands / r.requests:.3f} commands/request "
+                  f"(INFO commandstats), {trips} round trips/request (gateway metrics)")
     noisy = [r.name for r in results.values() if (r.other_cpu or 0.0) > NOISY_CORES]
     print("other cpu: cores used by processes outside the benchmark during the run"
           + (f"; NOISY (> {NOISY_CORES}): {', '.join(noisy)} -- rerun on a quiet machine"
@@ -613,13 +694,19 @@ def measure(run: Run) -> dict[str, WrkResult]:
     plan += [(Target(f"{n}_c1", by_name[n].url, by_name[n].headers), True)
              for n in ("direct", "full")]
     groups = {process.pid for process in run.processes}
+    redis: RedisCounters | None = None
+    if run.args.variant in ("redis", "production"):
+        def redis() -> tuple[int, int | None]:
+            return redis_commands(), limiter_round_trips(run.ports.admin)
     rounds: dict[str, list[WrkResult]] = {target.name: [] for target, _ in plan}
     for index in range(args.rounds):
         warmup = args.warmup if index == 0 else 0
         for target, single in plan:
             options = WrkOptions(1 if single else args.threads, 1 if single else args.connections,
                                  args.duration, warmup)
-            rounds[target.name].append(run_wrk(run.wrk, target, options, run.pin, groups))
+            counters = redis if target.name.startswith("full") else None
+            rounds[target.name].append(
+                run_wrk(run.wrk, target, options, run.pin, groups, counters))
     return {name: median_round(results) for name, results in rounds.items()}
 
 
@@ -678,7 +765,7 @@ def benchmark(args: argparse.Namespace) -> int:
         finally:
             run.stop_all()
             logs = save_logs(run)
-    checks = evaluate(results)
+    checks = evaluate(results, args.variant)
     print_table(results)
     print_checks(checks)
     print_logs(logs)
