@@ -31,7 +31,6 @@ from gateway.errors import (
     INVALID_API_KEY,
     KEY_LIMIT_REACHED,
     METHOD_NOT_ALLOWED,
-    MISSING_API_KEY,
     NOT_FOUND,
     VALIDATION_ERROR,
     Conflict,
@@ -47,6 +46,7 @@ from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.keys.service import KeyService
 from gateway.keys.validation import validate_named, validate_rotate
 from gateway.openapi import PAGE_MAX, build_openapi
+from gateway.pipeline.authenticate import bearer_token
 from gateway.pipeline.errors import render
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.request_id import pick_request_id
@@ -124,14 +124,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     services = request.app[SERVICES]
-    values = request.headers.getall("Authorization", ())
-    if not values:
-        raise GatewayError(MISSING_API_KEY, "send an admin key as 'Authorization: Bearer <key>'")
-    scheme, _, token = values[0].strip().partition(" ")
-    token = token.strip()
-    if len(values) > 1 or scheme.lower() != "bearer" or not is_well_formed(
-        token, services.prefixes
-    ):
+    token = bearer_token(request)  # the proxy's rules: 401 missing/not Bearer, 400 two headers
+    if not is_well_formed(token, services.prefixes):
         raise GatewayError(INVALID_API_KEY, "the admin key is malformed")
     record = await services.store.get_key_by_hash(services.hasher(token))
     if record is None or record.effective_status(utcnow()) != "active":

@@ -38,6 +38,12 @@ async def test_admin_needs_an_admin_key(gateway: Gateway, http: aiohttp.ClientSe
         assert r.status == 401 and (await r.json())["code"] == "missing_api_key"
     async with http.get(base, headers=bearer(await gateway.key())) as r:
         assert r.status == 403
+    async with http.get(base, headers={"Authorization": "Basic abc"}) as r:
+        assert r.status == 401 and (await r.json())["code"] == "invalid_api_key"
+    admin = await gateway.admin_key()
+    two = [("Authorization", f"Bearer {admin}"), ("Authorization", f"Bearer {admin}")]
+    async with http.get(base, headers=two) as r:  # as on the proxy (SPEC section 5)
+        assert r.status == 400 and (await r.json())["code"] == "bad_request"
     async with http.get(f"{gateway.admin_url}/healthz") as r:
         assert r.status == 200
     async with http.get(f"{gateway.admin_url}/readyz") as r:
