@@ -1,62 +1,291 @@
-"""Every metric the gateway keeps, declared once, with bounded labels (error code, limiter
-policy). Plain counters for now; ``/metrics`` renders them in Prometheus text format."""
+"""Every metric the gateway exports, declared once (prometheus-client), with bounded labels:
+route name (or ``none``), method (a fixed set, else ``OTHER``), status class, error code, limiter
+policy, store operation, cache result. Never a key, a path or an address.
+
+Each ``Metrics`` has its own registry, so several gateways in one process (the tests) never
+share a series. Two ways numbers get in:
+
+- **observed**: the request path calls a bound child once per request (``observe_request``, the
+  upstream histogram child from ``upstream_latency``) or once per event (``count_error``, ...);
+- **sampled**: what the gateway already counts in plain numbers (key-cache stats, in-flight
+  requests, upstream pool sizes) is copied in by ``sample()``: before every render and, with
+  workers, every second. It costs the request path nothing.
+
+With ``workers: N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start:
+prometheus-client then keeps every value in a per-process file there, and ``render()`` in any
+worker reads all the files (``MultiProcessCollector``), so each scrape shows the totals of all
+workers. Observed values are exact at once; sampled ones of the other workers are up to
+``SAMPLE_INTERVAL`` old; gauges are summed over live workers (``livesum``).
+"""
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.errors import (
+    CONCURRENCY_LIMITED,
+    EXPIRED_API_KEY,
+    INSUFFICIENT_PERMISSIONS,
+    INVALID_API_KEY,
+    MISSING_API_KEY,
+    ORIGIN_NOT_ALLOWED,
+    RATE_LIMITED,
+    RESOURCE_FORBIDDEN,
+    REVOKED_API_KEY,
+)
+from gateway.periodic import Periodic
+
+if TYPE_CHECKING:
+    from gateway.keys.cache import KeyCache
+    from gateway.upstream import UpstreamGroup
+
+# ``*_created`` series double the series count and say nothing a restart does not
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    math.inf,
+)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, math.inf)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
+                     "TRACE"})
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+NO_ROUTE = "none"  # the route label of a request no route matched
+# 401 and 403: the refusals that name what is wrong with the key or the caller
+AUTH_FAILURE_CODES = frozenset(
+    kind.code
+    for kind in (MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY,
+                 INSUFFICIENT_PERMISSIONS, RESOURCE_FORBIDDEN, ORIGIN_NOT_ALLOWED)
+)
+SAMPLE_INTERVAL = 1.0  # seconds, with workers: how old another worker's sampled values may be
+
+
+def is_multiprocess() -> bool:
+    """Whether prometheus-client keeps values in ``PROMETHEUS_MULTIPROC_DIR`` files (decided
+    when it was first imported, from the environment)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def status_class(status: int) -> str:
+    hundreds = status // 100
+    return STATUS_CLASSES[hundreds] if 1 <= hundreds <= 5 else "other"
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.errors: Counter[str] = Counter()  # by error code
-        self.limiter_errors: Counter[str] = Counter()  # by on_limiter_error policy
-        # key change committed -> evicted from this node's cache (Postgres LISTEN/NOTIFY)
-        self.lag_buckets = [0] * len(LAG_BUCKETS)
-        self.lag_sum = 0.0
-        self.lag_count = 0
+        self.registry = registry = CollectorRegistry()
+        self.multiprocess = is_multiprocess()
+        self._render_registry = registry
+        if self.multiprocess:
+            self._render_registry = CollectorRegistry()
+            MultiProcessCollector(self._render_registry)  # type: ignore[no-untyped-call]
+        self.in_flight = 0  # requests being handled: the driver adds and removes, sample() reads
+        self._declare_requests(registry)
+        self._declare_refusals(registry)
+        self._declare_dependencies(registry)
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._error_children: dict[tuple[str, str], tuple[Counter, ...]] = {}
+        self._cache: KeyCache | None = None
+        self._upstreams: Mapping[str, UpstreamGroup] = {}
+        self._sampled: dict[str, float] = {}
+        self._sampler = Periodic(SAMPLE_INTERVAL, self._sample_tick)
 
-    def observe_invalidation_lag(self, seconds: float) -> None:
-        seconds = max(0.0, seconds)
-        self.lag_sum += seconds
-        self.lag_count += 1
-        for index, bound in enumerate(LAG_BUCKETS):
-            if seconds <= bound:
-                self.lag_buckets[index] += 1
+    # -- declarations -----------------------------------------------------------------------
 
-    def count_error(self, code: str) -> None:
-        self.errors[code] += 1
+    def _declare_requests(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "gateway_requests", "Requests on the public listener, by route, method and status "
+            "class (499: the client left first).", ("route", "method", "status_class"),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds", "From the request's arrival to its response "
+            "(streamed bodies: to the last byte).", ("route",), buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds", "From sending the request upstream to the "
+            "upstream's response head (answered requests only).", ("route",),
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.in_flight_gauge = Gauge(
+            "gateway_requests_in_flight", "Requests being handled now.",
+            multiprocess_mode="livesum", registry=registry,
+        )
+        self.upstream_connections = Gauge(
+            "gateway_upstream_connections", "Upstream connections open, busy (a request on "
+            "them) or idle (kept alive for reuse).", ("route", "state"),
+            multiprocess_mode="livesum", registry=registry,
+        )
+
+    def _declare_refusals(self, registry: CollectorRegistry) -> None:
+        self.errors = Counter(
+            "gateway_errors", "Requests answered with a gateway error (problem+json), by code.",
+            ("code",), registry=registry,
+        )
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Requests refused with 401 or 403, by code.", ("code",),
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused with 429 rate_limited, by route.",
+            ("route",), registry=registry,
+        )
+        self.concurrency_limited = Counter(
+            "gateway_concurrency_limited", "Requests refused with 429 concurrency_limited, by "
+            "route.", ("route",), registry=registry,
+        )
+
+    def _declare_dependencies(self, registry: CollectorRegistry) -> None:
+        self.limiter_errors = Counter(
+            "gateway_limiter_errors", "Rate-limit backend calls that failed.", registry=registry,
+        )
+        self.limiter_degraded = Counter(
+            "gateway_limiter_degraded_decisions", "Decisions taken without the rate-limit "
+            "backend, by the on_limiter_error policy applied (open, closed, local).",
+            ("policy",), registry=registry,
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors", "Key-store calls that failed, by operation (key_lookup, "
+            "tenancy).", ("operation",), registry=registry,
+        )
+        self.key_cache_lookups = Counter(
+            "gateway_key_cache_lookups", "Key-cache lookups, by result (hit, negative_hit: a "
+            "known-unknown key, miss: the store was asked).", ("result",), registry=registry,
+        )
+        self.key_cache_stale = Counter(
+            "gateway_key_cache_stale_served", "Keys served from an expired cache entry because "
+            "the store was down (stale_if_error).", registry=registry,
+        )
+        self.key_cache_entries = Gauge(
+            "gateway_key_cache_entries", "Entries in the key cache (known and unknown keys).",
+            multiprocess_mode="livesum", registry=registry,
+        )
+        self.invalidation_lag = Histogram(
+            "gateway_invalidation_lag_seconds", "From a key change's commit to its eviction "
+            "from this node's cache.", buckets=LAG_BUCKETS, registry=registry,
+        )
+
+    # -- observed: called by the request path -----------------------------------------------
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Once per request, from the driver. Children are bound once per (route, method,
+        status) and kept: no ``.labels()`` call per request."""
+        if method not in METHODS:
+            method = "OTHER"
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            children = self._bind_request(route, method, status)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _bind_request(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        children = (
+            self.requests.labels(route, method, status_class(status)),
+            self.request_duration.labels(route),
+        )
+        self._request_children[(route, method, status)] = children
+        return children
+
+    def upstream_latency(self, route: str) -> Histogram:
+        """The upstream-latency child of ``route``, bound once when the route is built."""
+        return self.upstream_duration.labels(route)
+
+    def count_error(self, code: str, route: str = NO_ROUTE) -> None:
+        """One problem+json answer: by code, plus the refusal counter the code belongs to."""
+        children = self._error_children.get((code, route))
+        if children is None:
+            children = self._bind_error(code, route)
+        for child in children:
+            child.inc()
+
+    def _bind_error(self, code: str, route: str) -> tuple[Counter, ...]:
+        children = [self.errors.labels(code)]
+        if code in AUTH_FAILURE_CODES:
+            children.append(self.auth_failures.labels(code))
+        elif code == RATE_LIMITED.code:
+            children.append(self.rate_limited.labels(route))
+        elif code == CONCURRENCY_LIMITED.code:
+            children.append(self.concurrency_limited.labels(route))
+        self._error_children[(code, route)] = bound = tuple(children)
+        return bound
 
     def count_limiter_error(self, policy: str) -> None:
-        self.limiter_errors[policy] += 1
+        """The limiter failed and ``policy`` (open, closed, local) decided instead."""
+        self.limiter_errors.inc()
+        self.limiter_degraded.labels(policy).inc()
+
+    def count_store_error(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
+
+    def observe_invalidation_lag(self, seconds: float) -> None:
+        self.invalidation_lag.observe(max(0.0, seconds))  # negative: clock skew, counted as 0
+
+    # -- sampled: plain numbers copied in ---------------------------------------------------
+
+    def watch(self, cache: KeyCache, upstreams: Mapping[str, UpstreamGroup]) -> None:
+        """What ``sample()`` reads: the key cache's stats and each route's upstream pools."""
+        self._cache = cache
+        self._upstreams = upstreams
+
+    def sample(self) -> None:
+        self.in_flight_gauge.set(self.in_flight)
+        for route, group in self._upstreams.items():
+            open_, idle = group.usage()
+            self.upstream_connections.labels(route, "busy").set(open_ - idle)
+            self.upstream_connections.labels(route, "idle").set(idle)
+        cache = self._cache
+        if cache is not None:
+            stats = cache.stats
+            lookups = self.key_cache_lookups
+            self._advance("hit", lookups.labels("hit"), stats.hits)
+            self._advance("negative_hit", lookups.labels("negative_hit"), stats.negative_hits)
+            self._advance("miss", lookups.labels("miss"), stats.misses)
+            self._advance("stale", self.key_cache_stale, stats.stale_served)
+            self._advance("store", self.store_errors.labels("key_lookup"), stats.store_errors)
+            self.key_cache_entries.set(len(cache))
+
+    def _advance(self, name: str, counter: Counter, total: float) -> None:
+        """Move ``counter`` up to ``total`` (a running count kept elsewhere)."""
+        last = self._sampled.get(name, 0.0)
+        if total > last:
+            counter.inc(total - last)
+        self._sampled[name] = total
+
+    async def _sample_tick(self) -> None:
+        self.sample()
+
+    def start(self) -> None:
+        """With workers, sample every SAMPLE_INTERVAL so other workers' scrapes see ours."""
+        if self.multiprocess:
+            self._sampler.start()
+
+    async def stop(self) -> None:
+        await self._sampler.stop()
+        self.sample()  # the last counts reach the files before the worker exits
+
+    # -- export -----------------------------------------------------------------------------
 
     def render(self) -> str:
-        lines = [
-            "# HELP gateway_errors_total Requests answered with a gateway error, by code.",
-            "# TYPE gateway_errors_total counter",
-        ]
-        lines += [f'gateway_errors_total{{code="{c}"}} {n}' for c, n in sorted(self.errors.items())]
-        lines += [
-            "# HELP gateway_limiter_errors_total Limiter failures, by the policy applied.",
-            "# TYPE gateway_limiter_errors_total counter",
-        ]
-        lines += [
-            f'gateway_limiter_errors_total{{policy="{p}"}} {n}'
-            for p, n in sorted(self.limiter_errors.items())
-        ]
-        lines += self._render_lag()
-        return "\n".join(lines) + "\n"
+        """Prometheus text format: this process, or with workers all of them."""
+        self.sample()
+        return generate_latest(self._render_registry).decode()
 
-    def _render_lag(self) -> list[str]:
-        name = "gateway_invalidation_lag_seconds"
-        lines = [
-            f"# HELP {name} From a key change's commit to its eviction from this node's cache.",
-            f"# TYPE {name} histogram",
-        ]
-        for bound, count in zip(LAG_BUCKETS, self.lag_buckets, strict=True):
-            label = "+Inf" if math.isinf(bound) else repr(bound)
-            lines.append(f'{name}_bucket{{le="{label}"}} {count}')
-        lines += [f"{name}_sum {self.lag_sum}", f"{name}_count {self.lag_count}"]
-        return lines
+    def sample_value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        """One sample of this process (0 if absent), e.g. ``gateway_errors_total``."""
+        self.sample()
+        value = self.registry.get_sample_value(name, dict(labels or {}))
+        return 0.0 if value is None else value

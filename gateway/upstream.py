@@ -462,6 +462,10 @@ class UpstreamPool:
         conn = await self._connect(loop, deadline)
         return await self._exchange(conn, head, body, body_length, deadline, timeout)
 
+    def usage(self) -> tuple[int, int]:
+        """(connections open, of which idle): read by the metrics, never per request."""
+        return len(self._conns), len(self._idle)
+
     async def close(self) -> None:
         """Close every connection, idle or busy; later requests fail."""
         self._closed = True
@@ -724,6 +728,11 @@ class UpstreamGroup:
         except _ConnectError:
             self.mark_down(other)
             raise
+
+    def usage(self) -> tuple[int, int]:
+        """(connections open, of which idle), over every target."""
+        counts = [pool.usage() for pool in self.pools]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     async def close(self) -> None:
         for pool in self.pools:
