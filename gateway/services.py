@@ -22,6 +22,7 @@ from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import KeyStore
 from gateway.keys.tenancy import TenancyCache
 from gateway.keys.usage import UsageRecorder
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.memory import MemoryRateLimiter
@@ -63,6 +64,7 @@ class Services:
     usage: UsageRecorder
     metrics: Metrics
     upstreams: dict[str, UpstreamGroup]
+    access_log: AccessLog | None = None  # None: logging.access_log is off
 
 
 def create_store(config: Config) -> KeyStore:
@@ -128,6 +130,12 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         upstreams = {r.name: UpstreamGroup(r.upstreams) for r in config.routes}
         for group in upstreams.values():
             stack.push_async_callback(group.close)
+        metrics.watch(cache, upstreams)
+        metrics.start()
+        stack.push_async_callback(metrics.stop)
+        access_log = AccessLog(config) if AccessLog.wanted(config) else None
+        if access_log is not None:
+            stack.callback(access_log.close)
         yield Services(
             config=config,
             store=store,
@@ -140,4 +148,5 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             usage=usage,
             metrics=metrics,
             upstreams=upstreams,
+            access_log=access_log,
         )

@@ -15,6 +15,7 @@ class Exchange:
 
     __slots__ = (
         "cleanups",
+        "error_code",
         "key",
         "match",
         "namespace_id",
@@ -26,6 +27,7 @@ class Exchange:
         "request",
         "request_id",
         "response_headers",
+        "upstream_seconds",
     )
 
     def __init__(self, request: web.Request) -> None:
@@ -45,6 +47,9 @@ class Exchange:
         self.cleanups: list[Callable[[], Awaitable[None]]] | None = None
         # the key's quota headers without counting, for errors raised before rate limiting
         self.peek_quota: Callable[[KeyRecord], Awaitable[dict[str, str]]] | None = None
+        # for the access log: the upstream's time to its response head, the error's code
+        self.upstream_seconds: float | None = None
+        self.error_code: str | None = None
 
     def on_done(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         if self.cleanups is None:
