@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator
+from time import perf_counter
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -283,12 +284,14 @@ def build(route: RouteConfig, services: Services) -> Handler:
     timeout = route.timeout
 
     watcher = ClientWatch()
+    upstream_latency = services.metrics.upstream_latency(route.name)
 
     async def forward(exchange: Exchange) -> web.StreamResponse:
         request = exchange.request
         body, length = await request_body(request, limit)
         task = watcher.watch(request)
         try:
+            sent = perf_counter()
             try:
                 # the group picks the target (round robin) and fails over once when a
                 # connect is refused; each target puts its own base path in front
@@ -302,6 +305,8 @@ def build(route: RouteConfig, services: Services) -> Handler:
                 )
             except UpstreamError as exc:
                 raise upstream_failure(exc) from None
+            exchange.upstream_seconds = elapsed = perf_counter() - sent
+            upstream_latency.observe(elapsed)
             if exchange.key is not None:
                 usage.used(exchange.key.key_id)
             try:

@@ -14,6 +14,7 @@ costs time on each frame, and the request path resumes several times per request
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import perf_counter
 
 from aiohttp import web
 
@@ -30,6 +31,7 @@ from gateway.pipeline import (
     tenancy,
 )
 from gateway.pipeline.exchange import Check, Exchange, Handler
+from gateway.pipeline.record import build_recorder
 from gateway.services import Services
 
 FRONT_STAGES: tuple[Callable[[Services], Callable[[Exchange], None]], ...] = (
@@ -62,10 +64,15 @@ def build_pipeline(services: Services) -> Callable[[web.BaseRequest], object]:
     paths = {r.name: RoutePath(r, services) for r in services.config.routes}
     front = tuple(stage(services) for stage in FRONT_STAGES)
     handle_errors = errors.build(services)
+    record = build_recorder(services)  # metrics and access log, once per request
+    metrics = services.metrics
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         # one frame drives everything: see the module docstring for why nothing nests
+        started = perf_counter()
+        metrics.in_flight += 1
         exchange = Exchange(request)  # type: ignore[arg-type]
+        response: web.StreamResponse | None = None  # still None in finally: cancelled
         try:
             for refuse in front:
                 refuse(exchange)  # front checks are plain functions that refuse by raising
@@ -75,17 +82,22 @@ def build_pipeline(services: Services) -> Callable[[web.BaseRequest], object]:
                 answer = check(exchange)
                 if answer is None:
                     continue
-                if isinstance(answer, web.StreamResponse):
-                    return answer
-                answer = await answer  # a check that may wait (store, limiter)
-                if answer is not None:
-                    return answer
-            return await path.forward(exchange)
+                if not isinstance(answer, web.StreamResponse):
+                    answer = await answer  # a check that may wait (store, limiter)
+                    if answer is None:
+                        continue
+                response = answer  # a check answered the request itself (a CORS preflight)
+                break
+            else:
+                response = await path.forward(exchange)
         except Exception as exc:  # the one place a bare Exception is caught
-            return await handle_errors(exchange, exc)
+            response = await handle_errors(exchange, exc)
         finally:
+            metrics.in_flight -= 1
             if exchange.cleanups is not None:
                 await run_cleanups(exchange)
+            record(exchange, response, perf_counter() - started)
+        return response
 
     return handle
 

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import INTERNAL_ERROR, UNAUTHORIZED_KINDS, GatewayError
+from gateway.metrics import NO_ROUTE
 from gateway.pipeline.exchange import Exchange
 from gateway.services import Services
 
@@ -45,7 +46,9 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
         if not isinstance(exc, GatewayError):
             log.error("unhandled error", exc_info=exc, extra={"request_id": exchange.request_id})
             exc = GatewayError(INTERNAL_ERROR, "internal error")
-        metrics.count_error(exc.kind.code)
+        exchange.error_code = code = exc.kind.code
+        match = exchange.match
+        metrics.count_error(code, match.route.name if match is not None else NO_ROUTE)
         # every response to a request with a valid key carries its quota (SPEC §4)
         peek, key, headers = exchange.peek_quota, exchange.key, exchange.response_headers
         if peek is not None and key is not None and "RateLimit-Limit" not in headers:

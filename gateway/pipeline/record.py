@@ -1,0 +1,31 @@
+"""What every request leaves behind once its response is decided: one metrics observation
+(route, method, status class, latency) and, when enabled, one access-log line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway.metrics import NO_ROUTE
+from gateway.pipeline.exchange import Exchange
+from gateway.services import Services
+
+CLIENT_GONE = 499  # no response: the handler was cancelled, the client had left (as nginx logs)
+
+Recorder = Callable[[Exchange, "web.StreamResponse | None", float], None]
+
+
+def build_recorder(services: Services) -> Recorder:
+    observe = services.metrics.observe_request
+    access_log = services.access_log
+
+    def record(exchange: Exchange, response: web.StreamResponse | None, seconds: float) -> None:
+        status = CLIENT_GONE if response is None else response.status
+        match = exchange.match
+        route = match.route.name if match is not None else NO_ROUTE
+        observe(route, exchange.request.method, status, seconds)
+        if access_log is not None:
+            access_log.log(exchange, status, seconds)
+
+    return record
