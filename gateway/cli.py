@@ -268,8 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(path)
         if args.command == "serve":
+            from gateway.logs import configure_logging
             from gateway.server import run
 
+            configure_logging(config)  # workers, fresh interpreters, do it again for themselves
             run(config)
             return EXIT_OK
         command = COMMANDS[(args.command, getattr(args, "action", None))]

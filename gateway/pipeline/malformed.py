@@ -1,0 +1,69 @@
+"""Requests aiohttp's HTTP parser refuses (a control character in a header value, a bad request
+line, an unknown method) never reach the pipeline: aiohttp answers them itself, and its own
+400 body quotes the offending line, an ``Authorization`` header or a query string included.
+Here they get a problem+json 400 ``bad_request`` that quotes nothing, are counted like any other
+refused request, and are logged at debug level without the raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import BAD_REQUEST
+from gateway.metrics import NO_ROUTE, Metrics
+from gateway.pipeline.errors import PROBLEM_JSON
+
+log = logging.getLogger("gateway.error")
+
+_SERVER_OPTIONS = frozenset({"request_factory", "handler_cancellation", "loop"})  # not a handler's
+_BODY = orjson.dumps(
+    {
+        "type": BAD_REQUEST.type_uri,
+        "title": BAD_REQUEST.title,
+        "status": BAD_REQUEST.status,
+        "detail": "the request is not valid HTTP/1.1",
+        "code": BAD_REQUEST.code,
+    }
+)
+
+
+class ProxyRequestHandler(web.RequestHandler):
+    __slots__ = ("_metrics",)
+
+    def __init__(self, manager: web.Server, *, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._metrics = metrics
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        log.debug("malformed request from %s: %s", request.remote, type(exc).__name__)
+        self._metrics.count_error(BAD_REQUEST.code)
+        self._metrics.observe_request(NO_ROUTE, "OTHER", 400, 0.0)
+        response = web.Response(status=400, body=_BODY, content_type=PROBLEM_JSON)
+        response.force_close()
+        return response
+
+
+class ProxyServer(web.Server):
+    """``web.Server`` whose connections answer parser errors with ``ProxyRequestHandler``."""
+
+    def __init__(self, handler: Any, *, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        options = {k: v for k, v in kwargs.items() if k not in _SERVER_OPTIONS}
+        self._handler_options = {**options, "metrics": metrics}
+
+    def __call__(self) -> web.RequestHandler:
+        # called by the event loop for each new connection
+        return ProxyRequestHandler(self, loop=asyncio.get_running_loop(), **self._handler_options)
