@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import string
+from dataclasses import replace
 
 import aiohttp
 import httptools
@@ -14,6 +15,8 @@ from aiohttp import web
 from gateway.errors import ErrorKind
 from gateway.errors import __dict__ as error_names
 from gateway.metrics import METHODS, NO_ROUTE, STATUS_CLASSES
+from gateway.pipeline.record import build_recorder
+from gateway.upstream import UpstreamGroup
 from tests.conftest import (
     Gateway,
     GatewayFactory,
@@ -98,6 +101,18 @@ async def test_in_flight_and_busy_upstream_connections(
         assert value(text, "gateway_upstream_connections", route="slow", state="idle") == 1
     finally:
         await runner.cleanup()
+
+
+async def test_pool_usage_follows_the_config_in_force(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    group = UpstreamGroup([gateway.upstream.url])
+    try:  # what a reload does: a pipeline built from services with other upstreams
+        build_recorder(replace(gateway.services, upstreams={"renamed": group}))
+        text = await scrape(http, gateway.admin_url)
+        assert 'gateway_upstream_connections{route="renamed",state="idle"} 0.0' in text
+    finally:
+        await group.close()
 
 
 async def test_requests_the_http_parser_refuses(
