@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway.admin import create_admin_app
 from gateway.keys.service import KeyService
-from gateway.pipeline import build_pipeline
+from gateway.pipeline import PipelineHolder, build_pipeline
 from gateway.pipeline.malformed import ProxyServer
 from gateway.services import Services
 
@@ -22,12 +22,13 @@ def create_key_service(services: Services) -> KeyService:
     )
 
 
-def create_proxy_server(services: Services) -> web.Server:
+def create_proxy_server(services: Services, holder: PipelineHolder | None = None) -> web.Server:
     # A low-level server: the proxy has one handler and needs no router or app middlewares.
     # auto_decompress=False: bodies are forwarded (and counted) exactly as the client sent them.
+    # ``holder``: the pipeline in force, for a server whose config can be reloaded.
     # ProxyServer: requests the HTTP parser refuses get problem+json too (pipeline/malformed.py)
     return ProxyServer(
-        build_pipeline(services),
+        build_pipeline(services, holder),
         metrics=services.metrics,
         auto_decompress=False,
         access_log=None,

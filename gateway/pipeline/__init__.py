@@ -9,10 +9,15 @@ cleanups stages registered (a concurrency slot given back) once the response is 
 Checks run one after another rather than wrapping each other, so while ``forward`` waits on the
 upstream only the driver's frame sits above it: every resumption of a deep chain of coroutines
 costs time on each frame, and the request path resumes several times per request.
+
+Everything built from one config is a ``Pipeline``; the driver reads the one in force from a
+``PipelineHolder`` once per request, so a reload (``gateway.reload``) swaps it whole for new
+requests while requests already running finish on the one they started with.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from time import perf_counter
 
@@ -60,24 +65,56 @@ class RoutePath:
         self.forward: Handler = proxy.build(route, services)
 
 
-def build_pipeline(services: Services) -> Callable[[web.BaseRequest], object]:
-    paths = {r.name: RoutePath(r, services) for r in services.config.routes}
-    front = tuple(stage(services) for stage in FRONT_STAGES)
-    handle_errors = errors.build(services)
-    record = build_recorder(services)  # metrics and access log, once per request
-    metrics = services.metrics
+class Pipeline:
+    """Every stage built from one ``Services`` (one config), and how many requests run on it."""
+
+    __slots__ = ("front", "handle_errors", "idle", "in_flight", "paths", "record")
+
+    def __init__(self, services: Services) -> None:
+        self.paths = {r.name: RoutePath(r, services) for r in services.config.routes}
+        self.front = tuple(stage(services) for stage in FRONT_STAGES)
+        self.handle_errors = errors.build(services)
+        self.record = build_recorder(services)  # metrics and access log, once per request
+        self.in_flight = 0
+        self.idle: asyncio.Event | None = None  # made by wait_idle, set by the driver
+
+    async def wait_idle(self) -> None:
+        """Return once no request runs on this pipeline (after it stopped getting new ones)."""
+        if self.in_flight:
+            if self.idle is None:
+                self.idle = asyncio.Event()
+            await self.idle.wait()
+
+
+class PipelineHolder:
+    """The pipeline in force; ``gateway.reload`` replaces it."""
+
+    __slots__ = ("pipeline",)
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+
+def build_pipeline(
+    services: Services, holder: PipelineHolder | None = None
+) -> Callable[[web.BaseRequest], object]:
+    """The proxy's request handler, driving ``holder``'s pipeline (one is built if not given)."""
+    current = holder or PipelineHolder(Pipeline(services))
+    metrics = services.metrics  # one for the process: a reload keeps it
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         # one frame drives everything: see the module docstring for why nothing nests
         started = perf_counter()
         metrics.in_flight += 1
         exchange = Exchange(request)  # type: ignore[arg-type]
+        pipeline = current.pipeline  # read once: no request mixes two configs
+        pipeline.in_flight += 1
         response: web.StreamResponse | None = None  # still None in finally: cancelled
         try:
-            for refuse in front:
+            for refuse in pipeline.front:
                 refuse(exchange)  # front checks are plain functions that refuse by raising
             assert exchange.match is not None  # routing raised route_not_found otherwise
-            path = paths[exchange.match.route.name]
+            path = pipeline.paths[exchange.match.route.name]
             for check in path.checks:
                 answer = check(exchange)
                 if answer is None:
@@ -91,12 +128,15 @@ def build_pipeline(services: Services) -> Callable[[web.BaseRequest], object]:
             else:
                 response = await path.forward(exchange)
         except Exception as exc:  # the one place a bare Exception is caught
-            response = await handle_errors(exchange, exc)
+            response = await pipeline.handle_errors(exchange, exc)
         finally:
+            pipeline.in_flight -= 1  # done with its upstream: the response is sent or buffered
             metrics.in_flight -= 1
+            if pipeline.idle is not None and not pipeline.in_flight:
+                pipeline.idle.set()
             if exchange.cleanups is not None:
                 await run_cleanups(exchange)
-            record(exchange, response, perf_counter() - started)
+            pipeline.record(exchange, response, perf_counter() - started)
         return response
 
     return handle

@@ -1,0 +1,148 @@
+"""SIGHUP: re-read the config file and put it in force without dropping a connection.
+
+What changes live: ``routes`` (upstreams, limits, permissions, CORS ...), ``permissions``,
+``defaults`` and ``drain_timeout``. The ``Reloader`` builds a new ``Pipeline`` from the new
+config and the process's open store, cache and limiter, and swaps it in: new requests get it,
+requests already running finish on the old one. A route whose upstream targets did not change
+keeps its pool (and its warm connections); pools that only older pipelines use are closed once
+the requests on those pipelines are done.
+
+Everything else was opened or bound once at start-up (``listen``, ``admin_listen``, ``workers``,
+``database``, ``redis``, ``keys``, ``key_cache``, ``key_store`` and any section added later): a
+change there is logged as needing a restart, and the running value stays in force.
+
+An invalid file changes nothing: one error naming the file, the field and the value is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import fields, replace
+
+from gateway.config import Config, RouteConfig, load_config
+from gateway.errors import ConfigError
+from gateway.pipeline import Pipeline, PipelineHolder
+from gateway.services import Services
+from gateway.upstream import UpstreamGroup
+
+log = logging.getLogger("gateway.reload")
+
+# Config fields a reload puts in force; every other field needs a restart (safe by default).
+LIVE = frozenset({"source", "routes", "implies", "defaults", "drain_timeout"})
+
+
+def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """``new`` with every restart-only field kept from ``running``, and the names of those
+    fields whose value differed (they take effect at the next restart)."""
+    kept = {f.name: getattr(running, f.name) for f in fields(Config) if f.name not in LIVE}
+    changed = [name for name, value in kept.items() if getattr(new, name) != value]
+    return replace(new, **kept), changed
+
+
+def read_new_config(running: Config) -> Config | None:
+    """The file ``running`` came from, read again, restart-only fields kept; None (and one
+    error logged) when it is invalid."""
+    try:
+        new = load_config(running.source)
+    except ConfigError as exc:
+        log.error("reload rejected, the running config stays in force: %s", exc)
+        return None
+    config, changed = keep_restart_only(running, new)
+    for name in changed:
+        log.warning("reload: %s changed in %s; it takes effect at the next restart",
+                    name, running.source)
+    return config
+
+
+def _snapshot(
+    services: Services, config: Config, upstreams: dict[str, UpstreamGroup] | None = None
+) -> Services:
+    """What one pipeline is built from: the open services, ``config``, its own pool dict."""
+    return replace(services, config=config, upstreams=dict(upstreams or services.upstreams))
+
+
+class Reloader:
+    """Owns the pipeline of one process: swaps it on reload, and closes the upstream pools that
+    swapped-out pipelines used.
+
+    ``services`` is the process's one ``Services``; after a reload its ``config`` and
+    ``upstreams`` are the ones in force (for the admin API and the metrics; ``upstreams`` stays
+    the same dict, updated in place). Each pipeline is built from its own copy, so a request
+    never sees another config's values mid-way."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.holder = PipelineHolder(Pipeline(_snapshot(services, services.config)))
+        self._swapped_out: list[Pipeline] = []  # those that may still run requests
+        self._made: set[UpstreamGroup] = set()  # pools made here (open_services closes its own)
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    def reload(self) -> bool:
+        """Read the config file again and put it in force (SIGHUP); False when it is invalid."""
+        config = None if self._closed else read_new_config(self.config)
+        if config is None:
+            return False
+        self.apply(config)
+        return True
+
+    def apply(self, config: Config) -> None:
+        """Put ``config`` in force for new requests, its restart-only fields kept as running
+        (a worker gets the config its supervisor has read and checked)."""
+        if self._closed:
+            return
+        config, _ = keep_restart_only(self.config, config)
+        services = self.services
+        old_upstreams = list(services.upstreams.values())
+        old_routes = {r.name: r for r in services.config.routes}
+        upstreams = {r.name: self._group(r, old_routes.get(r.name)) for r in config.routes}
+        self._swap(Pipeline(_snapshot(services, config, upstreams)))
+        services.config = config
+        services.upstreams.clear()  # the same dict: whoever watches it sees the new pools
+        services.upstreams.update(upstreams)
+        self._close_unused(old_upstreams, list(upstreams.values()))
+        log.info("config reloaded from %s: %d routes", config.source, len(config.routes))
+
+    def _swap(self, pipeline: Pipeline) -> None:
+        self._swapped_out = [p for p in self._swapped_out if p.in_flight]
+        self._swapped_out.append(self.holder.pipeline)
+        self.holder.pipeline = pipeline
+
+    def _close_unused(self, old: list[UpstreamGroup], new: list[UpstreamGroup]) -> None:
+        in_use = set(map(id, new))
+        unused = [group for group in old if id(group) not in in_use]
+        if unused:
+            task = asyncio.get_running_loop().create_task(
+                self._retire(list(self._swapped_out), unused)
+            )
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def _group(self, route: RouteConfig, before: RouteConfig | None) -> UpstreamGroup:
+        if before is not None and before.upstreams == route.upstreams:
+            return self.services.upstreams[route.name]
+        group = UpstreamGroup(route.upstreams)
+        self._made.add(group)
+        return group
+
+    async def _retire(self, pipelines: list[Pipeline], groups: list[UpstreamGroup]) -> None:
+        for pipeline in pipelines:  # any of them may still be sending to these upstreams
+            await pipeline.wait_idle()
+        for group in groups:
+            await group.close()
+            self._made.discard(group)
+        log.info("closed %d upstream pools the previous config used", len(groups))
+
+    async def close(self) -> None:
+        """At shutdown, once the proxy has drained: close every pool made here."""
+        self._closed = True
+        for task in list(self._retiring):
+            task.cancel()
+        for group in list(self._made):
+            await group.close()
+        self._made.clear()
