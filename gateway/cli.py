@@ -272,8 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.server import run
 
             configure_logging(config)  # workers, fresh interpreters, do it again for themselves
-            run(config)
-            return EXIT_OK
+            return run(config)
         command = COMMANDS[(args.command, getattr(args, "action", None))]
         return asyncio.run(command(args, config))
     except ConfigError as exc:

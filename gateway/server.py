@@ -1,8 +1,17 @@
-"""run(): uvloop, services up, the two listeners, workers, signals, graceful stop.
+"""run(): uvloop, services up, the two listeners, signals, graceful drain.
 
-With ``workers: N > 1`` the parent starts N worker processes that each bind the public and the
-admin port with SO_REUSEPORT; the kernel spreads connections across them. The parent restarts
-a worker that dies and forwards SIGTERM/SIGINT to all of them.
+One process (``workers: 1``) runs ``serve`` itself; with ``workers: N > 1``, ``gateway.supervisor``
+runs N processes that each run ``serve``.
+
+Signals, in ``serve``:
+
+- SIGTERM / SIGINT: drain. ``/readyz`` turns 503 at once; the public listener closes, so new
+  connections are refused; idle keep-alive connections are closed; requests in flight (long
+  streams too) get ``drain_timeout`` seconds to finish, then whatever still runs is cut off.
+  The admin listener stays up meanwhile (``/readyz``, ``/metrics``). Then the services close in
+  reverse, which flushes the usage written behind.
+- SIGHUP: reload the config file (``gateway.reload``). A worker ignores it: its supervisor
+  reads the file and sends it the result (``follow_parent``).
 """
 
 from __future__ import annotations
@@ -11,18 +20,22 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing
 import signal
 import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 
 from aiohttp import web
 
+from gateway.admin import DRAINING
 from gateway.app import create_admin, create_proxy_server
-from gateway.config import Config, load_config
+from gateway.config import Config
+from gateway.reload import Reloader
 from gateway.services import open_services
 
 log = logging.getLogger("gateway.server")
-SHUTDOWN_TIMEOUT = 30.0  # seconds in-flight requests get to finish on SIGTERM
+ADMIN_SHUTDOWN_TIMEOUT = 5.0  # seconds admin requests get once the proxy has drained
+EXIT_OK = 0
 
 
 def install_uvloop() -> None:
@@ -32,70 +45,127 @@ def install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(config: Config, *, reuse_port: bool = False) -> None:
-    stop = asyncio.Event()
+async def serve(config: Config, *, parent: Connection | None = None) -> None:
+    """Run one gateway process until SIGTERM/SIGINT, then drain and close.
+
+    ``parent`` is set for a worker under ``gateway.supervisor`` (see ``follow_parent``); its
+    listeners bind with SO_REUSEPORT."""
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with open_services(config) as services:
-        proxy_runner = web.ServerRunner(create_proxy_server(services), handle_signals=False)
-        admin_runner = web.AppRunner(create_admin(services), handle_signals=False,
-                                     access_log=None)
+        reloader = Reloader(services)
+        admin = create_admin(services)
+        proxy_runner = web.ServerRunner(
+            create_proxy_server(services, reloader.holder),
+            handle_signals=False,
+            shutdown_timeout=config.drain_timeout,
+        )
+        admin_runner = web.AppRunner(admin, handle_signals=False, access_log=None,
+                                     shutdown_timeout=ADMIN_SHUTDOWN_TIMEOUT)
         await proxy_runner.setup()
         await admin_runner.setup()
         try:
-            await web.TCPSite(proxy_runner, config.listen.host, config.listen.port,
-                              reuse_port=reuse_port, backlog=1024).start()
-            await web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port,
-                              reuse_port=reuse_port).start()
-            log.info("gateway listening on %s (admin %s)", config.listen, config.admin_listen)
+            await listen(proxy_runner, admin_runner, config, reuse_port=parent is not None)
+            if parent is None:
+                accept_sighup(loop, reloader.reload)
+            else:
+                follow_parent(loop, parent, reloader, stop)
             # Everything alive now lives as long as the process: keep it out of the cyclic GC.
             # Full collections otherwise walk these objects again and again and took 15-28 ms
             # each under load (the p99 of the keyed route went from ~25 ms to ~6 ms with this).
             gc.freeze()
             await stop.wait()
+            admin[DRAINING].set()
+            stop_reloading(loop, parent)
+            await drain(proxy_runner, reloader.config.drain_timeout)
         finally:
             await proxy_runner.cleanup()
             await admin_runner.cleanup()
+            await reloader.close()
+    log.info("stopped")  # the services are closed: usage written behind is flushed
 
 
-def run(config: Config) -> None:
+async def listen(
+    proxy_runner: web.BaseRunner, admin_runner: web.BaseRunner, config: Config, *,
+    reuse_port: bool,
+) -> None:
+    await web.TCPSite(proxy_runner, config.listen.host, config.listen.port,
+                      reuse_port=reuse_port, backlog=1024).start()
+    await web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port,
+                      reuse_port=reuse_port).start()
+    log.info("gateway listening on %s (admin %s)", config.listen, config.admin_listen)
+
+
+def accept_sighup(loop: asyncio.AbstractEventLoop, reload: Callable[[], object]) -> None:
+    """Handle SIGHUP from now on. Until here it is blocked (``hold_sighup``), not fatal, so a
+    reload asked for during start-up happens now instead of killing the process."""
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+def follow_parent(
+    loop: asyncio.AbstractEventLoop, parent: Connection, reloader: Reloader, stop: asyncio.Event
+) -> None:
+    """A worker: tell the supervisor it listens, then put in force each config the supervisor
+    sends (it read and checked the file on SIGHUP). SIGHUP itself is ignored here: only the
+    supervisor reads the file, so no two workers can disagree on what it said. The channel's
+    end of file means the supervisor is gone: the worker then stops, so a killed supervisor
+    never leaves workers holding the port."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # held since the spawn
+    parent.send_bytes(b"ready")
+
+    def receive() -> None:
+        try:
+            config = parent.recv()
+        except (EOFError, OSError):
+            loop.remove_reader(parent.fileno())
+            stop.set()
+            return
+        reloader.apply(config)
+
+    loop.add_reader(parent.fileno(), receive)
+
+
+def stop_reloading(loop: asyncio.AbstractEventLoop, parent: Connection | None) -> None:
+    """Draining: no reload any more (it would open upstream pools nobody closes)."""
+    loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: draining")
+    if parent is not None:
+        loop.remove_reader(parent.fileno())
+
+
+def hold_sighup() -> None:
+    """Block SIGHUP until ``accept_sighup``: its default action would end the process."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
+async def drain(runner: web.ServerRunner, timeout: float) -> None:
+    """Close the listener and idle connections; give requests in flight ``timeout`` seconds."""
+    server = runner.server
+    assert server is not None  # set up in serve
+    started = time.monotonic()
+    # One loop turn before each step: connections the kernel completed before the signal are
+    # accepted (closing the listener would reset them), then requests that already arrived on
+    # open connections are read, so they are served rather than cut.
+    await asyncio.sleep(0)
+    for site in list(runner.sites):
+        await site.stop()  # new connections are refused from here
+    log.info("draining %d connections for up to %g s", len(server.connections), timeout)
+    await asyncio.sleep(0)
+    server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their response
+    await server.shutdown(timeout)  # waits for each handler, cancels it after ``timeout``
+    log.info("drained in %.2f s", time.monotonic() - started)
+
+
+def run(config: Config) -> int:
+    """``gateway serve``: the exit code."""
     if config.workers > 1:
-        supervise(config)
-        return
+        from gateway.supervisor import Supervisor
+
+        return Supervisor(config).run()
+    hold_sighup()
     install_uvloop()
     asyncio.run(serve(config))
-
-
-def _worker(source: str) -> None:
-    install_uvloop()
-    asyncio.run(serve(load_config(source), reuse_port=True))
-
-
-def supervise(config: Config) -> None:
-    context = multiprocessing.get_context("spawn")
-    stopping = False
-
-    def start() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker, args=(config.source,), daemon=False)
-        process.start()
-        return process
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for process in workers:
-            if process.pid is not None and process.is_alive():
-                process.terminate()
-
-    workers = [start() for _ in range(config.workers)]
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stopping:
-        time.sleep(0.5)
-        for index, process in enumerate(workers):
-            if not process.is_alive() and not stopping:
-                log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
-                workers[index] = start()
-    for process in workers:
-        process.join(SHUTDOWN_TIMEOUT)
+    return EXIT_OK
