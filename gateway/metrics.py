@@ -47,6 +47,7 @@ from gateway.errors import (
     REVOKED_API_KEY,
 )
 from gateway.periodic import Periodic
+from gateway.ratelimit.redis import RedisRateLimiter
 
 if TYPE_CHECKING:
     from gateway.keys.cache import KeyCache
@@ -99,6 +100,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._error_children: dict[tuple[str, str], tuple[Counter, ...]] = {}
         self._cache: KeyCache | None = None
+        self._limiter: RedisRateLimiter | None = None
         self._upstreams: Mapping[str, UpstreamGroup] = {}
         self._sampled: dict[str, float] = {}
         self._sampler = Periodic(SAMPLE_INTERVAL, self._sample_tick)
@@ -157,6 +159,15 @@ class Metrics:
             "gateway_limiter_degraded_decisions", "Decisions taken without the rate-limit "
             "backend, by the on_limiter_error policy applied (open, closed, local).",
             ("policy",), registry=registry,
+        )
+        self.limiter_round_trips = Counter(
+            "gateway_limiter_round_trips", "Batches of limiter commands sent to Redis (each one "
+            "write and one read, for every decision asked for in one event-loop tick).",
+            registry=registry,
+        )
+        self.limiter_commands = Counter(
+            "gateway_limiter_commands", "Commands sent to Redis by the limiter (an EVALSHA per "
+            "decision, a ZREM per batch of slots given back).", registry=registry,
         )
         self.store_errors = Counter(
             "gateway_store_errors", "Key-store calls that failed, by operation (key_lookup, "
@@ -236,10 +247,14 @@ class Metrics:
 
     # -- sampled: plain numbers copied in ---------------------------------------------------
 
-    def watch(self, cache: KeyCache, upstreams: Mapping[str, UpstreamGroup]) -> None:
-        """What ``sample()`` reads: the key cache's stats and each route's upstream pools."""
+    def watch(
+        self, cache: KeyCache, upstreams: Mapping[str, UpstreamGroup], limiter: object = None
+    ) -> None:
+        """What ``sample()`` reads: the key cache's stats, each route's upstream pools and the
+        Redis limiter's batch counts (the in-process limiter makes no round trips)."""
         self._cache = cache
         self._upstreams = upstreams
+        self._limiter = limiter if isinstance(limiter, RedisRateLimiter) else None
 
     def sample(self) -> None:
         self.in_flight_gauge.set(self.in_flight)
@@ -257,6 +272,10 @@ class Metrics:
             self._advance("stale", self.key_cache_stale, stats.stale_served)
             self._advance("store", self.store_errors.labels("key_lookup"), stats.store_errors)
             self.key_cache_entries.set(len(cache))
+        limiter = self._limiter
+        if limiter is not None:
+            self._advance("round_trips", self.limiter_round_trips, limiter.batches)
+            self._advance("commands", self.limiter_commands, limiter.commands)
 
     def _advance(self, name: str, counter: Counter, total: float) -> None:
         """Move ``counter`` up to ``total`` (a running count kept elsewhere)."""

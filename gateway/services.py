@@ -130,7 +130,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         upstreams = {r.name: UpstreamGroup(r.upstreams) for r in config.routes}
         for group in upstreams.values():
             stack.push_async_callback(group.close)
-        metrics.watch(cache, upstreams)
+        metrics.watch(cache, upstreams, limiter)
         metrics.start()
         stack.push_async_callback(metrics.stop)
         access_log = AccessLog(config) if AccessLog.wanted(config) else None

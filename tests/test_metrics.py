@@ -29,6 +29,8 @@ def test_every_metric_is_declared_even_before_it_counts() -> None:
         "gateway_concurrency_limited": "counter",
         "gateway_limiter_errors": "counter",
         "gateway_limiter_degraded_decisions": "counter",
+        "gateway_limiter_round_trips": "counter",
+        "gateway_limiter_commands": "counter",
         "gateway_store_errors": "counter",
         "gateway_key_cache_lookups": "counter",
         "gateway_key_cache_stale_served": "counter",

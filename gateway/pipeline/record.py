@@ -18,7 +18,7 @@ Recorder = Callable[[Exchange, "web.StreamResponse | None", float], None]
 
 def build_recorder(services: Services) -> Recorder:
     # the pool gauges follow the config in force: a reload builds its pipeline, so this, anew
-    services.metrics.watch(services.cache, services.upstreams)
+    services.metrics.watch(services.cache, services.upstreams, services.limiter)
     observe = services.metrics.observe_request
     access_log = services.access_log
 

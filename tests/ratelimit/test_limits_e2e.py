@@ -238,3 +238,22 @@ async def test_redis_outage_follows_the_policy_and_limits_return(
                 break
         assert time.monotonic() - returned < 2.0, "limits not enforced within 2 s"
         await asyncio.sleep(0.05)
+
+
+async def test_round_trips_are_counted_and_coalesced(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, redis_prefix: str
+) -> None:
+    require_redis()
+    gateway = await make_gateway(redis=REDIS_URL, limiter={"prefix": redis_prefix})
+    key = await gateway.key(concurrency_limit=100)
+
+    async def call() -> None:
+        async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
+            assert response.status == 200
+
+    await asyncio.gather(*(call() for _ in range(50)))
+    text = await scrape(http, gateway)
+    trips = metric(text, "gateway_limiter_round_trips_total")
+    commands = metric(text, "gateway_limiter_commands_total")
+    assert 0 < trips < 50  # concurrent decisions shared round trips
+    assert commands >= 50  # one EVALSHA per decision (+ ZREMs for slots given back)
