@@ -50,6 +50,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
         return None
     cache = services.tenancy
+    metrics = services.metrics
 
     async def resolve(exchange: Exchange) -> None:
         key = exchange.key
@@ -76,6 +77,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         try:
             await resolve(exchange)
         except StoreUnavailable:
+            metrics.count_store_error("tenancy")
             raise GatewayError(
                 AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
             ) from None

@@ -68,6 +68,23 @@ async def test_traffic_by_route_status_class_cache_and_auth(
     assert value(text, "gateway_requests_in_flight") == 0
 
 
+async def test_store_errors_by_operation(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    cached = await gateway.key()
+    uncached = await gateway.key()
+    async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(cached)) as response:
+        assert response.status == 200
+    await gateway.services.store.close()  # the key store goes away
+    async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(uncached)) as response:
+        assert response.status == 503
+    project = {**bearer(cached), "X-Project-Id": "proj_elsewhere"}  # needs the workspace's projects
+    async with http.get(f"{gateway.url}/api/ai/x", headers=project) as response:
+        assert response.status == 503
+    text = await scrape(http, gateway.admin_url)
+    assert value(text, "gateway_store_errors_total", operation="key_lookup") == 1
+    assert value(text, "gateway_store_errors_total", operation="tenancy") == 1
+    assert value(text, "gateway_errors_total", code="auth_unavailable") == 2
+
+
 async def test_in_flight_and_busy_upstream_connections(
     make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
