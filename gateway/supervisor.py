@@ -1,13 +1,15 @@
 """``workers: N``: N gateway processes sharing the ports, and a parent that keeps N running.
 
-The parent opens nothing itself. Each worker is a fresh interpreter (``spawn``: no event loop,
+The parent serves nothing itself. Each worker is a fresh interpreter (``spawn``: no event loop,
 lock or connection is inherited) running ``gateway.server.serve``; all of them bind the public
 and the admin port with SO_REUSEPORT, and the kernel spreads connections across them.
 
 - A worker that dies is replaced at once while the others keep serving. One that keeps dying
   soon after its start is restarted after a growing delay (0.5 s doubling to 10 s).
-- A worker that fails before it listens while the gateway starts (a taken port, a bad Redis
-  URL) stops the gateway with exit code 1: restarting it would not help.
+- The parent opens the key store once before any worker starts (migrations, SQLite's WAL
+  switch), so workers never race on them. A worker that fails before it listens while the
+  gateway starts (a taken port, a bad Redis URL) stops the gateway with exit code 1:
+  restarting it would not help.
 - SIGTERM / SIGINT: forwarded as SIGTERM, and every worker drains (see ``gateway.server``). The
   parent waits ``drain_timeout`` plus a margin, kills what is left, and exits 0.
 - SIGHUP: the parent reads and checks the file. Valid: every worker gets the new config over
@@ -45,6 +47,7 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
 from gateway.reload import read_new_config
 from gateway.server import install_uvloop, serve
+from gateway.services import open_store
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -96,6 +99,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers, keep them running until SIGTERM/SIGINT; the exit code."""
+        asyncio.run(prepare_store(self.config))
         with metrics_directory() as directory, signal_wakeup(self._on_signal) as wakeup:
             self._metrics = directory
             for slot in self.slots:
@@ -238,6 +242,15 @@ class Supervisor:
         """Its live gauges leave the aggregate; its counters stay (prometheus-client rules)."""
         if process.pid is not None:
             mark_process_dead(process.pid, self._metrics)
+
+
+async def prepare_store(config: Config) -> None:
+    """Open the key store once, here, before N workers open it at the same moment: migrations
+    are then applied, and a new SQLite file is in WAL mode already (SQLite's switch to WAL does
+    not wait for a lock, so two workers making it together failed with "database is locked").
+    An unreachable store stops the gateway here, with one error instead of one per worker."""
+    async with open_store(config):
+        pass
 
 
 @contextlib.contextmanager

@@ -43,6 +43,8 @@ class GatewayProcess:
     @classmethod
     def create(cls, directory: Path, routes: list[dict[str, Any]], **top: Any) -> GatewayProcess:
         port, admin_port = free_port(), free_port()
+        while admin_port == port:  # the kernel may hand the same free port out twice
+            admin_port = free_port()
         data = {
             "listen": f"127.0.0.1:{port}",
             "admin_listen": f"127.0.0.1:{admin_port}",

@@ -170,8 +170,11 @@ async def test_sigterm_under_load_fails_no_accepted_request(gateway: GatewayProc
     assert not failed, (failed, log)
     streaming = [r for p, r in accepted if p.endswith("slow") and r.finished_at > signalled]
     assert len(streaming) >= CLIENTS // 2  # long streams were in flight at the signal
-    refused = [r for _, r in results if r.sent_at is None]  # (or reset mid-handshake)
-    assert refused and all((r.error or "").startswith("connect: ") for r in refused)
+    # not written: refused, or (a connection the kernel completed as the listener closed)
+    # reset right after the handshake; the one kind of failure a client can retry safely
+    not_written = [r for _, r in results if r.sent_at is None]
+    assert all(r.error and "ConnectionRe" in r.error for r in not_written), not_written[:3]
+    refused = [r for r in not_written if "ConnectionRefused" in (r.error or "")]
     assert any(r.started_at < exited_at for r in refused)  # while streams still drained
     draining = [status for at, status in readiness if at > signalled + 0.05]
     assert 503 in draining and 200 not in draining, readiness

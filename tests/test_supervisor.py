@@ -62,8 +62,10 @@ async def test_a_killed_worker_is_replaced_while_the_other_serves(
 
         os.kill(first, signal.SIGKILL)
         killed = time.monotonic()
-        # until the kernel has torn it down, its listening socket still takes connections
-        await wait_for(lambda: not is_alive(first))
+        # Until every file of the killed process is closed, its listening socket still takes
+        # connections (and resets them). The supervisor logs the exit once its sentinel pipe,
+        # one of those files, reports end of file: then the socket is closed too.
+        await gateway.wait_log(f"(pid {first}) exited with code -9")
         statuses: list[int | None] = []
         # new connections, one after another, until the replacement reports it serves
         while "replaced" not in gateway.log_text():
