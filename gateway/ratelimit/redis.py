@@ -20,7 +20,8 @@ read-modify-write across round trips:
 Throughput: the decisions requested within one event-loop tick go out as one pipelined batch
 over one connection (``resp.py``) and come back together: one write, one read, one future per
 batch. Releases ride along with the next batch — inside the admit script when the same key is
-being admitted again, else as a ZREM.
+being admitted again, else as a ZREM — waiting at most ``RELEASE_DELAY`` for one, so even a
+client sending one request after another costs one round trip per request.
 
 Failures: a batch that takes longer than ``timeout`` fails (``LimiterUnavailable``) and drops the
 connection; while there is no connection every decision fails at once, without waiting, and the
@@ -86,6 +87,7 @@ return {1, count, reset(0)}
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
 ADMIT, PEEK, RENEW = b"a", b"p", b"r"
 RATE_LIMIT_REFUSED, ADMITTED, BUSY = 0, 1, 2
+RELEASE_DELAY = 0.002  # seconds a given-back slot waits for a batch to ride along with
 
 
 class RedisRateLimiter:
@@ -111,6 +113,7 @@ class RedisRateLimiter:
         self._ops: list[tuple[bytes, str, str, int, float, int, bytes]] = []
         self._batch: asyncio.Future[list[Any]] | None = None
         self._releases: dict[str, list[bytes]] = {}  # budget -> leases to give back
+        self._release_timer: asyncio.TimerHandle | None = None
         self._held: dict[str, set[bytes]] = {}  # budget -> leases this node holds (renewed)
         self._node = secrets.token_hex(4).encode()  # members are <node>.<sequence>: unique
         self._sequence = 0
@@ -131,6 +134,10 @@ class RedisRateLimiter:
                 await self._connected.wait()
 
     async def close(self) -> None:
+        if self._releases and self._conn is not None:  # give slots back before leaving
+            batch = self._batch or self._start_batch()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await batch
         await self._renewer.stop()
         if self._supervisor is not None:
             self._supervisor.cancel()
@@ -207,8 +214,11 @@ class RedisRateLimiter:
         if self._conn is None:
             return  # the lease expires on its own
         self._releases.setdefault(budget, []).append(member)
-        if self._batch is None:
-            self._start_batch()
+        if self._batch is None and self._release_timer is None:
+            # wait a moment for a batch to ride along with: a client that sends its next
+            # request at once has this slot given back inside that request's admit script
+            loop = asyncio.get_running_loop()
+            self._release_timer = loop.call_later(RELEASE_DELAY, self._release_now)
 
     async def ping(self) -> None:
         conn = self._conn
@@ -244,6 +254,11 @@ class RedisRateLimiter:
             raise LimiterUnavailable(f"redis: {reply}")
         raise AssertionError("unreachable")
 
+    def _release_now(self) -> None:
+        self._release_timer = None
+        if self._releases and self._batch is None:
+            self._start_batch()
+
     def _start_batch(self) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         batch: asyncio.Future[list[Any]] = loop.create_future()
@@ -255,6 +270,9 @@ class RedisRateLimiter:
         batch, ops, releases = self._batch, self._ops, self._releases
         assert batch is not None
         self._batch, self._ops, self._releases = None, [], {}
+        if self._release_timer is not None:  # the releases go now, with this batch
+            self._release_timer.cancel()
+            self._release_timer = None
         conn = self._conn
         if conn is None:
             batch.set_exception(ConnectionError("redis is unreachable"))

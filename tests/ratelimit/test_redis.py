@@ -159,3 +159,41 @@ async def test_an_unreachable_redis_at_start_is_not_fatal(private_redis: Private
         assert (await limiter.admit("key_a", "", 1, 1, None)).allowed
     finally:
         await limiter.close()
+
+
+async def test_a_slot_given_back_rides_with_the_next_admit(limiter: RedisRateLimiter) -> None:
+    """One client, one request after another: one round trip and one command per request."""
+    first = await limiter.admit("key_a", "", 100, 10, 1)
+    batches, commands = limiter.batches, limiter.commands
+    for _ in range(20):
+        await limiter.release("key_a", first.lease)
+        first = await limiter.admit("key_a", "", 100, 10, 1)
+        assert first.allowed
+    assert (limiter.batches - batches, limiter.commands - commands) == (20, 20)
+
+
+async def test_a_slot_given_back_alone_still_goes_out(limiter: RedisRateLimiter) -> None:
+    held = await limiter.admit("key_a", "", 100, 10, 1)
+    await limiter.release("key_a", held.lease)
+    await asyncio.sleep(0.05)  # nobody else asks: the release goes on its own
+    other = RedisRateLimiter(REDIS_URL, prefix=limiter._prefix.decode())
+    await other.open()
+    try:
+        assert (await other.admit("key_a", "", 100, 10, 1)).allowed
+    finally:
+        await other.close()
+
+
+async def test_closing_gives_pending_slots_back(redis_prefix: str) -> None:
+    require_redis()
+    first = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    second = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    await first.open()
+    await second.open()
+    try:
+        held = await first.admit("key_a", "", 100, 10, 1)
+        await first.release("key_a", held.lease)
+        await first.close()  # before the release timer fired
+        assert (await second.admit("key_a", "", 100, 10, 1)).allowed
+    finally:
+        await second.close()
