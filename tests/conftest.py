@@ -51,6 +51,61 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
+class Tagged:
+    """An upstream that answers ``<tag> <path>``. A path ending in ``/hold`` waits until
+    ``released`` is set (``holding`` is set once one waits); one ending in ``/hold-stream``
+    sends ``first\\n`` at once and ``last\\n`` once released. ``arrived`` counts requests."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.released = asyncio.Event()
+        self.holding = asyncio.Event()
+        self.arrived = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.arrived += 1
+        if request.path.endswith("/hold-stream"):
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"first\n")
+            self.holding.set()
+            await self.released.wait()
+            await response.write(b"last\n")
+            return response
+        if request.path.endswith("/hold"):
+            self.holding.set()
+            await self.released.wait()
+        return web.Response(text=f"{self.tag} {request.path}")
+
+    async def start(self) -> Tagged:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self.url = f"http://127.0.0.1:{await start_site(self._runner)}"
+        return self
+
+    async def stop(self) -> None:
+        self.released.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def first() -> AsyncIterator[Tagged]:
+    upstream = await Tagged("first").start()
+    yield upstream
+    await upstream.stop()
+
+
+@pytest.fixture
+async def second() -> AsyncIterator[Tagged]:
+    upstream = await Tagged("second").start()
+    yield upstream
+    await upstream.stop()
+
+
 @dataclass
 class Gateway:
     url: str

@@ -18,9 +18,6 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp import web
-
-from tests.conftest import start_site
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,36 +214,6 @@ async def raw_get(port: int, path: str, headers: dict[str, str] | None = None,
 def route(name: str, path: str, upstream: str) -> dict[str, Any]:
     """A public route (no key needed)."""
     return {"name": name, "path": path, "upstream": upstream, "auth": "none"}
-
-
-class Tagged:
-    """An upstream that answers ``<tag> <path>``; a path ending in ``/hold`` waits until
-    ``released`` is set (``holding`` is set once one waits)."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-        self.released = asyncio.Event()
-        self.holding = asyncio.Event()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if request.path.endswith("/hold"):
-            self.holding.set()
-            await self.released.wait()
-        return web.Response(text=f"{self.tag} {request.path}")
-
-    async def start(self) -> Tagged:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        self.url = f"http://127.0.0.1:{await start_site(self._runner)}"
-        return self
-
-    async def stop(self) -> None:
-        self.released.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 async def fresh(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:

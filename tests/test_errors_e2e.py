@@ -17,6 +17,7 @@ from gateway.ratelimit.base import Decision
 from tests.conftest import (
     Gateway,
     GatewayFactory,
+    Tagged,
     bearer,
     raw_request,
     start_site,
@@ -297,35 +298,20 @@ async def test_rate_limit_override_wins(
 
 
 async def test_concurrency_limited(
-    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, first: Tagged
 ) -> None:
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        entered.set()
-        await release.wait()
-        return web.Response(text="done")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", slow)
-    runner = web.AppRunner(app)
-    port = await start_site(runner)
-    try:
-        gateway2 = await _gateway_with_upstream(make_gateway, f"http://127.0.0.1:{port}")
-        key = await gateway2.key(concurrency_limit=1)
-        first = asyncio.ensure_future(http.get(f"{gateway2.url}/slow/a", headers=bearer(key)))
-        await entered.wait()
-        async with http.get(f"{gateway2.url}/slow/b", headers=bearer(key)) as response:
-            await problem(response, 429, "concurrency_limited")
-            assert response.headers["Retry-After"] == "1"
-        release.set()
-        async with await first as response:
-            assert response.status == 200
-        async with http.get(f"{gateway2.url}/slow/c", headers=bearer(key)) as response:
-            assert response.status == 200  # the slot was given back
-    finally:
-        await runner.cleanup()
+    gateway = await _gateway_with_upstream(make_gateway, first.url)
+    key = await gateway.key(concurrency_limit=1)
+    held = asyncio.ensure_future(http.get(f"{gateway.url}/slow/a/hold", headers=bearer(key)))
+    await first.holding.wait()
+    async with http.get(f"{gateway.url}/slow/b", headers=bearer(key)) as response:
+        await problem(response, 429, "concurrency_limited")
+        assert response.headers["Retry-After"] == "1"
+    first.released.set()
+    async with await held as response:
+        assert response.status == 200
+    async with http.get(f"{gateway.url}/slow/c", headers=bearer(key)) as response:
+        assert response.status == 200  # the slot was given back
 
 
 async def _gateway_with_upstream(make: GatewayFactory, url: str, **route: Any) -> Gateway:

@@ -22,22 +22,8 @@ from gateway.errors import UpstreamError
 from gateway.reload import Reloader, keep_restart_only
 from gateway.services import Services, open_services
 from gateway.upstream import UpstreamGroup
-from tests.conftest import start_site
-from tests.gateway_process import Tagged, route
-
-
-@pytest.fixture
-async def first() -> AsyncIterator[Tagged]:
-    upstream = await Tagged("first").start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def second() -> AsyncIterator[Tagged]:
-    upstream = await Tagged("second").start()
-    yield upstream
-    await upstream.stop()
+from tests.conftest import Tagged, start_site
+from tests.gateway_process import route
 
 
 @dataclass

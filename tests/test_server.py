@@ -23,11 +23,10 @@ from aiohttp import web
 from gateway.config import load_config
 from gateway.keys.service import KeyService
 from gateway.services import open_store
-from tests.conftest import start_site
+from tests.conftest import Tagged, start_site
 from tests.gateway_process import (
     GatewayProcess,
     RawExchange,
-    Tagged,
     fresh,
     raw_get,
     route,
@@ -212,20 +211,6 @@ async def test_a_stream_longer_than_drain_timeout_is_cut_off_then(
     assert 1.0 <= took < 3.0, took
     assert cut.status == 200 and b"tick" in cut.data
     assert not cut.data.endswith(b"0\r\n\r\n")  # no terminating chunk: visibly cut short
-
-
-@pytest.fixture
-async def first() -> AsyncIterator[Tagged]:
-    upstream = await Tagged("first").start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def second() -> AsyncIterator[Tagged]:
-    upstream = await Tagged("second").start()
-    yield upstream
-    await upstream.stop()
 
 
 class KeepAlive:

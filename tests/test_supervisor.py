@@ -11,16 +11,14 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import Upstream
+from tests.conftest import Tagged, Upstream
 from tests.gateway_process import (
     GatewayProcess,
-    Tagged,
     fresh,
     is_alive,
     raw_get,
@@ -119,20 +117,6 @@ async def test_workers_stop_when_the_parent_is_killed(
         assert (await raw_get(gateway.port, "/pub/x")).error is not None  # nobody listens
     finally:
         gateway.stop()
-
-
-@pytest.fixture
-async def first() -> AsyncIterator[Tagged]:
-    upstream = await Tagged("first").start()
-    yield upstream
-    await upstream.stop()
-
-
-@pytest.fixture
-async def second() -> AsyncIterator[Tagged]:
-    upstream = await Tagged("second").start()
-    yield upstream
-    await upstream.stop()
 
 
 async def test_sighup_with_workers_reloads_every_worker_or_none(

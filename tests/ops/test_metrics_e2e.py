@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import aiohttp
 import httptools
-from aiohttp import web
 
 from gateway.errors import ErrorKind
 from gateway.errors import __dict__ as error_names
@@ -20,9 +19,9 @@ from gateway.upstream import UpstreamGroup
 from tests.conftest import (
     Gateway,
     GatewayFactory,
+    Tagged,
     bearer,
     raw_request,
-    start_site,
     well_formed_unknown_key,
 )
 from tests.ops.metrics_text import samples, scrape, total, value
@@ -86,38 +85,23 @@ async def test_store_errors_by_operation(gateway: Gateway, http: aiohttp.ClientS
 
 
 async def test_in_flight_and_busy_upstream_connections(
-    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, first: Tagged
 ) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        entered.set()
-        await release.wait()
-        return web.Response(text="done")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", slow)
-    runner = web.AppRunner(app)
-    port = await start_site(runner)
-    try:
-        gateway = await make_gateway(routes=[
-            {"name": "slow", "path": "/slow/", "upstream": f"http://127.0.0.1:{port}",
-             "auth": "none"},
-        ])
-        waiting = asyncio.ensure_future(http.get(f"{gateway.url}/slow/x"))
-        await entered.wait()
-        text = await scrape(http, gateway.admin_url)
-        assert value(text, "gateway_requests_in_flight") == 1
-        assert value(text, "gateway_upstream_connections", route="slow", state="busy") == 1
-        release.set()
-        async with await waiting as response:
-            assert response.status == 200
-        text = await scrape(http, gateway.admin_url)
-        assert value(text, "gateway_requests_in_flight") == 0
-        assert value(text, "gateway_upstream_connections", route="slow", state="busy") == 0
-        assert value(text, "gateway_upstream_connections", route="slow", state="idle") == 1
-    finally:
-        await runner.cleanup()
+    gateway = await make_gateway(routes=[
+        {"name": "slow", "path": "/slow/", "upstream": first.url, "auth": "none"},
+    ])
+    waiting = asyncio.ensure_future(http.get(f"{gateway.url}/slow/x/hold"))
+    await first.holding.wait()
+    text = await scrape(http, gateway.admin_url)
+    assert value(text, "gateway_requests_in_flight") == 1
+    assert value(text, "gateway_upstream_connections", route="slow", state="busy") == 1
+    first.released.set()
+    async with await waiting as response:
+        assert response.status == 200
+    text = await scrape(http, gateway.admin_url)
+    assert value(text, "gateway_requests_in_flight") == 0
+    assert value(text, "gateway_upstream_connections", route="slow", state="busy") == 0
+    assert value(text, "gateway_upstream_connections", route="slow", state="idle") == 1
 
 
 async def test_pool_usage_follows_the_config_in_force(

@@ -10,10 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, GatewayFactory, bearer, start_site
+from tests.conftest import Gateway, GatewayFactory, Tagged, bearer
 from tests.ratelimit.conftest import LIMITERS, REDIS_URL, PrivateRedis, require_redis
 from tests.test_errors_e2e import problem
 
@@ -35,37 +34,12 @@ def make_limited(
     return factory
 
 
-class SlowUpstream:
-    """Holds every request until ``release`` is set; ``entered`` counts arrivals."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.arrived = 0
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.arrived += 1
-        if request.path.endswith("/stream"):
-            response = web.StreamResponse()
-            await response.prepare(request)
-            await response.write(b"first\n")
-            await self.release.wait()
-            await response.write(b"last\n")
-            return response
-        await self.release.wait()
-        return web.Response(text="done")
-
-
 @pytest.fixture
-async def slow() -> AsyncIterator[SlowUpstream]:
-    upstream = SlowUpstream()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", upstream.handle)
-    runner = web.AppRunner(app)
-    upstream.url = f"http://127.0.0.1:{await start_site(runner)}"
+async def slow() -> AsyncIterator[Tagged]:
+    """Holds requests whose path ends in /hold (or /hold-stream) until ``released`` is set."""
+    upstream = await Tagged("slow").start()
     yield upstream
-    upstream.release.set()
-    await runner.cleanup()
+    await upstream.stop()
 
 
 def slow_routes(url: str, **route: Any) -> list[dict[str, Any]]:
@@ -97,26 +71,26 @@ async def test_rate_limit_headers_and_429(
 
 
 async def test_concurrency_slot_comes_back_after_success_disconnect_and_upstream_error(
-    make_limited: MakeLimited, http: aiohttp.ClientSession, slow: SlowUpstream
+    make_limited: MakeLimited, http: aiohttp.ClientSession, slow: Tagged
 ) -> None:
     gateway = await make_limited(routes=slow_routes(slow.url, timeout=30))
     key = await gateway.key(concurrency_limit=1)
     url = f"{gateway.url}/slow"
 
     # 1. a request in flight holds the slot; it comes back when the response is sent
-    first = asyncio.ensure_future(http.get(f"{url}/a", headers=bearer(key)))
+    first = asyncio.ensure_future(http.get(f"{url}/a/hold", headers=bearer(key)))
     await wait_for(lambda: slow.arrived == 1)
     async with http.get(f"{url}/b", headers=bearer(key)) as response:
         await problem(response, 429, "concurrency_limited")
-    slow.release.set()
+    slow.released.set()
     async with await first as response:
         assert response.status == 200
     async with http.get(f"{url}/c", headers=bearer(key)) as response:
         assert response.status == 200
-    slow.release.clear()
+    slow.released.clear()
 
     # 2. the client goes away in the middle of a streamed response
-    stream = await http.get(f"{url}/stream", headers=bearer(key))
+    stream = await http.get(f"{url}/hold-stream", headers=bearer(key))
     assert await stream.content.readline() == b"first\n"
     async with http.get(f"{url}/d", headers=bearer(key)) as response:
         await problem(response, 429, "concurrency_limited")
@@ -132,10 +106,10 @@ async def test_concurrency_slot_comes_back_after_success_disconnect_and_upstream
 
 
 async def wait_for_status(
-    http: aiohttp.ClientSession, url: str, key: str, slow: SlowUpstream, status: int
+    http: aiohttp.ClientSession, url: str, key: str, slow: Tagged, status: int
 ) -> None:
     """The slot of an abandoned exchange is given back once the gateway notices: retry briefly."""
-    slow.release.set()
+    slow.released.set()
     deadline = time.monotonic() + 5
     while True:
         async with http.get(url, headers=bearer(key)) as response:
@@ -146,14 +120,14 @@ async def wait_for_status(
 
 
 async def test_a_rotated_key_shares_its_predecessors_budget(
-    make_limited: MakeLimited, http: aiohttp.ClientSession, slow: SlowUpstream
+    make_limited: MakeLimited, http: aiohttp.ClientSession, slow: Tagged
 ) -> None:
     gateway = await make_limited(
         routes=slow_routes(slow.url), defaults={"rate_limit": {"requests": 5, "window": 60}}
     )
     old = await gateway.key(concurrency_limit=1)
     old_id = gateway.created[-1].key_id
-    slow.release.set()
+    slow.released.set()
     for _ in range(2):
         async with http.get(f"{gateway.url}/slow/x", headers=bearer(old)) as response:
             assert response.status == 200
@@ -161,12 +135,12 @@ async def test_a_rotated_key_shares_its_predecessors_budget(
     async with http.get(f"{gateway.url}/slow/x", headers=bearer(new)) as response:
         assert response.headers["RateLimit-Remaining"] == "2"  # 5 - 2 (old) - 1
     # concurrency: the old key holds the one slot, so the new key is refused
-    slow.release.clear()
-    held = asyncio.ensure_future(http.get(f"{gateway.url}/slow/y", headers=bearer(old)))
+    slow.released.clear()
+    held = asyncio.ensure_future(http.get(f"{gateway.url}/slow/y/hold", headers=bearer(old)))
     await wait_for(lambda: slow.arrived == 4)
     async with http.get(f"{gateway.url}/slow/z", headers=bearer(new)) as response:
         await problem(response, 429, "concurrency_limited")
-    slow.release.set()
+    slow.released.set()
     async with await held as response:
         assert response.headers["RateLimit-Remaining"] == "1"  # the refusal was not counted
     async with http.get(f"{gateway.url}/slow/x", headers=bearer(new)) as response:
