@@ -267,25 +267,8 @@ async def test_payload_too_large_counted_while_streaming(
 
 
 # 429 -------------------------------------------------------------------------------------------
-async def test_rate_limited(make_gateway: GatewayFactory, http: aiohttp.ClientSession) -> None:
-    gateway = await make_gateway(defaults={"rate_limit": {"requests": 3, "window": 60}})
-    key = await gateway.key()
-    remaining = []
-    for _ in range(3):
-        async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
-            assert response.status == 200
-            remaining.append(response.headers["RateLimit-Remaining"])
-            assert response.headers["X-RateLimit-Limit"] == "3"
-    assert remaining == ["2", "1", "0"]
-    async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
-        await problem(response, 429, "rate_limited")
-        assert 1 <= int(response.headers["Retry-After"]) <= 60
-        assert response.headers["RateLimit-Remaining"] == "0"
-        assert 0 < int(response.headers["RateLimit-Reset"]) <= 60
-    await gateway.services.usage.flush()
-    usage = await gateway.keys.usage(gateway.created[-1].key_id)
-    assert (usage.requests, usage.rate_limited) == (3, 1)
-    assert usage.last_used_at is not None
+# (429 rate_limited with its headers and usage: tests/ratelimit/test_limits_e2e.py, on both
+# limiters)
 
 
 async def test_rate_limit_override_wins(

@@ -53,9 +53,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_rate_limit_headers_and_429(
-    make_limited: MakeLimited, http: aiohttp.ClientSession
-) -> None:
+async def test_rate_limited(make_limited: MakeLimited, http: aiohttp.ClientSession) -> None:
     gateway = await make_limited(defaults={"rate_limit": {"requests": 3, "window": 60}})
     key = await gateway.key()
     remaining = []
@@ -63,11 +61,17 @@ async def test_rate_limit_headers_and_429(
         async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
             assert response.status == 200
             remaining.append(response.headers["RateLimit-Remaining"])
+            assert response.headers["X-RateLimit-Limit"] == "3"
     assert remaining == ["2", "1", "0"]
     async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
         await problem(response, 429, "rate_limited")
-        assert 59 <= int(response.headers["Retry-After"]) <= 60
-        assert response.headers["X-RateLimit-Remaining"] == "0"
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+        assert response.headers["RateLimit-Remaining"] == "0"
+        assert 0 < int(response.headers["RateLimit-Reset"]) <= 60
+    await gateway.services.usage.flush()
+    usage = await gateway.keys.usage(gateway.created[-1].key_id)
+    assert (usage.requests, usage.rate_limited) == (3, 1)
+    assert usage.last_used_at is not None
 
 
 async def test_concurrency_slot_comes_back_after_success_disconnect_and_upstream_error(
