@@ -17,6 +17,7 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+from redis.asyncio.connection import parse_url as redis_parse_url
 
 from gateway.errors import ConfigError
 
@@ -648,6 +649,10 @@ def _redis_url(ctx: _Ctx, value: object, path: str) -> str | None:
         ctx.fail(path, "a unix:// URL needs a socket path", text)
     if parts.scheme != "unix" and not parts.hostname:
         ctx.fail(path, "must include a host", text)
+    try:  # what the limiter connects with: the options in the query must make sense too
+        redis_parse_url(text)
+    except ValueError as exc:
+        ctx.fail(path, f"is not a Redis URL redis-py accepts ({exc})", text)
     return text
 
 

@@ -330,6 +330,10 @@ CASES: dict[str, str] = {
     "logging_format_bad.yaml": "logging.format: must be one of json, text, got 'xml'",
     "key_cache_ttl_zero.yaml": "key_cache.ttl: must be a number > 0, got 0",
     "key_store_timeout_zero.yaml": "key_store.timeout: must be a number > 0, got 0",
+    "redis_bad_option.yaml": (
+        "redis: is not a Redis URL redis-py accepts (Invalid value for 'socket_timeout' in "
+        "connection URL.), got 'redis://127.0.0.1:6379/0?socket_timeout=x'"
+    ),
     "limiter_prefix_braces.yaml": (
         "limiter.prefix: must be at most 64 of A-Z a-z 0-9 _ . : / - (no braces: the gateway "
         "adds Redis Cluster hash tags itself), got 'gw{x}:'"

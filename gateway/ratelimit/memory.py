@@ -29,11 +29,6 @@ class MemoryRateLimiter:
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
     ) -> Decision:
-        return self.admit_now(budget, scope, limit, window, max_in_flight)
-
-    def admit_now(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
-    ) -> Decision:
         now = self._clock()
         log = self._log(f"{budget}:{scope}", window, now)
         self._hits += 1
@@ -67,9 +62,6 @@ class MemoryRateLimiter:
         else:
             self._in_flight.pop(budget, None)
 
-    def in_flight(self, budget: str) -> int:
-        return self._in_flight.get(budget, 0)
-
     def sweep(self) -> None:
         """Drop buckets with nothing left in their window."""
         now = self._clock()
@@ -85,8 +77,11 @@ class MemoryRateLimiter:
 
     def _log(self, bucket: str, window: float, now: float) -> deque[float]:
         entry = self._logs.get(bucket)
-        if entry is None or entry[1] != window:
+        if entry is None:
             entry = (deque(), window)
+            self._logs[bucket] = entry
+        elif entry[1] != window:  # a reload changed the window: the admissions still count
+            entry = (entry[0], window)
             self._logs[bucket] = entry
         log = entry[0]
         cutoff = now - window

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
@@ -86,6 +87,7 @@ return {1, count, reset(0)}
 """
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
 ADMIT, PEEK, RENEW = b"a", b"p", b"r"
+Op = tuple[bytes, str, str, int, float, int, bytes]  # mode budget scope limit window cap member
 RATE_LIMIT_REFUSED, ADMITTED, BUSY = 0, 1, 2
 RELEASE_DELAY = 0.002  # seconds a given-back slot waits for a batch to ride along with
 
@@ -110,7 +112,7 @@ class RedisRateLimiter:
         self._supervisor: asyncio.Task[None] | None = None
         self._renewer = Periodic(lease_ttl / 3, self._renew)
         # the batch being gathered in this tick: commands (built at flush) and their future
-        self._ops: list[tuple[bytes, str, str, int, float, int, bytes]] = []
+        self._ops: list[Op] = []
         self._batch: asyncio.Future[list[Any]] | None = None
         self._releases: dict[str, list[bytes]] = {}  # budget -> leases to give back
         self._release_timer: asyncio.TimerHandle | None = None
@@ -120,7 +122,6 @@ class RedisRateLimiter:
         # counters for /metrics and the benchmark
         self.batches = 0
         self.commands = 0
-        self.failures = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class RedisRateLimiter:
                 except BaseException:
                     conn.close()
                     raise
-            except (OSError, TimeoutError, ReplyError) as exc:
+            except Exception as exc:  # whatever it is, keep trying: limits must come back
                 if not reported:
                     log.warning("redis is unreachable (%s); on_limiter_error applies", exc)
                     reported = True
@@ -213,12 +214,7 @@ class RedisRateLimiter:
                 del self._held[budget]
         if self._conn is None:
             return  # the lease expires on its own
-        self._releases.setdefault(budget, []).append(member)
-        if self._batch is None and self._release_timer is None:
-            # wait a moment for a batch to ride along with: a client that sends its next
-            # request at once has this slot given back inside that request's admit script
-            loop = asyncio.get_running_loop()
-            self._release_timer = loop.call_later(RELEASE_DELAY, self._release_now)
+        self._give_back(budget, member)
 
     async def ping(self) -> None:
         conn = self._conn
@@ -232,27 +228,46 @@ class RedisRateLimiter:
 
     # ---- batching ----------------------------------------------------------------------------
 
-    async def _decide(self, op: tuple[bytes, str, str, int, float, int, bytes]) -> list[int]:
+    async def _decide(self, op: Op) -> list[int]:
         for attempt in (1, 2):
             if self._conn is None:
-                self.failures += 1
                 raise LimiterUnavailable("redis is unreachable")
             batch = self._batch or self._start_batch()
             index = len(self._ops)
             self._ops.append(op)
             try:
-                reply = (await batch)[index]
+                # shielded: the batch is every waiting request's; one cancelled must not
+                # cancel it for the others
+                reply = (await asyncio.shield(batch))[index]
             except (ConnectionError, TimeoutError) as exc:
-                self.failures += 1
                 raise LimiterUnavailable(f"redis: {exc}") from exc
+            except asyncio.CancelledError:
+                if op[0] == ADMIT and op[5]:  # a slot it may have taken goes back
+                    batch.add_done_callback(functools.partial(self._orphaned, index, op))
+                raise
             if not isinstance(reply, ReplyError):
                 return reply  # type: ignore[no-any-return]
             if attempt == 1 and str(reply).startswith("NOSCRIPT"):
                 await self._load_script()  # Redis restarted or flushed its scripts
                 continue
-            self.failures += 1
             raise LimiterUnavailable(f"redis: {reply}")
         raise AssertionError("unreachable")
+
+    def _orphaned(self, index: int, op: Op, batch: asyncio.Future[list[Any]]) -> None:
+        """The request that asked was cancelled: give back the slot the script gave it."""
+        if batch.cancelled() or batch.exception() is not None:
+            return
+        reply = batch.result()[index]
+        if isinstance(reply, list) and reply[0] == ADMITTED:
+            self._give_back(op[1], op[6])
+
+    def _give_back(self, budget: str, member: bytes) -> None:
+        self._releases.setdefault(budget, []).append(member)
+        if self._batch is None and self._release_timer is None:
+            # wait a moment for a batch to ride along with: a client that sends its next
+            # request at once has this slot given back inside that request's admit script
+            loop = asyncio.get_running_loop()
+            self._release_timer = loop.call_later(RELEASE_DELAY, self._release_now)
 
     def _release_now(self) -> None:
         self._release_timer = None
@@ -279,7 +294,8 @@ class RedisRateLimiter:
             batch.exception()  # retrieved: a batch of releases only has nobody waiting
             return
         prefix, sha, lease_ttl = self._prefix, SHA, self._lease_ttl_us
-        parts = []
+        parts: list[bytes] = []
+        carried: list[tuple[int, str, list[bytes]]] = []  # releases inside an admit script
         for mode, budget, scope, limit, window, cap, member in ops:
             tag = b"%b{%b}" % (prefix, budget.encode())
             rate_key = tag + b":r:" + scope.encode() if scope else tag + b":r"
@@ -289,14 +305,29 @@ class RedisRateLimiter:
                 args += (member, b"%d" % cap, lease_ttl)
                 if cap and (given_back := releases.pop(budget, None)):
                     args += given_back
+                    carried.append((len(parts), budget, given_back))
             parts.append(encode(*args))
         for budget, members in releases.items():
             parts.append(encode(b"ZREM", b"%b{%b}:c" % (prefix, budget.encode()), *members))
         self.batches += 1
         self.commands += len(parts)
         conn.send(b"".join(parts), len(parts), batch)
-        asyncio.get_running_loop().call_later(self._timeout, self._expire, batch, conn)
-        batch.add_done_callback(_retrieve)
+        timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, batch, conn)
+        batch.add_done_callback(functools.partial(_settled, timer))
+        if carried:
+            batch.add_done_callback(functools.partial(self._carried_back, carried))
+
+    def _carried_back(
+        self, carried: list[tuple[int, str, list[bytes]]], batch: asyncio.Future[list[Any]]
+    ) -> None:
+        """A script that failed (NOSCRIPT) gave nothing back: queue its releases again."""
+        if batch.cancelled() or batch.exception() is not None:
+            return  # the connection is gone: a restarted Redis has no leases to give back
+        replies = batch.result()
+        for index, budget, members in carried:
+            if isinstance(replies[index], ReplyError):
+                for member in members:
+                    self._give_back(budget, member)
 
     def _expire(self, batch: asyncio.Future[list[Any]], conn: RespConnection) -> None:
         if not batch.done():
@@ -329,11 +360,15 @@ class RedisRateLimiter:
         conn.send(b"".join(parts), len(parts), future)
         with contextlib.suppress(ConnectionError, TimeoutError):
             async with asyncio.timeout(self._timeout):
-                await future
+                replies = await future
+            if any(isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
+                await self._load_script()  # the next renewal goes through
 
 
-def _retrieve(batch: asyncio.Future[list[Any]]) -> None:
-    """Mark a failed batch's exception as seen (the requests waiting on it re-raise it)."""
+def _settled(timer: asyncio.TimerHandle, batch: asyncio.Future[list[Any]]) -> None:
+    """The batch is answered or failed: its timeout is moot, and a failure is marked as seen
+    (the requests waiting on it re-raise it; a batch of releases only has nobody waiting)."""
+    timer.cancel()
     if not batch.cancelled():
         batch.exception()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import hiredis
@@ -27,6 +28,20 @@ def encode(*args: bytes) -> bytes:
     for arg in args:
         parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return b"".join(parts)
+
+
+def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
+    """The TLS settings of a ``rediss://`` URL's query, as redis-py reads them."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    check_hostname = options.get("ssl_check_hostname", True)
+    if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif not check_hostname:
+        context.check_hostname = False
+    return context
 
 
 class RespConnection(asyncio.Protocol):
@@ -50,7 +65,7 @@ class RespConnection(asyncio.Protocol):
             else:
                 context = None
                 if options.get("connection_class") is SSLConnection:
-                    context = ssl.create_default_context()
+                    context = tls_context(dict(options))
                 _, conn = await loop.create_connection(
                     cls, options.get("host", "localhost"), options.get("port", 6379), ssl=context
                 )

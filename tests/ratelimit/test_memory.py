@@ -67,3 +67,10 @@ def test_local_share_never_drops_below_one() -> None:
     assert local_share(100, 3) == 33
     assert local_share(2, 3) == 1
     assert local_share(10, 1) == 10
+
+
+async def test_a_new_window_keeps_the_admissions_already_counted(clock: Clock) -> None:
+    limiter = MemoryRateLimiter(clock)
+    for _ in range(3):
+        assert (await limiter.admit("k", "", 3, 60, None)).allowed
+    assert not (await limiter.admit("k", "", 3, 61, None)).allowed  # a reload changed it

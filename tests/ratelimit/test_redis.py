@@ -197,3 +197,37 @@ async def test_closing_gives_pending_slots_back(redis_prefix: str) -> None:
         assert (await second.admit("key_a", "", 100, 10, 1)).allowed
     finally:
         await second.close()
+
+
+async def test_a_slot_carried_by_a_script_redis_lost_is_given_back(
+    limiter: RedisRateLimiter, redis_client: redis.Redis
+) -> None:
+    held = await limiter.admit("key_a", "", 100, 10, 1)
+    redis_client.script_flush()
+    await limiter.release("key_a", held.lease)
+    # the release rides in this admit's script, which fails with NOSCRIPT and is retried
+    again = await limiter.admit("key_a", "", 100, 10, 1)
+    for _ in range(50):
+        if again.allowed:
+            break
+        await asyncio.sleep(0.01)  # the release went again on its own
+        again = await limiter.admit("key_a", "", 100, 10, 1)
+    assert again.allowed, again
+
+
+async def test_a_cancelled_request_neither_fails_its_batch_nor_keeps_its_slot(
+    limiter: RedisRateLimiter,
+) -> None:
+    doomed = asyncio.ensure_future(limiter.admit("key_a", "", 100, 10, 1))
+    sibling = asyncio.ensure_future(limiter.admit("key_b", "", 100, 10, 1))
+    await asyncio.sleep(0)  # both are in the batch, which is on its way
+    doomed.cancel()
+    assert (await sibling).allowed
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    for _ in range(50):  # the slot the cancelled request got is given back
+        decision = await limiter.admit("key_a", "", 100, 10, 1)
+        if decision.allowed:
+            break
+        await asyncio.sleep(0.01)
+    assert decision.allowed
