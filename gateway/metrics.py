@@ -102,6 +102,7 @@ class Metrics:
         self._cache: KeyCache | None = None
         self._limiter: RedisRateLimiter | None = None
         self._upstreams: Mapping[str, UpstreamGroup] = {}
+        self._pool_routes: set[str] = set()  # routes whose pool gauges were last set
         self._sampled: dict[str, float] = {}
         self._sampler = Periodic(SAMPLE_INTERVAL, self._sample_tick)
 
@@ -262,6 +263,11 @@ class Metrics:
             open_, idle = group.usage()
             self.upstream_connections.labels(route, "busy").set(open_ - idle)
             self.upstream_connections.labels(route, "idle").set(idle)
+        for route in self._pool_routes - self._upstreams.keys():  # gone with a reload
+            for state in ("busy", "idle"):
+                self.upstream_connections.labels(route, state).set(0)  # workers' files keep it
+                self.upstream_connections.remove(route, state)
+        self._pool_routes = set(self._upstreams)
         cache = self._cache
         if cache is not None:
             stats = cache.stats

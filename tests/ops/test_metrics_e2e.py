@@ -107,11 +107,14 @@ async def test_in_flight_and_busy_upstream_connections(
 async def test_pool_usage_follows_the_config_in_force(
     gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:
+    text = await scrape(http, gateway.admin_url)
+    assert 'gateway_upstream_connections{route="models"' in text
     group = UpstreamGroup([gateway.upstream.url])
     try:  # what a reload does: a pipeline built from services with other upstreams
         build_recorder(replace(gateway.services, upstreams={"renamed": group}))
         text = await scrape(http, gateway.admin_url)
         assert 'gateway_upstream_connections{route="renamed",state="idle"} 0.0' in text
+        assert 'gateway_upstream_connections{route="models"' not in text  # removed by it
     finally:
         await group.close()
 
