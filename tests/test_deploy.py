@@ -19,6 +19,7 @@ import yaml
 from gateway.admin import PUBLIC_PATHS
 from gateway.config import Config, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.supervisor import STOP_MARGIN
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -173,7 +174,11 @@ def test_the_grace_period_covers_prestop_and_the_drain() -> None:
     spec = manifests()["Deployment"]["spec"]["template"]["spec"]
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    assert spec["terminationGracePeriodSeconds"] > int(command[1]) + config.drain_timeout
+    # with workers, the supervisor waits drain_timeout + STOP_MARGIN before killing stragglers
+    margin = STOP_MARGIN if config.workers > 1 else 0
+    assert spec["terminationGracePeriodSeconds"] > (
+        int(command[1]) + config.drain_timeout + margin
+    )
 
 
 def test_the_pod_runs_unprivileged_with_resources_and_a_writable_tmp() -> None:
@@ -323,4 +328,8 @@ def test_the_systemd_unit_reloads_and_stops_gracefully() -> None:
     assert values["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
     assert values["ExecReload"][0].endswith("gateway config check")
     assert values["KillMode"] == ["mixed"] and values["KillSignal"] == ["SIGTERM"]
-    assert int(values["TimeoutStopSec"][0]) > Config(source="").drain_timeout
+    # the unit runs the default config path; its drain_timeout (and, with workers, the
+    # supervisor's margin) must end before systemd kills
+    config = load_config(ROOT / "config" / "gateway.yaml")
+    margin = STOP_MARGIN if config.workers > 1 else 0
+    assert int(values["TimeoutStopSec"][0]) > config.drain_timeout + margin
