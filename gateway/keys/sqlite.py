@@ -322,7 +322,22 @@ class SqliteKeyStore:
         with _translated():
             await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute_fetchall("PRAGMA journal_mode = WAL")
+            await self._use_wal(db)
+
+    async def _use_wal(self, db: aiosqlite.Connection) -> None:
+        """Switch to WAL. The switch needs the file to itself and SQLite does not wait for it
+        (no busy handler), so processes opening a new file together retry until the busy
+        timeout instead of failing with "database is locked"."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                await db.execute_fetchall("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.01)
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations in one ``BEGIN IMMEDIATE`` transaction (so concurrent
