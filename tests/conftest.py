@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,13 @@ def port_of(site: web.TCPSite) -> int:
     server = site._server
     assert server is not None and server.sockets  # type: ignore[union-attr]
     return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+def free_port() -> int:
+    """A port nobody listens on now (connections to it are refused until someone binds it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def start_site(runner: web.BaseRunner, host: str = "127.0.0.1") -> int:

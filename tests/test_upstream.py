@@ -26,6 +26,7 @@ from aiohttp import web
 
 from gateway.errors import UpstreamError
 from gateway.upstream import UpstreamGroup, UpstreamPool, UpstreamResponse
+from tests.conftest import free_port
 
 MB = 1024 * 1024
 BLOCK = bytes(range(256)) * 256  # 64 KiB
@@ -258,14 +259,6 @@ def reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
-
-
-def free_port() -> int:
-    """A port nobody listens on (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def get(pool: UpstreamPool, target: str = "/", timeout: float = 5.0) -> UpstreamResponse:

@@ -24,9 +24,9 @@ import aiohttp
 import pytest
 
 from gateway.keys.postgres import COMMAND_TIMEOUT
+from tests.conftest import free_port
 from tests.keys.test_revocation_multiprocess import (
     admin_key,
-    free_port,
     gateway_cmd,
     processes,
     spawn,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,12 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import Upstream
+from tests.conftest import Upstream, free_port
 from tests.ops.metrics_text import value
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 120
 SCRAPES = 12
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -17,11 +17,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import start_site
+from tests.conftest import free_port, start_site
 from tests.keys.test_revocation_multiprocess import (
     Node,
     admin_key,
-    free_port,
     gateway_cmd,
     processes,
     spawn,
