@@ -155,8 +155,7 @@ class RedisRateLimiter:
             try:
                 conn = await RespConnection.open(self._url, self._timeout)
                 try:
-                    async with asyncio.timeout(self._timeout):
-                        await conn.call(encode(b"SCRIPT", b"LOAD", SCRIPT))
+                    await self._send_script(conn)
                 except BaseException:
                     conn.close()
                     raise
@@ -293,11 +292,11 @@ class RedisRateLimiter:
             batch.set_exception(ConnectionError("redis is unreachable"))
             batch.exception()  # retrieved: a batch of releases only has nobody waiting
             return
-        prefix, sha, lease_ttl = self._prefix, SHA, self._lease_ttl_us
+        sha, lease_ttl = SHA, self._lease_ttl_us
         parts: list[bytes] = []
         carried: list[tuple[int, str, list[bytes]]] = []  # releases inside an admit script
         for mode, budget, scope, limit, window, cap, member in ops:
-            tag = b"%b{%b}" % (prefix, budget.encode())
+            tag = self._tag(budget)
             rate_key = tag + b":r:" + scope.encode() if scope else tag + b":r"
             window_us = b"%d" % int(window * 1_000_000)
             args = [b"EVALSHA", sha, b"2", rate_key, tag + b":c", mode, b"%d" % limit, window_us]
@@ -308,7 +307,7 @@ class RedisRateLimiter:
                     carried.append((len(parts), budget, given_back))
             parts.append(encode(*args))
         for budget, members in releases.items():
-            parts.append(encode(b"ZREM", b"%b{%b}:c" % (prefix, budget.encode()), *members))
+            parts.append(encode(b"ZREM", self._tag(budget) + b":c", *members))
         self.batches += 1
         self.commands += len(parts)
         conn.send(b"".join(parts), len(parts), batch)
@@ -336,26 +335,29 @@ class RedisRateLimiter:
             conn.close()  # replies would now arrive for the wrong batch: start afresh
 
     async def _load_script(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        with contextlib.suppress(OSError, TimeoutError, ReplyError):
-            async with asyncio.timeout(self._timeout):
-                await conn.call(encode(b"SCRIPT", b"LOAD", SCRIPT))
+        """After NOSCRIPT: load it again (a failure shows in the retried decision)."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError, TimeoutError, ReplyError):
+                await self._send_script(self._conn)
+
+    async def _send_script(self, conn: RespConnection) -> None:
+        async with asyncio.timeout(self._timeout):
+            await conn.call(encode(b"SCRIPT", b"LOAD", SCRIPT))
+
+    def _tag(self, budget: str) -> bytes:
+        """``<prefix>{<budget>}``: every Redis key of a budget starts so, one Cluster slot."""
+        return b"%b{%b}" % (self._prefix, budget.encode())
 
     async def _renew(self) -> None:
         """Push out the expiry of every lease this node holds (long streams keep theirs)."""
         conn = self._conn
         if conn is None or not self._held:
             return
-        parts = [
-            encode(b"EVALSHA", SHA, b"2", tag + b":r", tag + b":c", RENEW, self._lease_ttl_us,
-                   *members)
-            for tag, members in (
-                (b"%b{%b}" % (self._prefix, budget.encode()), members)
-                for budget, members in self._held.items()
-            )
-        ]
+        parts = []
+        for budget, members in self._held.items():
+            tag = self._tag(budget)
+            parts.append(encode(b"EVALSHA", SHA, b"2", tag + b":r", tag + b":c", RENEW,
+                                self._lease_ttl_us, *members))
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         conn.send(b"".join(parts), len(parts), future)
         with contextlib.suppress(ConnectionError, TimeoutError):
