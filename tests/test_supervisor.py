@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Tagged, Upstream
+from tests.conftest import Tagged, Upstream, wait_for
 from tests.gateway_process import (
     GatewayProcess,
     fresh,
@@ -31,13 +31,6 @@ pytestmark = pytest.mark.slow
 
 def two_workers(tmp_path: Path, upstream: Upstream) -> GatewayProcess:
     return GatewayProcess.create(tmp_path, [route("pub", "/pub/", upstream.url)], workers=2)
-
-
-async def wait_for(condition: object, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def multiproc_dir(pid: int) -> Path:
@@ -113,7 +106,7 @@ async def test_workers_stop_when_the_parent_is_killed(
         await gateway.wait_log("2 workers serving")
         workers = gateway.workers()
         os.kill(gateway.pid, signal.SIGKILL)
-        await wait_for(lambda: not any(is_alive(pid) for pid in workers))
+        await wait_for(lambda: not any(is_alive(pid) for pid in workers), timeout=15)
         assert (await raw_get(gateway.port, "/pub/x")).error is not None  # nobody listens
     finally:
         gateway.stop()

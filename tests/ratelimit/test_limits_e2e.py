@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, GatewayFactory, Tagged, bearer
+from tests.conftest import Gateway, GatewayFactory, Tagged, bearer, wait_for
 from tests.ratelimit.conftest import LIMITERS, REDIS_URL, PrivateRedis, require_redis
 from tests.test_errors_e2e import problem
 
@@ -44,13 +44,6 @@ async def slow() -> AsyncIterator[Tagged]:
 
 def slow_routes(url: str, **route: Any) -> list[dict[str, Any]]:
     return [{"name": "slow", "path": "/slow/", "upstream": url, **route}]
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_rate_limited(make_limited: MakeLimited, http: aiohttp.ClientSession) -> None:
