@@ -224,6 +224,21 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+async def until_slot_returns(
+    http: aiohttp.ClientSession, url: str, key: str, within: float
+) -> None:
+    """GET ``url`` with ``key`` until it is admitted: a concurrency slot held by an abandoned
+    exchange comes back once the gateway notices. Only 429s meanwhile, at most ``within`` s."""
+    started = time.monotonic()
+    while True:
+        async with http.get(url, headers=bearer(key)) as response:
+            if response.status == 200:
+                return
+            assert response.status == 429, await response.text()
+        assert time.monotonic() - started < within, "the slot was never given back"
+        await asyncio.sleep(0.05)
+
+
 def well_formed_unknown_key() -> str:
     return generate_key("sk_live")
 

@@ -12,7 +12,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, GatewayFactory, Tagged, bearer, wait_for
+from tests.conftest import (
+    Gateway,
+    GatewayFactory,
+    Tagged,
+    bearer,
+    until_slot_returns,
+    wait_for,
+)
 from tests.ratelimit.conftest import LIMITERS, REDIS_URL, PrivateRedis, require_redis
 from tests.test_errors_e2e import problem
 
@@ -92,7 +99,8 @@ async def test_concurrency_slot_comes_back_after_success_disconnect_and_upstream
     async with http.get(f"{url}/d", headers=bearer(key)) as response:
         await problem(response, 429, "concurrency_limited")
     stream.close()  # drops the connection
-    await wait_for_status(http, f"{url}/e", key, slow, 200)
+    slow.released.set()
+    await until_slot_returns(http, f"{url}/e", key, within=5)
 
     # 3. the upstream fails: 502, and the slot is free again
     gateway2 = await make_limited(routes=slow_routes("http://127.0.0.1:1"))
@@ -100,20 +108,6 @@ async def test_concurrency_slot_comes_back_after_success_disconnect_and_upstream
     for _ in range(3):
         async with http.get(f"{gateway2.url}/slow/x", headers=bearer(key2)) as response:
             await problem(response, 502, "upstream_unavailable")
-
-
-async def wait_for_status(
-    http: aiohttp.ClientSession, url: str, key: str, slow: Tagged, status: int
-) -> None:
-    """The slot of an abandoned exchange is given back once the gateway notices: retry briefly."""
-    slow.released.set()
-    deadline = time.monotonic() + 5
-    while True:
-        async with http.get(url, headers=bearer(key)) as response:
-            if response.status == status:
-                return
-            assert time.monotonic() < deadline, await response.text()
-        await asyncio.sleep(0.02)
 
 
 async def test_a_rotated_key_shares_its_predecessors_budget(
