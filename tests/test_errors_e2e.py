@@ -352,10 +352,15 @@ class DownLimiter:
     ) -> Decision:
         raise LimiterUnavailable("down")
 
+    def admit_nowait(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> None:
+        return None
+
     async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         raise LimiterUnavailable("down")
 
-    async def release(self, budget: str, lease: str) -> None:
+    def release(self, budget: str, lease: str) -> None:
         raise LimiterUnavailable("down")
 
     async def ping(self) -> None:

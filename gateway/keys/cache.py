@@ -14,6 +14,7 @@ for ``stale_if_error`` seconds past its ttl, then the key gets ``StoreUnavailabl
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,6 +25,13 @@ from gateway.keys.model import KeyRecord
 from gateway.keys.store import KeyStore
 
 Clock = Callable[[], float]
+
+
+class Miss(enum.Enum):
+    MISS = "miss"
+
+
+MISS = Miss.MISS  # get_nowait: not in the cache, ask the store
 
 
 @dataclass(slots=True)
@@ -65,6 +73,13 @@ class KeyCache:
     async def get(self, key_hash: str) -> KeyRecord | None:
         """The record for ``key_hash``, ``None`` if unknown; ``StoreUnavailable`` if it cannot
         be known (store down and nothing usable cached)."""
+        found = self.get_nowait(key_hash)
+        return await self.load(key_hash) if found is MISS else found
+
+    def get_nowait(self, key_hash: str) -> KeyRecord | Miss | None:
+        """What the cache knows without waiting: the record, ``None`` for a hash remembered as
+        unknown, or ``MISS`` when only the store can tell (then ``load`` asks it). The request
+        path calls this first, so a hit costs no coroutine."""
         now = self._clock()
         entry = self._positive.get(key_hash)
         if entry is not None and now < entry[1]:
@@ -75,8 +90,12 @@ class KeyCache:
         if negative is not None and now < negative:
             self.stats.negative_hits += 1
             return None
+        return MISS
+
+    async def load(self, key_hash: str) -> KeyRecord | None:
+        """Ask the store (one query however many callers miss on this hash at once)."""
         self.stats.misses += 1
-        return await self._load(key_hash, entry)
+        return await self._load(key_hash, self._positive.get(key_hash))
 
     def invalidate(self, key_hash: str) -> None:
         self._positive.pop(key_hash, None)

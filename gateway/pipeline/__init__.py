@@ -120,7 +120,7 @@ def build_pipeline(
                 if answer is None:
                     continue
                 if not isinstance(answer, web.StreamResponse):
-                    answer = await answer  # a check that may wait (store, limiter)
+                    answer = await answer  # a check that has to wait (the store, Redis)
                     if answer is None:
                         continue
                 response = answer  # a check answered the request itself (a CORS preflight)
@@ -135,17 +135,17 @@ def build_pipeline(
             if pipeline.idle is not None and not pipeline.in_flight:
                 pipeline.idle.set()
             if exchange.cleanups is not None:
-                await run_cleanups(exchange)
+                run_cleanups(exchange)
             pipeline.record(exchange, response, perf_counter() - started)
         return response
 
     return handle
 
 
-async def run_cleanups(exchange: Exchange) -> None:
+def run_cleanups(exchange: Exchange) -> None:
     """The response is already decided (often sent): a failing cleanup is logged, not raised."""
     for cleanup in exchange.cleanups or ():
         try:
-            await cleanup()
+            cleanup()
         except Exception:
             errors.log.exception("cleanup failed", extra={"request_id": exchange.request_id})

@@ -3,6 +3,8 @@ verified before any cache or store lookup, so typos and random guesses cost noth
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from aiohttp import web
 
 from gateway.config import RouteConfig
@@ -17,6 +19,7 @@ from gateway.errors import (
     GatewayError,
     StoreUnavailable,
 )
+from gateway.keys.cache import MISS
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.pipeline import rate_limit
 from gateway.pipeline.exchange import Check, Exchange
@@ -63,23 +66,32 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     cache = services.cache
     peek_headers = rate_limit.peek_headers_for(route, services)
 
-    async def lookup(token: str) -> KeyRecord:
-        if not is_well_formed(token, prefixes):
-            raise GatewayError(INVALID_API_KEY, "the API key is malformed")
+    def accept(exchange: Exchange, record: KeyRecord | None) -> None:
+        if record is None:
+            raise GatewayError(INVALID_API_KEY, "unknown API key")
+        check_status(record)
+        exchange.key = record
+        # a later refusal still reports the key's quota (SPEC §4), without spending any
+        exchange.peek_quota = peek_headers
+
+    async def load(exchange: Exchange, key_hash: str) -> None:
         try:
-            record = await cache.get(hasher(token))
+            record = await cache.load(key_hash)
         except StoreUnavailable:
             raise GatewayError(
                 AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
             ) from None
-        if record is None:
-            raise GatewayError(INVALID_API_KEY, "unknown API key")
-        check_status(record)
-        return record
+        accept(exchange, record)
 
-    async def authenticate(exchange: Exchange) -> None:
-        exchange.key = await lookup(bearer_token(exchange.request))
-        # a later refusal still reports the key's quota (SPEC §4), without spending any
-        exchange.peek_quota = peek_headers
+    def authenticate(exchange: Exchange) -> Awaitable[None] | None:
+        token = bearer_token(exchange.request)
+        if not is_well_formed(token, prefixes):
+            raise GatewayError(INVALID_API_KEY, "the API key is malformed")
+        key_hash = hasher(token)
+        record = cache.get_nowait(key_hash)
+        if record is MISS:
+            return load(exchange, key_hash)  # only the store can tell: the driver awaits it
+        accept(exchange, record)  # a cache hit (or a remembered unknown key) waits for nothing
+        return None
 
     return authenticate

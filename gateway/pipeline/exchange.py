@@ -44,14 +44,14 @@ class Exchange:
         self.response_headers: dict[str, str] = {}
         # run by the driver once the response is sent or the exchange failed (e.g. a
         # concurrency slot to give back); None until a stage needs one
-        self.cleanups: list[Callable[[], Awaitable[None]]] | None = None
+        self.cleanups: list[Callable[[], None]] | None = None
         # the key's quota headers without counting, for errors raised before rate limiting
         self.peek_quota: Callable[[KeyRecord], Awaitable[dict[str, str]]] | None = None
         # for the access log: the upstream's time to its response head, the error's code
         self.upstream_seconds: float | None = None
         self.error_code: str | None = None
 
-    def on_done(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+    def on_done(self, cleanup: Callable[[], None]) -> None:
         if self.cleanups is None:
             self.cleanups = []
         self.cleanups.append(cleanup)
@@ -59,6 +59,7 @@ class Exchange:
 
 Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]
 # A check inspects the exchange and raises GatewayError to refuse it, returns a response to
-# answer it itself (a CORS preflight), or returns None to let the next stage run. Checks that
-# never wait are plain functions; checks that may wait (a store or limiter) are coroutines.
+# answer it itself (a CORS preflight), or returns None to let the next stage run. A check that
+# has to wait (a key cache miss, a shared limiter) returns an awaitable instead, which the
+# driver awaits; the common case (cached key, in-process limiter) creates no coroutine at all.
 Check = Callable[[Exchange], "Awaitable[web.StreamResponse | None] | web.StreamResponse | None"]

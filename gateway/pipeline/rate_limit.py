@@ -31,6 +31,7 @@ from gateway.errors import (
     LimiterUnavailable,
 )
 from gateway.keys.model import KeyRecord
+from gateway.keys.usage import UsageRecorder
 from gateway.pipeline.exchange import Check, Exchange
 from gateway.ratelimit.base import Decision, RateLimiter, local_share
 from gateway.services import Services
@@ -86,6 +87,31 @@ def peek_headers_for(
     return peek
 
 
+def apply(
+    exchange: Exchange,
+    decision: Decision,
+    decider: RateLimiter,
+    budget: str,
+    cap: int | None,
+    usage: UsageRecorder,
+) -> None:
+    """Quota headers on the response; the slot given back once it is sent; 429 if refused."""
+    exchange.response_headers.update(quota_headers(decision))
+    if decision.lease is not None:
+        exchange.on_done(functools.partial(decider.release, budget, decision.lease))
+    elif not decision.allowed:
+        if decision.busy:
+            raise GatewayError(
+                CONCURRENCY_LIMITED,
+                f"at most {cap} requests may be in flight for this key",
+                {"Retry-After": "1"},
+            )
+        assert exchange.key is not None  # authenticate runs first on every auth route
+        usage.rate_limited(exchange.key.key_id)
+        retry = str(max(1, math.ceil(decision.retry_after)))
+        raise GatewayError(RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry})
+
+
 def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
         return None
@@ -114,34 +140,28 @@ def build(route: RouteConfig, services: Services) -> Check | None:
             return await local.admit(budget, scope, share, window, local_cap), local
         return None, local  # open: admit without a quota to report
 
-    async def rate_limit(exchange: Exchange) -> None:
+    async def decide(
+        exchange: Exchange, budget: str, scope: str, limit: int, window: float, cap: int | None
+    ) -> None:
+        decision: Decision | None
+        decider: RateLimiter = limiter
+        try:
+            decision = await limiter.admit(budget, scope, limit, window, cap)
+        except LimiterUnavailable:
+            decision, decider = await degraded(budget, scope, limit, window, cap)
+        if decision is not None:
+            apply(exchange, decision, decider, budget, cap, usage)
+
+    def rate_limit(exchange: Exchange) -> Awaitable[None] | None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
         budget = budget_of(key)
         scope, limit, window = quota_for(key, route, default)
         cap = key.concurrency_limit or route_cap
-        decision: Decision | None
-        decider: RateLimiter = limiter
-        try:  # no nested coroutine on the hot path: this runs on every keyed request
-            decision = await limiter.admit(budget, scope, limit, window, cap)
-        except LimiterUnavailable:
-            decision, decider = await degraded(budget, scope, limit, window, cap)
-        if decision is None:
-            return
-        exchange.response_headers.update(quota_headers(decision))
-        if decision.lease is not None:  # given back once the response is sent
-            exchange.on_done(functools.partial(decider.release, budget, decision.lease))
-        elif not decision.allowed:
-            if decision.busy:
-                raise GatewayError(
-                    CONCURRENCY_LIMITED,
-                    f"at most {cap} requests may be in flight for this key",
-                    {"Retry-After": "1"},
-                )
-            usage.rate_limited(key.key_id)
-            retry = str(max(1, math.ceil(decision.retry_after)))
-            raise GatewayError(
-                RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry}
-            )
+        decision = limiter.admit_nowait(budget, scope, limit, window, cap)
+        if decision is None:  # a shared limiter: the driver awaits its answer
+            return decide(exchange, budget, scope, limit, window, cap)
+        apply(exchange, decision, limiter, budget, cap, usage)
+        return None
 
     return rate_limit

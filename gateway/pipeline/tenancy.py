@@ -4,6 +4,8 @@ project, else the workspace default); ``X-Namespace`` (name or ``ns_…`` id), e
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from aiohttp import web
 
 from gateway.config import RouteConfig
@@ -52,34 +54,38 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     cache = services.tenancy
     metrics = services.metrics
 
-    async def resolve(exchange: Exchange) -> None:
+    async def resolve(
+        exchange: Exchange, wanted_project: str | None, namespace_ref: str | None
+    ) -> None:
         key = exchange.key
         assert key is not None and key.workspace_id is not None  # ensured by authenticate
+        try:
+            view = await cache.view(key.workspace_id)
+            if wanted_project:
+                exchange.project_id = await select_project(cache, view, wanted_project)
+            else:
+                exchange.project_id = key.project_id or view.default_project_id
+            if namespace_ref:
+                exchange.namespace_id, exchange.namespace_name = await select_namespace(
+                    cache, view, namespace_ref
+                )
+        except StoreUnavailable:
+            metrics.count_store_error("tenancy")
+            raise GatewayError(
+                AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
+            ) from None
+
+    def tenancy(exchange: Exchange) -> Awaitable[None] | None:
+        key = exchange.key
+        assert key is not None  # authenticate runs first on every auth route
         request = exchange.request
         wanted_project = single_header(request, "X-Project-Id")
         namespace_ref = single_header(request, "X-Namespace")
         if namespace_ref is None and exchange.query:  # parse the query only when there is one
             namespace_ref = request.query.get("namespace")
         if wanted_project is None and namespace_ref is None and key.project_id is not None:
-            exchange.project_id = key.project_id  # the common case: no lookup at all
-            return
-        view = await cache.view(key.workspace_id)
-        if wanted_project:
-            exchange.project_id = await select_project(cache, view, wanted_project)
-        else:
-            exchange.project_id = key.project_id or view.default_project_id
-        if namespace_ref:
-            exchange.namespace_id, exchange.namespace_name = await select_namespace(
-                cache, view, namespace_ref
-            )
-
-    async def tenancy(exchange: Exchange) -> None:
-        try:
-            await resolve(exchange)
-        except StoreUnavailable:
-            metrics.count_store_error("tenancy")
-            raise GatewayError(
-                AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
-            ) from None
+            exchange.project_id = key.project_id  # the common case: no lookup, no waiting
+            return None
+        return resolve(exchange, wanted_project, namespace_ref)  # the driver awaits it
 
     return tenancy

@@ -35,11 +35,19 @@ class RateLimiter(Protocol):
         concurrency slot is free (then ``lease`` names the slot). A request refused for either
         reason is not counted."""
 
+    def admit_nowait(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> Decision | None:
+        """``admit``'s decision when this limiter can make it without waiting (in-process), else
+        None: then call ``admit``. The request path asks this first, so an in-process decision
+        costs no coroutine."""
+
     async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         """The state of the window without counting anything."""
 
-    async def release(self, budget: str, lease: str) -> None:
-        """Give back a slot taken by ``admit``."""
+    def release(self, budget: str, lease: str) -> None:
+        """Give back a slot taken by ``admit``. Never waits: a shared limiter sends it in the
+        background (and a slot it cannot send expires with its lease)."""
 
     async def ping(self) -> None:
         """Raise ``LimiterUnavailable`` unless the limiter can decide now (for /readyz)."""

@@ -29,6 +29,11 @@ class MemoryRateLimiter:
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
     ) -> Decision:
+        return self.admit_nowait(budget, scope, limit, window, max_in_flight)
+
+    def admit_nowait(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> Decision:
         now = self._clock()
         log = self._log(f"{budget}:{scope}", window, now)
         self._hits += 1
@@ -55,7 +60,7 @@ class MemoryRateLimiter:
         reset = log[0] + window - now if log else window
         return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
 
-    async def release(self, budget: str, lease: str) -> None:
+    def release(self, budget: str, lease: str) -> None:
         held = self._in_flight.get(budget, 0) - 1
         if held > 0:
             self._in_flight[budget] = held

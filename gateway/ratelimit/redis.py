@@ -198,13 +198,18 @@ class RedisRateLimiter:
             return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True)
         return Decision(False, limit, 0, reset, reset)
 
+    def admit_nowait(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+    ) -> None:
+        return None  # every decision is Redis's
+
     async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         _status, count, reset_us = await self._decide((PEEK, budget, scope, limit, window, 0, b""))
         reset = reset_us / 1_000_000
         remaining = max(0, limit - count)
         return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
 
-    async def release(self, budget: str, lease: str) -> None:
+    def release(self, budget: str, lease: str) -> None:
         member = lease.encode()
         held = self._held.get(budget)
         if held is not None:

@@ -60,7 +60,7 @@ async def test_concurrency_slots_are_taken_and_given_back(open_limiter: OpenLimi
     busy = await limiter.admit("key_a", "", 100, 10, 2)
     assert not busy.allowed and busy.busy and busy.lease is None and busy.retry_after >= 1
     assert (await limiter.peek("key_a", "", 100, 10)).remaining == 98  # busy was not counted
-    await limiter.release("key_a", first.lease)
+    limiter.release("key_a", first.lease)
     third = await limiter.admit("key_a", "", 100, 10, 2)
     assert third.allowed and third.lease
     assert (await limiter.admit("key_b", "", 100, 10, 2)).allowed  # slots are per budget
@@ -70,7 +70,7 @@ async def test_a_rate_refusal_takes_no_slot(open_limiter: OpenLimiter) -> None:
     limiter = await open_limiter()
     held = await limiter.admit("key_a", "", 1, 10, 1)
     assert held.allowed
-    await limiter.release("key_a", held.lease)
+    limiter.release("key_a", held.lease)
     refused = await limiter.admit("key_a", "", 1, 10, 1)
     assert not refused.allowed and not refused.busy
     # the slot is still free: another scope of the same key gets it
@@ -82,7 +82,9 @@ async def test_concurrent_slot_burst_grants_exactly_the_cap(open_limiter: OpenLi
     decisions = await asyncio.gather(*(limiter.admit("key_a", "", 1000, 10, 5) for _ in range(50)))
     assert sum(d.allowed for d in decisions) == 5
     assert sum(d.busy for d in decisions) == 45
-    await asyncio.gather(*(limiter.release("key_a", d.lease) for d in decisions if d.lease))
+    for decision in decisions:
+        if decision.lease:
+            limiter.release("key_a", decision.lease)
     again = await asyncio.gather(*(limiter.admit("key_a", "", 1000, 10, 5) for _ in range(10)))
     assert sum(d.allowed for d in again) == 5
 
@@ -91,15 +93,29 @@ async def test_concurrent_slot_burst_grants_exactly_the_cap(open_limiter: OpenLi
 async def test_release_then_admit_sees_the_slot(open_limiter: OpenLimiter, same_tick: bool) -> None:
     limiter = await open_limiter()
     held = await limiter.admit("key_a", "", 1000, 10, 1)
-    release = limiter.release("key_a", held.lease)
-    if same_tick:  # the Redis limiter folds the release into the next admit's script
-        _, again = await asyncio.gather(release, limiter.admit("key_a", "", 1000, 10, 1))
-    else:
-        await release
-        again = await limiter.admit("key_a", "", 1000, 10, 1)
+    limiter.release("key_a", held.lease)
+    if not same_tick:  # else the Redis limiter folds the release into the next admit's script
+        await asyncio.sleep(0.01)  # the Redis limiter has sent it on its own by now
+    again = await limiter.admit("key_a", "", 1000, 10, 1)
     assert again.allowed, again
 
 
 async def test_ping(open_limiter: OpenLimiter) -> None:
     limiter = await open_limiter()
     await limiter.ping()
+
+
+async def test_admit_nowait_decides_like_admit_or_defers_to_it(open_limiter: OpenLimiter) -> None:
+    """In-process: the same decision, counted alike; shared: None, and nothing counted."""
+    limiter = await open_limiter()
+    now = limiter.admit_nowait("key_a", "", 2, 10, 1)
+    if now is None:  # the Redis limiter decides nothing locally
+        assert (await limiter.admit("key_a", "", 2, 10, None)).remaining == 1
+        return
+    assert now.allowed and now.remaining == 1 and now.lease
+    busy = limiter.admit_nowait("key_a", "", 2, 10, 1)
+    assert busy is not None and busy.busy and not busy.allowed
+    limiter.release("key_a", now.lease)
+    assert (await limiter.admit("key_a", "", 2, 10, None)).remaining == 0
+    refused = limiter.admit_nowait("key_a", "", 2, 10, None)
+    assert refused is not None and not refused.allowed and not refused.busy

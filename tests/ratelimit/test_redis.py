@@ -166,7 +166,7 @@ async def test_a_slot_given_back_rides_with_the_next_admit(limiter: RedisRateLim
     first = await limiter.admit("key_a", "", 100, 10, 1)
     batches, commands = limiter.batches, limiter.commands
     for _ in range(20):
-        await limiter.release("key_a", first.lease)
+        limiter.release("key_a", first.lease)
         first = await limiter.admit("key_a", "", 100, 10, 1)
         assert first.allowed
     assert (limiter.batches - batches, limiter.commands - commands) == (20, 20)
@@ -174,7 +174,7 @@ async def test_a_slot_given_back_rides_with_the_next_admit(limiter: RedisRateLim
 
 async def test_a_slot_given_back_alone_still_goes_out(limiter: RedisRateLimiter) -> None:
     held = await limiter.admit("key_a", "", 100, 10, 1)
-    await limiter.release("key_a", held.lease)
+    limiter.release("key_a", held.lease)
     await asyncio.sleep(0.05)  # nobody else asks: the release goes on its own
     other = RedisRateLimiter(REDIS_URL, prefix=limiter._prefix.decode())
     await other.open()
@@ -192,7 +192,7 @@ async def test_closing_gives_pending_slots_back(redis_prefix: str) -> None:
     await second.open()
     try:
         held = await first.admit("key_a", "", 100, 10, 1)
-        await first.release("key_a", held.lease)
+        first.release("key_a", held.lease)
         await first.close()  # before the release timer fired
         assert (await second.admit("key_a", "", 100, 10, 1)).allowed
     finally:
@@ -204,7 +204,7 @@ async def test_a_slot_carried_by_a_script_redis_lost_is_given_back(
 ) -> None:
     held = await limiter.admit("key_a", "", 100, 10, 1)
     redis_client.script_flush()
-    await limiter.release("key_a", held.lease)
+    limiter.release("key_a", held.lease)
     # the release rides in this admit's script, which fails with NOSCRIPT and is retried
     again = await limiter.admit("key_a", "", 100, 10, 1)
     for _ in range(50):
