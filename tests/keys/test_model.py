@@ -1,5 +1,6 @@
 import hashlib
 import hmac
+import zlib
 
 from gateway.keys.model import (
     CHECKSUM_LEN,
@@ -31,6 +32,22 @@ def test_typos_and_guesses_fail_the_checksum() -> None:
     assert not is_well_formed("sk_prod_" + key[8:], PREFIXES)
     assert not is_well_formed(key.replace(key[12], "-"), PREFIXES)
     assert not is_well_formed("", PREFIXES)
+
+
+def test_checksum_is_crc32_in_six_base62_digits_most_significant_first() -> None:
+    """Keys already issued must keep validating: the encoding is fixed by SPEC §3."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    for body in ("sk_live_", "sk_live_0000000000000000000000000", "x" * 40, "é"):
+        n = zlib.crc32(body.encode())
+        expected = "".join(digits[n // 62**power % 62] for power in range(5, -1, -1))
+        assert checksum(body) == expected
+
+
+def test_only_ascii_letters_and_digits_pass() -> None:
+    key = generate_key("sk_live")
+    for foreign in ("\u0663", "\u00e9", "\uff21"):  # an Arabic-Indic digit, é, a fullwidth A
+        body = key[:12] + foreign + key[13 : -CHECKSUM_LEN]
+        assert not is_well_formed(body + checksum(body), PREFIXES)
 
 
 def test_keys_are_random() -> None:
