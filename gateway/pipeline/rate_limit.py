@@ -22,6 +22,8 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 
+from multidict import istr
+
 from gateway.config import RateLimit, RouteConfig
 from gateway.errors import (
     CONCURRENCY_LIMITED,
@@ -58,16 +60,25 @@ def _text(number: int) -> str:
     return str(number)
 
 
+# istr: the response's CIMultiDict takes these names without case-folding them per request
+LIMIT, REMAINING, RESET = (
+    istr("RateLimit-Limit"), istr("RateLimit-Remaining"), istr("RateLimit-Reset")
+)
+X_LIMIT, X_REMAINING, X_RESET = (
+    istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining"), istr("X-RateLimit-Reset")
+)
+
+
 def quota_headers(decision: Decision) -> dict[str, str]:
     limit, remaining = _text(decision.limit), str(decision.remaining)
     reset = _text(max(0, math.ceil(decision.reset)))
     return {
-        "RateLimit-Limit": limit,
-        "RateLimit-Remaining": remaining,
-        "RateLimit-Reset": reset,
-        "X-RateLimit-Limit": limit,
-        "X-RateLimit-Remaining": remaining,
-        "X-RateLimit-Reset": reset,
+        LIMIT: limit,
+        REMAINING: remaining,
+        RESET: reset,
+        X_LIMIT: limit,
+        X_REMAINING: remaining,
+        X_RESET: reset,
     }
 
 
