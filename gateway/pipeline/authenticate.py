@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.config import RouteConfig
 from gateway.errors import (
@@ -29,7 +29,7 @@ _QUERY_KEY_NAMES = ("api_key", "apikey", "key", "access_token", "token")
 
 
 def bearer_token(request: web.Request) -> str:
-    values = request.headers.getall("Authorization", ())
+    values = request.headers.getall(hdrs.AUTHORIZATION, ())
     if not values:
         hint = ""
         if any(name in request.query for name in _QUERY_KEY_NAMES):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from aiohttp import web
+from multidict import istr
 
 from gateway.config import RouteConfig
 from gateway.errors import (
@@ -21,12 +22,16 @@ from gateway.keys.tenancy import TenancyCache, WorkspaceView
 from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
+PROJECT_HEADER, NAMESPACE_HEADER = istr("X-Project-Id"), istr("X-Namespace")  # looked up as is
+
 
 def single_header(request: web.Request, name: str) -> str | None:
-    values = request.headers.getall(name, ())
+    if name not in request.headers:  # the common case, without building a list
+        return None
+    values = request.headers.getall(name)
     if len(values) > 1:
         raise GatewayError(BAD_REQUEST, f"at most one {name} header is allowed")
-    return values[0].strip() if values else None
+    return values[0].strip()
 
 
 async def select_project(cache: TenancyCache, view: WorkspaceView, wanted: str) -> str:
@@ -79,8 +84,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
         request = exchange.request
-        wanted_project = single_header(request, "X-Project-Id")
-        namespace_ref = single_header(request, "X-Namespace")
+        wanted_project = single_header(request, PROJECT_HEADER)
+        namespace_ref = single_header(request, NAMESPACE_HEADER)
         if namespace_ref is None and exchange.query:  # parse the query only when there is one
             namespace_ref = request.query.get("namespace")
         if wanted_project is None and namespace_ref is None and key.project_id is not None:
