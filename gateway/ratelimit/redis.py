@@ -113,6 +113,7 @@ class RedisRateLimiter:
         self._renewer = Periodic(lease_ttl / 3, self._renew)
         # the batch being gathered in this tick: commands (built at flush) and their future
         self._ops: list[Op] = []
+        self._waiters: list[asyncio.Future[Any]] = []  # one per op, answered by _answer
         self._batch: asyncio.Future[list[Any]] | None = None
         self._releases: dict[str, list[bytes]] = {}  # budget -> leases to give back
         self._release_timer: asyncio.TimerHandle | None = None
@@ -238,11 +239,13 @@ class RedisRateLimiter:
                 raise LimiterUnavailable("redis is unreachable")
             batch = self._batch or self._start_batch()
             index = len(self._ops)
+            # a future of its own, answered from the batch's replies: a request cancelled while
+            # it waits cancels only this, never the batch the other requests wait on
+            waiter: asyncio.Future[Any] = batch.get_loop().create_future()
             self._ops.append(op)
+            self._waiters.append(waiter)
             try:
-                # shielded: the batch is every waiting request's; one cancelled must not
-                # cancel it for the others
-                reply = (await asyncio.shield(batch))[index]
+                reply = await waiter
             except (ConnectionError, TimeoutError) as exc:
                 raise LimiterUnavailable(f"redis: {exc}") from exc
             except asyncio.CancelledError:
@@ -286,9 +289,11 @@ class RedisRateLimiter:
         return batch
 
     def _flush(self) -> None:
-        batch, ops, releases = self._batch, self._ops, self._releases
+        batch, ops, waiters, releases = self._batch, self._ops, self._waiters, self._releases
         assert batch is not None
-        self._batch, self._ops, self._releases = None, [], {}
+        self._batch, self._ops, self._waiters, self._releases = None, [], [], {}
+        if waiters:
+            batch.add_done_callback(functools.partial(_answer, waiters))
         if self._release_timer is not None:  # the releases go now, with this batch
             self._release_timer.cancel()
             self._release_timer = None
@@ -303,10 +308,12 @@ class RedisRateLimiter:
         for mode, budget, scope, limit, window, cap, member in ops:
             tag = self._tag(budget)
             rate_key = tag + b":r:" + scope.encode() if scope else tag + b":r"
-            window_us = b"%d" % int(window * 1_000_000)
-            args = [b"EVALSHA", sha, b"2", rate_key, tag + b":c", mode, b"%d" % limit, window_us]
+            window_us = int(window * 1_000_000)
+            args: list[bytes | int] = [
+                b"EVALSHA", sha, 2, rate_key, tag + b":c", mode, limit, window_us
+            ]
             if mode == ADMIT:
-                args += (member, b"%d" % cap, lease_ttl)
+                args += (member, cap, lease_ttl)
                 if cap and (given_back := releases.pop(budget, None)):
                     args += given_back
                     carried.append((len(parts), budget, given_back))
@@ -370,6 +377,22 @@ class RedisRateLimiter:
                 replies = await future
             if any(isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
                 await self._load_script()  # the next renewal goes through
+
+
+def _answer(waiters: list[asyncio.Future[Any]], batch: asyncio.Future[list[Any]]) -> None:
+    """Each waiting request gets its own reply, or the batch's failure."""
+    if batch.cancelled():  # only close() awaits the batch itself
+        failure: BaseException | None = ConnectionError("redis batch cancelled")
+    else:
+        failure = batch.exception()
+    if failure is not None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(failure)
+        return
+    for waiter, reply in zip(waiters, batch.result(), strict=True):
+        if not waiter.done():  # a waiter cancelled meanwhile is done
+            waiter.set_result(reply)
 
 
 def _settled(timer: asyncio.TimerHandle, batch: asyncio.Future[list[Any]]) -> None:
