@@ -12,6 +12,7 @@ key-wide budget). Concurrency leases belong to the budget alone.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import NamedTuple, Protocol
 
 
@@ -28,9 +29,9 @@ class Decision(NamedTuple):
 
 
 class RateLimiter(Protocol):
-    async def admit(
+    def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
-    ) -> Decision:
+    ) -> Awaitable[Decision]:
         """Count one request if the window admits it and, when ``max_in_flight`` is set, a
         concurrency slot is free (then ``lease`` names the slot). A request refused for either
         reason is not counted."""
@@ -42,7 +43,7 @@ class RateLimiter(Protocol):
         None: then call ``admit``. The request path asks this first, so an in-process decision
         costs no coroutine."""
 
-    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
+    def peek(self, budget: str, scope: str, limit: int, window: float) -> Awaitable[Decision]:
         """The state of the window without counting anything."""
 
     def release(self, budget: str, lease: str) -> None:

@@ -18,10 +18,11 @@ read-modify-write across round trips:
   hash tag keeps a key's log and leases in one Redis Cluster slot.
 
 Throughput: the decisions requested within one event-loop tick go out as one pipelined batch
-over one connection (``resp.py``) and come back together: one write, one read, one future per
-batch. Releases ride along with the next batch — inside the admit script when the same key is
-being admitted again, else as a ZREM — waiting at most ``RELEASE_DELAY`` for one, so even a
-client sending one request after another costs one round trip per request.
+over one connection (``resp.py``) and come back together: one write and one read per batch.
+``admit`` returns a plain future that the batch's replies answer, so a waiting request resumes
+through no limiter coroutine. Releases ride along with the next batch — inside the admit script
+when the same key is being admitted again, else as a ZREM — waiting at most ``RELEASE_DELAY``
+for one, so even a client sending one request after another costs one round trip per request.
 
 Failures: a batch that takes longer than ``timeout`` fails (``LimiterUnavailable``) and drops the
 connection; while there is no connection every decision fails at once, without waiting, and the
@@ -113,7 +114,9 @@ class RedisRateLimiter:
         self._renewer = Periodic(lease_ttl / 3, self._renew)
         # the batch being gathered in this tick: commands (built at flush) and their future
         self._ops: list[Op] = []
-        self._waiters: list[asyncio.Future[Any]] = []  # one per op, answered by _answer
+        self._waiters: list[asyncio.Future[Decision]] = []  # one per op, answered by _answer
+        self._second_tries: set[asyncio.Future[Decision]] = set()  # re-sent after NOSCRIPT
+        self._reloading: set[asyncio.Future[None]] = set()  # _retry tasks (kept referenced)
         self._batch: asyncio.Future[list[Any]] | None = None
         self._releases: dict[str, list[bytes]] = {}  # budget -> leases to give back
         self._release_timer: asyncio.TimerHandle | None = None
@@ -180,35 +183,22 @@ class RedisRateLimiter:
 
     # ---- the contract ------------------------------------------------------------------------
 
-    async def admit(
+    def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
-    ) -> Decision:
+    ) -> asyncio.Future[Decision]:
+        """A future, not a coroutine: answered straight from the batch's replies, so the request
+        waiting on it resumes through no limiter frames."""
         self._sequence += 1
         member = b"%b.%x" % (self._node, self._sequence)
-        op = (ADMIT, budget, scope, limit, window, max_in_flight or 0, member)
-        reply = await self._decide(op)
-        status, count, reset_us = reply
-        reset = reset_us / 1_000_000
-        if status == ADMITTED:
-            lease = None
-            if max_in_flight:
-                self._held.setdefault(budget, set()).add(member)
-                lease = member.decode()
-            return Decision(True, limit, limit - count, reset, 0.0, lease)
-        if status == BUSY:
-            return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True)
-        return Decision(False, limit, 0, reset, reset)
+        return self._submit((ADMIT, budget, scope, limit, window, max_in_flight or 0, member))
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
     ) -> None:
         return None  # every decision is Redis's
 
-    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
-        _status, count, reset_us = await self._decide((PEEK, budget, scope, limit, window, 0, b""))
-        reset = reset_us / 1_000_000
-        remaining = max(0, limit - count)
-        return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
+    def peek(self, budget: str, scope: str, limit: int, window: float) -> asyncio.Future[Decision]:
+        return self._submit((PEEK, budget, scope, limit, window, 0, b""))
 
     def release(self, budget: str, lease: str) -> None:
         member = lease.encode()
@@ -233,40 +223,89 @@ class RedisRateLimiter:
 
     # ---- batching ----------------------------------------------------------------------------
 
-    async def _decide(self, op: Op) -> list[int]:
-        for attempt in (1, 2):
-            if self._conn is None:
-                raise LimiterUnavailable("redis is unreachable")
-            batch = self._batch or self._start_batch()
-            index = len(self._ops)
-            # a future of its own, answered from the batch's replies: a request cancelled while
-            # it waits cancels only this, never the batch the other requests wait on
-            waiter: asyncio.Future[Any] = batch.get_loop().create_future()
-            self._ops.append(op)
-            self._waiters.append(waiter)
-            try:
-                reply = await waiter
-            except (ConnectionError, TimeoutError) as exc:
-                raise LimiterUnavailable(f"redis: {exc}") from exc
-            except asyncio.CancelledError:
-                if op[0] == ADMIT and op[5]:  # a slot it may have taken goes back
-                    batch.add_done_callback(functools.partial(self._orphaned, index, op))
-                raise
-            if not isinstance(reply, ReplyError):
-                return reply  # type: ignore[no-any-return]
-            if attempt == 1 and str(reply).startswith("NOSCRIPT"):
-                await self._load_script()  # Redis restarted or flushed its scripts
-                continue
-            raise LimiterUnavailable(f"redis: {reply}")
-        raise AssertionError("unreachable")
+    def _submit(self, op: Op) -> asyncio.Future[Decision]:
+        """Queue one decision in this tick's batch; its future gets the Decision or
+        ``LimiterUnavailable``. A request cancelled while it waits cancels only its own future
+        (a slot the script gave it meanwhile is given back by ``_answer``)."""
+        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        if self._conn is None:
+            waiter.set_exception(LimiterUnavailable("redis is unreachable"))
+        else:
+            self._queue(op, waiter)
+        return waiter
 
-    def _orphaned(self, index: int, op: Op, batch: asyncio.Future[list[Any]]) -> None:
-        """The request that asked was cancelled: give back the slot the script gave it."""
-        if batch.cancelled() or batch.exception() is not None:
+    def _queue(self, op: Op, waiter: asyncio.Future[Decision]) -> None:
+        if self._batch is None:
+            self._start_batch()
+        self._ops.append(op)
+        self._waiters.append(waiter)
+
+    def _answer(
+        self,
+        ops: list[Op],
+        waiters: list[asyncio.Future[Decision]],
+        batch: asyncio.Future[list[Any]],
+    ) -> None:
+        """Each waiting request gets its own decision, or the batch's failure."""
+        failure = (
+            ConnectionError("redis batch cancelled") if batch.cancelled() else batch.exception()
+        )
+        if failure is not None:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(LimiterUnavailable(f"redis: {failure}"))
             return
-        reply = batch.result()[index]
-        if isinstance(reply, list) and reply[0] == ADMITTED:
-            self._give_back(op[1], op[6])
+        reload: list[tuple[Op, asyncio.Future[Decision]]] = []
+        for op, waiter, reply in zip(ops, waiters, batch.result(), strict=True):
+            if isinstance(reply, ReplyError):
+                if waiter.done():
+                    continue
+                if str(reply).startswith("NOSCRIPT") and waiter not in self._second_tries:
+                    reload.append((op, waiter))  # Redis restarted or flushed its scripts
+                else:
+                    self._second_tries.discard(waiter)
+                    waiter.set_exception(LimiterUnavailable(f"redis: {reply}"))
+            elif waiter.done():  # cancelled while it waited: give back the slot it got
+                if op[0] == ADMIT and op[5] and reply[0] == ADMITTED:
+                    self._give_back(op[1], op[6])
+            else:
+                self._second_tries.discard(waiter)
+                waiter.set_result(self._decision(op, reply))
+        if reload:
+            self._reloading.add(asyncio.ensure_future(self._retry(reload)))
+
+    async def _retry(self, ops: list[tuple[Op, asyncio.Future[Decision]]]) -> None:
+        """Load the script again, then send those decisions once more (a second NOSCRIPT
+        fails them)."""
+        try:
+            await self._load_script()
+            for op, waiter in ops:
+                if waiter.done():
+                    continue
+                if self._conn is None:
+                    waiter.set_exception(LimiterUnavailable("redis is unreachable"))
+                else:
+                    self._second_tries.add(waiter)
+                    self._queue(op, waiter)
+        finally:
+            self._reloading.discard(asyncio.current_task())
+
+    def _decision(self, op: Op, reply: list[int]) -> Decision:
+        mode, budget, _scope, limit, _window, cap, member = op
+        status, count, reset_us = reply
+        reset = reset_us / 1_000_000
+        if mode == PEEK:
+            remaining = max(0, limit - count)
+            return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
+        if status == ADMITTED:
+            lease = None
+            if cap:
+                self._held.setdefault(budget, set()).add(member)
+                lease = member.decode()
+            return Decision(True, limit, limit - count, reset, 0.0, lease)
+        if status == BUSY:
+            return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True)
+        return Decision(False, limit, 0, reset, reset)
 
     def _give_back(self, budget: str, member: bytes) -> None:
         self._releases.setdefault(budget, []).append(member)
@@ -293,7 +332,7 @@ class RedisRateLimiter:
         assert batch is not None
         self._batch, self._ops, self._waiters, self._releases = None, [], [], {}
         if waiters:
-            batch.add_done_callback(functools.partial(_answer, waiters))
+            batch.add_done_callback(functools.partial(self._answer, ops, waiters))
         if self._release_timer is not None:  # the releases go now, with this batch
             self._release_timer.cancel()
             self._release_timer = None
@@ -377,22 +416,6 @@ class RedisRateLimiter:
                 replies = await future
             if any(isinstance(r, ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
                 await self._load_script()  # the next renewal goes through
-
-
-def _answer(waiters: list[asyncio.Future[Any]], batch: asyncio.Future[list[Any]]) -> None:
-    """Each waiting request gets its own reply, or the batch's failure."""
-    if batch.cancelled():  # only close() awaits the batch itself
-        failure: BaseException | None = ConnectionError("redis batch cancelled")
-    else:
-        failure = batch.exception()
-    if failure is not None:
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(failure)
-        return
-    for waiter, reply in zip(waiters, batch.result(), strict=True):
-        if not waiter.done():  # a waiter cancelled meanwhile is done
-            waiter.set_result(reply)
 
 
 def _settled(timer: asyncio.TimerHandle, batch: asyncio.Future[list[Any]]) -> None:

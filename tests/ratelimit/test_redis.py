@@ -69,6 +69,26 @@ async def test_a_flushed_script_is_reloaded(
     assert (await limiter.admit("key_a", "", 10, 10, None)).remaining == 8
 
 
+async def test_a_batch_hitting_noscript_is_sent_once_more_then_fails(
+    limiter: RedisRateLimiter, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every decision of the batch is retried after the reload; one that meets NOSCRIPT again
+    fails as LimiterUnavailable instead of going round for ever."""
+    redis_client.script_flush()
+    many = await asyncio.gather(*(limiter.admit("key_a", "", 10, 10, None) for _ in range(5)))
+    assert sorted(d.remaining for d in many) == [5, 6, 7, 8, 9]
+
+    async def reload_that_does_nothing() -> None:
+        return None
+
+    monkeypatch.setattr(limiter, "_load_script", reload_that_does_nothing)
+    redis_client.script_flush()
+    with pytest.raises(LimiterUnavailable, match="NOSCRIPT"):
+        await limiter.admit("key_a", "", 10, 10, None)
+    monkeypatch.undo()
+    assert (await limiter.admit("key_a", "", 10, 10, None)).remaining == 4  # nothing counted
+
+
 async def test_a_dead_nodes_lease_expires_and_a_live_one_is_renewed(redis_prefix: str) -> None:
     require_redis()
     dead = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.3)
