@@ -2,9 +2,11 @@
 
 Every stage is a check built once at start-up: it refuses the request by raising
 ``GatewayError``, answers it itself by returning a response (a CORS preflight), or returns
-None. A stage that does not apply to a route (``auth: none``, no ``cors``) builds no check for
-it. One driver runs the checks in order, then ``proxy.forward``; it renders errors and runs the
-cleanups stages registered (a concurrency slot given back) once the response is sent.
+None. Only when it has to wait (a key-cache miss, Redis) does it return an awaitable instead,
+which the driver awaits, so the common request creates no coroutine per stage. A stage that
+does not apply to a route (``auth: none``, no ``cors``) builds no check for it. One driver runs
+the checks in order, then ``proxy.forward``; it renders errors and runs the cleanups stages
+registered (a concurrency slot given back) once the response is sent.
 
 Checks run one after another rather than wrapping each other, so while ``forward`` waits on the
 upstream only the driver's frame sits above it: every resumption of a deep chain of coroutines
