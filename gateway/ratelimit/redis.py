@@ -247,6 +247,7 @@ class RedisRateLimiter:
         batch: asyncio.Future[list[Any]],
     ) -> None:
         """Each waiting request gets its own decision, or the batch's failure."""
+        second_tries = self._second_tries
         failure = (
             ConnectionError("redis batch cancelled") if batch.cancelled() else batch.exception()
         )
@@ -254,23 +255,24 @@ class RedisRateLimiter:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(LimiterUnavailable(f"redis: {failure}"))
+            second_tries.difference_update(waiters)
             return
         reload: list[tuple[Op, asyncio.Future[Decision]]] = []
         for op, waiter, reply in zip(ops, waiters, batch.result(), strict=True):
             if isinstance(reply, ReplyError):
                 if waiter.done():
                     continue
-                if str(reply).startswith("NOSCRIPT") and waiter not in self._second_tries:
+                if str(reply).startswith("NOSCRIPT") and waiter not in second_tries:
                     reload.append((op, waiter))  # Redis restarted or flushed its scripts
                 else:
-                    self._second_tries.discard(waiter)
                     waiter.set_exception(LimiterUnavailable(f"redis: {reply}"))
             elif waiter.done():  # cancelled while it waited: give back the slot it got
                 if op[0] == ADMIT and op[5] and reply[0] == ADMITTED:
                     self._give_back(op[1], op[6])
             else:
-                self._second_tries.discard(waiter)
                 waiter.set_result(self._decision(op, reply))
+        if second_tries:
+            second_tries.difference_update(waiters)  # answered, failed or cancelled: done
         if reload:
             self._reloading.add(asyncio.ensure_future(self._retry(reload)))
 

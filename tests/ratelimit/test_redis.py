@@ -87,6 +87,7 @@ async def test_a_batch_hitting_noscript_is_sent_once_more_then_fails(
         await limiter.admit("key_a", "", 10, 10, None)
     monkeypatch.undo()
     assert (await limiter.admit("key_a", "", 10, 10, None)).remaining == 4  # nothing counted
+    assert not limiter._second_tries  # nothing kept once answered
 
 
 async def test_a_dead_nodes_lease_expires_and_a_live_one_is_renewed(redis_prefix: str) -> None:
