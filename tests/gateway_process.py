@@ -46,6 +46,7 @@ class GatewayProcess:
             "routes": routes,
             **top,
         }
+        directory.mkdir(parents=True, exist_ok=True)  # several nodes: a directory each
         gateway = cls(directory, data, port, admin_port)
         gateway.write(data)
         return gateway
@@ -81,6 +82,16 @@ class GatewayProcess:
             )
         self.started.append(self.process)
         return self.process
+
+    def command(self, *args: str) -> str:
+        """Run ``gateway -c <config> <args>`` to completion (``admin-key create`` also migrates
+        the database); its stdout."""
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "-c", str(self.config), *args],
+            cwd=ROOT, capture_output=True, timeout=30,
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        return done.stdout.decode()
 
     @property
     def pid(self) -> int:

@@ -24,15 +24,8 @@ import aiohttp
 import pytest
 
 from gateway.keys.postgres import COMMAND_TIMEOUT
-from tests.conftest import free_port
-from tests.keys.test_revocation_multiprocess import (
-    admin_key,
-    gateway_cmd,
-    processes,
-    spawn,
-    wait_ready,
-    write_config,
-)
+from tests.conftest import Upstream, free_port
+from tests.gateway_process import GatewayProcess
 
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
@@ -103,29 +96,28 @@ async def timed_get(
 
 
 @pytest.mark.slow
-async def test_outage_and_recovery(private_pg: PrivatePostgres, tmp_path: Path) -> None:
-    upstream_port = free_port()
-    node = write_config(tmp_path / "gw.yaml", private_pg.url, upstream_port)
-    upstream = spawn(
-        gateway_cmd("echo-upstream", "--listen", f"127.0.0.1:{upstream_port}"),
-        tmp_path / "upstream.log",
+async def test_outage_and_recovery(
+    private_pg: PrivatePostgres, tmp_path: Path, upstream: Upstream
+) -> None:
+    node = GatewayProcess.create(
+        tmp_path, [{"name": "api", "path": "/api/", "upstream": upstream.url}],
+        database=private_pg.url, workers=1,
+        defaults={"rate_limit": {"requests": 100000, "window": 60}, "max_concurrent": 100},
     )
-    running = [upstream]
-    with processes(running):
-        token = admin_key(node.config)
-        node.process = spawn(gateway_cmd("-c", str(node.config), "serve"), tmp_path / "gw.log")
-        running.append(node.process)
+    try:
+        token = node.command("admin-key", "create", "--name", "t").strip().splitlines()[-1]
+        node.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await wait_ready(session, [node], timeout=20)
+            await node.wait_ready(session)
             auth = {"Authorization": f"Bearer {token}"}
             async with session.post(
-                f"{node.admin}/admin/v1/workspaces", json={"name": "o"}, headers=auth
+                f"{node.admin_url}/admin/v1/workspaces", json={"name": "o"}, headers=auth
             ) as response:
                 workspace = await response.json()
             keys = []
             for name in ("cached", "uncached"):
                 async with session.post(
-                    f"{node.admin}/admin/v1/workspaces/{workspace['id']}/keys",
+                    f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys",
                     json={"name": name},
                     headers=auth,
                 ) as response:
@@ -133,7 +125,7 @@ async def test_outage_and_recovery(private_pg: PrivatePostgres, tmp_path: Path) 
                     keys.append((await response.json())["key"])
             cached = {"Authorization": f"Bearer {keys[0]}"}
             uncached = {"Authorization": f"Bearer {keys[1]}"}
-            api = f"{node.base}/api/x"
+            api = f"{node.url}/api/x"
             assert (await timed_get(session, api, cached))[0] == 200
 
             private_pg.stop()
@@ -146,7 +138,7 @@ async def test_outage_and_recovery(private_pg: PrivatePostgres, tmp_path: Path) 
                 assert status == 503 and body is not None
                 assert body["code"] == "auth_unavailable"
                 worst = max(worst, elapsed)
-                status, _, elapsed = await timed_get(session, f"{node.admin}/readyz")
+                status, _, elapsed = await timed_get(session, f"{node.admin_url}/readyz")
                 assert status == 503
                 worst = max(worst, elapsed)
             assert worst < COMMAND_TIMEOUT + 0.5, worst
@@ -155,7 +147,7 @@ async def test_outage_and_recovery(private_pg: PrivatePostgres, tmp_path: Path) 
             back = time.monotonic()
             while True:
                 status, _, _ = await timed_get(session, api, uncached)
-                ready, _, _ = await timed_get(session, f"{node.admin}/readyz")
+                ready, _, _ = await timed_get(session, f"{node.admin_url}/readyz")
                 if status == 200 and ready == 200:
                     break
                 assert status in (503, 200), status
@@ -166,14 +158,16 @@ async def test_outage_and_recovery(private_pg: PrivatePostgres, tmp_path: Path) 
 
             # the change listener is back too: a revocation still lands at once
             async with session.get(
-                f"{node.admin}/admin/v1/workspaces/{workspace['id']}/keys", headers=auth
+                f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys", headers=auth
             ) as response:
                 listed = (await response.json())["results"]
             cached_id = next(k["key_id"] for k in listed if k["name"] == "cached")
             await asyncio.sleep(1.2)  # past the listener's longest reconnect backoff
             async with session.delete(
-                f"{node.admin}/admin/v1/keys/{cached_id}", headers=auth
+                f"{node.admin_url}/admin/v1/keys/{cached_id}", headers=auth
             ) as response:
                 assert response.status == 200
             assert (await timed_get(session, api, cached))[0] == 401
+    finally:
+        node.stop()
     print(f"\noutage: slowest request while down {worst * 1000:.1f} ms; resumed in {resumed:.2f} s")

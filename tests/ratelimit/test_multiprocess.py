@@ -17,15 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import free_port, start_site
-from tests.keys.test_revocation_multiprocess import (
-    Node,
-    admin_key,
-    gateway_cmd,
-    processes,
-    spawn,
-    wait_ready,
-)
+from tests.conftest import start_site
+from tests.gateway_process import GatewayProcess
 from tests.ratelimit.conftest import REDIS_URL, require_redis
 
 LIMIT = 50  # per WINDOW seconds, for each key
@@ -37,20 +30,13 @@ CONNECTIONS = 64  # per gateway process
 SLACK = 0.05
 
 
-def write_config(path: Path, database: str, upstream_port: int, prefix: str) -> Node:
-    node = Node(free_port(), free_port(), path)
-    path.write_text(
-        f"listen: 127.0.0.1:{node.port}\n"
-        f"admin_listen: 127.0.0.1:{node.admin_port}\n"
-        f"database: {database}\n"
-        f"redis: {REDIS_URL}\n"
-        f"limiter: {{prefix: '{prefix}'}}\n"
-        "defaults: {max_concurrent: 1000, on_limiter_error: closed}\n"
-        "routes:\n"
-        f"  - {{name: api, path: /api/, upstream: 'http://127.0.0.1:{upstream_port}',\n"
-        f"     rate_limit: {{requests: {LIMIT}, window: {WINDOW}}}}}\n"
+def node(directory: Path, database: str, upstream_port: int, prefix: str) -> GatewayProcess:
+    api = {"name": "api", "path": "/api/", "upstream": f"http://127.0.0.1:{upstream_port}",
+           "rate_limit": {"requests": LIMIT, "window": WINDOW}}
+    return GatewayProcess.create(
+        directory, [api], database=database, redis=REDIS_URL, limiter={"prefix": prefix},
+        defaults={"max_concurrent": 1000, "on_limiter_error": "closed"},
     )
-    return node
 
 
 def max_in_any_window(times: list[float], width: float) -> int:
@@ -74,24 +60,18 @@ async def test_two_processes_never_admit_more_than_the_limit(
     runner = web.AppRunner(app, access_log=None)
     upstream_port = await start_site(runner)
     database = f"sqlite:///{tmp_path}/gateway.db"
-    nodes = [
-        write_config(tmp_path / f"node{i}.yaml", database, upstream_port, redis_prefix)
-        for i in range(2)
-    ]
-    running = []
+    nodes = [node(tmp_path / f"node{i}", database, upstream_port, redis_prefix) for i in range(2)]
     try:
-        with processes(running):
-            token = admin_key(nodes[0].config)
-            for i, node in enumerate(nodes):
-                node.process = spawn(
-                    gateway_cmd("-c", str(node.config), "serve"), tmp_path / f"node{i}.log"
-                )
-                running.append(node.process)
-            async with aiohttp.ClientSession() as admin:
-                await wait_ready(admin, nodes, timeout=20)
-                heavy, light = [await create_key(admin, nodes[0], token, n) for n in "hl"]
-            statuses = await offer_load(nodes, heavy, light)
+        token = nodes[0].command("admin-key", "create", "--name", "t").strip().splitlines()[-1]
+        for gateway in nodes:
+            gateway.start()
+        async with aiohttp.ClientSession() as admin:
+            await asyncio.gather(*(gateway.wait_ready(admin) for gateway in nodes))
+            heavy, light = [await create_key(admin, nodes[0], token, n) for n in "hl"]
+        statuses = await offer_load(nodes, heavy, light)
     finally:
+        for gateway in nodes:
+            gateway.stop()
         await runner.cleanup()
 
     heavy_max = max_in_any_window(arrivals["heavy"], WINDOW - SLACK)
@@ -109,14 +89,16 @@ async def test_two_processes_never_admit_more_than_the_limit(
     assert statuses["light"][200] == len(arrivals["light"])
 
 
-async def create_key(session: aiohttp.ClientSession, node: Node, token: str, name: str) -> str:
+async def create_key(
+    session: aiohttp.ClientSession, node: GatewayProcess, token: str, name: str
+) -> str:
     auth = {"Authorization": f"Bearer {token}"}
     async with session.post(
-        f"{node.admin}/admin/v1/workspaces", json={"name": f"w{name}"}, headers=auth
+        f"{node.admin_url}/admin/v1/workspaces", json={"name": f"w{name}"}, headers=auth
     ) as response:
         workspace = await response.json()
     async with session.post(
-        f"{node.admin}/admin/v1/workspaces/{workspace['id']}/keys",
+        f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys",
         json={"name": name, "permissions": ["read"]},
         headers=auth,
     ) as response:
@@ -124,7 +106,9 @@ async def create_key(session: aiohttp.ClientSession, node: Node, token: str, nam
         return str((await response.json())["key"])
 
 
-async def offer_load(nodes: list[Node], heavy: str, light: str) -> dict[str, dict[object, int]]:
+async def offer_load(
+    nodes: list[GatewayProcess], heavy: str, light: str
+) -> dict[str, dict[object, int]]:
     """Requests at evenly planned instants, spread over both nodes and all connections."""
     counts: dict[str, dict[object, int]] = {
         who: {"offered": 0, 200: 0, 429: 0, "other": 0} for who in ("heavy", "light")
@@ -139,13 +123,13 @@ async def offer_load(nodes: list[Node], heavy: str, light: str) -> dict[str, dic
         queue.put_nowait(item)
     start = time.monotonic() + 0.2
 
-    async def worker(session: aiohttp.ClientSession, node: Node) -> None:
+    async def worker(session: aiohttp.ClientSession, node: GatewayProcess) -> None:
         while not queue.empty():
             at, who, key = queue.get_nowait()
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
             counts[who]["offered"] += 1
             headers = {"Authorization": f"Bearer {key}"}
-            async with session.get(f"{node.base}/api/{who}/x", headers=headers) as response:
+            async with session.get(f"{node.url}/api/{who}/x", headers=headers) as response:
                 await response.read()
                 status = response.status if response.status in (200, 429) else "other"
                 counts[who][status] += 1
