@@ -40,7 +40,10 @@ A target that got any non-2xx/3xx response or socket error has failed, and so ha
 that uses it. With ``taskset`` and two cores, nginx and the gateway run on core 0 and wrk on
 core 1. The "other cpu" column is the CPU (in cores) that processes outside the benchmark used
 during each run, from /proc; above 0.1 the run is marked noisy and the checks using it
-unreliable (run again on a quiet machine).
+unreliable (run again on a quiet machine). The "cpu us/req" column is the CPU time nginx and the
+gateway together spent per request (user + system, from /proc): for a gateway target that is the
+gateway plus the nginx upstream behind it. It moves less from run to run than req/s, so it is
+the figure to compare when judging a change to the request path.
 
 The table goes to stdout, the numbers to ``bench-out/results.json`` (the nginx and gateway logs
 beside it). Exit code: 0; 1 with ``--check`` when a target is missed; 2 when something failed to
@@ -202,6 +205,7 @@ class WrkResult:
     socket_errors: dict[str, int] = field(default_factory=dict)
     error: str | None = None  # wrk failed or its output could not be read
     other_cpu: float | None = None  # cores used by processes outside the benchmark meanwhile
+    server_cpu_us: float | None = None  # CPU µs per request of nginx and the gateway together
     redis_commands: int | None = None  # EVALSHA calls Redis executed during the run
     redis_round_trips: int | None = None  # limiter batches the gateway sent (its /metrics)
     output: str = ""
@@ -416,12 +420,14 @@ class CpuSnapshot:
     wall: float
     machine: float  # CPU seconds in user + nice + system, all cores
     ours: float  # CPU seconds of this script, its reaped children (wrk) and the servers
+    servers: float  # CPU seconds of the servers alone (nginx and the gateway)
 
 
 def cpu_snapshot(server_groups: set[int]) -> CpuSnapshot:
     own = os.times()
     ours = own.user + own.system + own.children_user + own.children_system
-    return CpuSnapshot(time.monotonic(), machine_cpu_seconds(), ours + group_cpu(server_groups))
+    servers = group_cpu(server_groups)
+    return CpuSnapshot(time.monotonic(), machine_cpu_seconds(), ours + servers, servers)
 
 
 def machine_cpu_seconds() -> float:
@@ -480,7 +486,10 @@ def run_wrk(wrk: str, target: Target, options: WrkOptions, pin: Pinning,
     done = subprocess.run(command(options.duration), capture_output=True, text=True,
                           timeout=options.duration + 30, check=False)
     result = parse_wrk(target.name, options.connections, done.stdout)
-    result.other_cpu = other_cores(before, cpu_snapshot(server_groups))
+    after = cpu_snapshot(server_groups)
+    result.other_cpu = other_cores(before, after)
+    if result.requests > 0:  # idle servers cost next to nothing: this is the requests' CPU
+        result.server_cpu_us = (after.servers - before.servers) / result.requests * 1e6
     if redis and redis_before:
         # wrk's count leaves out requests still in flight at the end: a few % at most
         commands, trips = redis()
@@ -568,19 +577,21 @@ def fmt_ms(value: float | None) -> str:
 
 def print_table(results: dict[str, WrkResult]) -> None:
     print(f"\n{'target':<12} {'conns':>5} {'req/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'other cpu':>9}  status")
+          f"{'cpu us/req':>10} {'other cpu':>9}  status")
     for r in results.values():
         status = "ok" if r.ok else f"FAILED: {r.problem()}"
         other = "-" if r.other_cpu is None else f"{r.other_cpu:.2f}"
+        cpu = "-" if r.server_cpu_us is None else f"{r.server_cpu_us:.1f}"
         print(f"{r.name:<12} {r.connections:>5} {r.requests_per_sec:>11,.0f} "
-              f"{fmt_ms(r.p50_ms):>8} {fmt_ms(r.p99_ms):>8} {other:>9}  {status}")
+              f"{fmt_ms(r.p50_ms):>8} {fmt_ms(r.p99_ms):>8} {cpu:>10} {other:>9}  {status}")
         if r.redis_commands is not None and r.requests:
             trips = ("-" if r.redis_round_trips is None
                      else f"{r.redis_round_trips / r.requests:.3f}")
             print(f"{'':<12} Redis: {r.redis_commands / r.requests:.3f} EVALSHA/request "
                   f"(INFO commandstats), {trips} round trips/request (gateway metrics)")
     noisy = [r.name for r in results.values() if (r.other_cpu or 0.0) > NOISY_CORES]
-    print("other cpu: cores used by processes outside the benchmark during the run"
+    print("cpu us/req: CPU time of nginx and the gateway per request (steadier than req/s); "
+          "other cpu: cores used by processes outside the benchmark during the run"
           + (f"; NOISY (> {NOISY_CORES}): {', '.join(noisy)} -- rerun on a quiet machine"
              if noisy else ""))
 
