@@ -228,13 +228,14 @@ class RedisRateLimiter:
         ``LimiterUnavailable``. A request cancelled while it waits cancels only its own future
         (a slot the script gave it meanwhile is given back by ``_answer``)."""
         waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        if self._conn is None:
-            waiter.set_exception(LimiterUnavailable("redis is unreachable"))
-        else:
-            self._queue(op, waiter)
+        self._queue(op, waiter)
         return waiter
 
     def _queue(self, op: Op, waiter: asyncio.Future[Decision]) -> None:
+        """Into this tick's batch; while there is no connection, fail at once without waiting."""
+        if self._conn is None:
+            waiter.set_exception(LimiterUnavailable("redis is unreachable"))
+            return
         if self._batch is None:
             self._start_batch()
         self._ops.append(op)
@@ -282,13 +283,10 @@ class RedisRateLimiter:
         try:
             await self._load_script()
             for op, waiter in ops:
-                if waiter.done():
-                    continue
-                if self._conn is None:
-                    waiter.set_exception(LimiterUnavailable("redis is unreachable"))
-                else:
-                    self._second_tries.add(waiter)
+                if not waiter.done():
                     self._queue(op, waiter)
+                    if not waiter.done():  # sent: a second NOSCRIPT now fails it
+                        self._second_tries.add(waiter)
         finally:
             self._reloading.discard(asyncio.current_task())
 
