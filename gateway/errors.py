@@ -1,23 +1,35 @@
 """The error tree of the gateway: every failure a client can see, as data.
 
-Stages raise; exactly one place (``gateway.pipeline.errors``) renders a ``GatewayError`` as an
-RFC 9457 ``application/problem+json`` body. Codes are a published contract: never rename one.
+Every failure the gateway raises on purpose is a ``GatewayFailure``: its ``kind`` says how a
+client sees it (status, stable code, title), ``detail`` what the client reads, ``str()`` what
+the log says. Exactly one function (``gateway.problem.problem_response``) turns a failure into
+an RFC 9457 ``application/problem+json`` body. Codes are a published contract: never rename one.
 
-    GatewayError(kind, detail, headers)     raised by pipeline stages and the proxy
-      kind: ErrorKind(status, code, title)  one constant per row of SPEC §5
+    Exception
+     └── GatewayFailure                 kind: ErrorKind(status, code, title)
+          ├── GatewayError(kind, detail, headers, extra)   raised by stages, proxy, admin
+          ├── StoreUnavailable          503 store_unavailable  (asyncpg / sqlite errors,
+          │                                                      translated in the stores)
+          ├── LimiterUnavailable        503 rate_limit_unavailable (redis errors, in limiters)
+          ├── UpstreamError             502 upstream_unavailable, or 504 upstream_timeout
+          │                                 (per instance; translated in gateway.upstream)
+          ├── ValidationError           400 validation_error  (field -> message)
+          ├── NotFound                  404 not_found         (admin/service lookups)
+          ├── KeyLimitReached           409 key_limit_reached
+          ├── Conflict                  409 conflict
+          └── ConfigError               500 internal_error    (never served: CLI exit code 2)
 
-    StoreUnavailable      key store unreachable      (asyncpg / sqlite errors, translated in stores)
-    LimiterUnavailable    rate-limit backend down    (redis errors, translated in limiters)
-    UpstreamError         connect / reset / timeout  (translated in gateway.upstream)
-    ConfigError           bad config file            (gateway.config; CLI exit code 2)
-    ValidationError       bad admin / CLI input      (field -> message)
-    NotFound, Conflict    admin/service lookups and invariants
+A failure's HTTP meaning is its ``kind``. Where the listener changes it, the listener says so
+in one place: the proxy answers a store outage as 503 ``auth_unavailable``, because there the
+store is only asked who a key belongs to (``gateway.pipeline.errors``). CLI exit codes per
+class: ``gateway.cli.EXIT_CODES``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +65,31 @@ CONCURRENCY_LIMITED = ErrorKind(429, "concurrency_limited", "Too many concurrent
 INTERNAL_ERROR = ErrorKind(500, "internal_error", "Internal error")
 UPSTREAM_UNAVAILABLE = ErrorKind(502, "upstream_unavailable", "Upstream unavailable")
 AUTH_UNAVAILABLE = ErrorKind(503, "auth_unavailable", "Authentication unavailable")
+STORE_UNAVAILABLE = ErrorKind(503, "store_unavailable", "Key store unavailable")
 RATE_LIMIT_UNAVAILABLE = ErrorKind(503, "rate_limit_unavailable", "Rate limiting unavailable")
 UPSTREAM_TIMEOUT = ErrorKind(504, "upstream_timeout", "Upstream timeout")
 
 UNAUTHORIZED_KINDS = frozenset({MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY})
 
 
-class GatewayError(Exception):
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+NO_EXTRA: Mapping[str, object] = MappingProxyType({})
+
+
+class GatewayFailure(Exception):
+    """Base of every failure raised on purpose. Subclasses name their ``kind``; ``detail``
+    (what a client reads) defaults to the message, else the kind's title."""
+
+    kind: ErrorKind = INTERNAL_ERROR
+    headers: Mapping[str, str] = NO_HEADERS
+    extra: Mapping[str, object] = NO_EXTRA  # problem+json extension members
+
+    @property
+    def detail(self) -> str:
+        return str(self) or self.kind.title
+
+
+class GatewayError(GatewayFailure):
     """A failure with a client-facing status and stable code; rendered once, never logged raw."""
 
     def __init__(
@@ -71,48 +101,83 @@ class GatewayError(Exception):
     ) -> None:
         super().__init__(detail or kind.title)
         self.kind = kind
-        self.detail = detail or kind.title
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
 
-class StoreUnavailable(Exception):
-    """The key store could not answer (connection refused, timeout, locked database)."""
+class StoreUnavailable(GatewayFailure):
+    """The key store could not answer (connection refused, timeout, locked database).
+    The message names the driver's error: it goes to the log, never to a client."""
+
+    kind = STORE_UNAVAILABLE
+
+    @property
+    def detail(self) -> str:
+        return "the key store is unavailable"
 
 
-class LimiterUnavailable(Exception):
-    """The rate-limit backend could not answer."""
+class LimiterUnavailable(GatewayFailure):
+    """The rate-limit backend could not answer (the message, for the log, says why)."""
+
+    kind = RATE_LIMIT_UNAVAILABLE
+    headers = MappingProxyType({"Retry-After": "1"})
+
+    @property
+    def detail(self) -> str:
+        return "rate limiting is unavailable"
 
 
-class UpstreamError(Exception):
-    """The upstream exchange failed. ``timeout`` selects 504 over 502."""
+class UpstreamError(GatewayFailure):
+    """The upstream exchange failed. ``timeout`` selects 504 over 502; the message (which
+    may name the upstream's address) goes to the log only."""
 
     def __init__(self, message: str, *, timeout: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.kind = UPSTREAM_TIMEOUT if timeout else UPSTREAM_UNAVAILABLE
+
+    @property
+    def detail(self) -> str:
+        if self.timeout:
+            return "the upstream did not answer"
+        return "the upstream could not be reached"
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayFailure):
     """A config file problem; the message names the file, the dotted path and the value."""
 
 
-@dataclass
-class ValidationError(Exception):
+class ValidationError(GatewayFailure):
     """Bad input to a service function: every failing field with its message."""
 
-    errors: dict[str, str] = field(default_factory=dict)
+    kind = VALIDATION_ERROR
+
+    def __init__(self, errors: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.errors = errors if errors is not None else {}
+        self.extra = {"errors": self.errors}
+
+    @property
+    def detail(self) -> str:
+        return "the request has invalid fields"
 
     def __str__(self) -> str:
         return "; ".join(f"{name}: {msg}" for name, msg in self.errors.items())
 
 
-class NotFound(Exception):
+class NotFound(GatewayFailure):
     """A workspace, project, namespace or key that does not exist (or is not visible)."""
 
+    kind = NOT_FOUND
 
-class KeyLimitReached(Exception):
+
+class KeyLimitReached(GatewayFailure):
     """The owner already holds ``keys.max_active_per_user`` active keys."""
 
+    kind = KEY_LIMIT_REACHED
 
-class Conflict(Exception):
+
+class Conflict(GatewayFailure):
     """A name or id already taken (e.g. a namespace name inside its workspace)."""
+
+    kind = CONFLICT
