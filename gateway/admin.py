@@ -47,9 +47,8 @@ from gateway.keys.service import KeyService
 from gateway.keys.validation import validate_named, validate_rotate
 from gateway.openapi import PAGE_MAX, build_openapi
 from gateway.pipeline.authenticate import bearer_token
-from gateway.pipeline.errors import render
-from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.request_id import pick_request_id
+from gateway.problem import problem_response
 from gateway.services import Services
 
 log = logging.getLogger("gateway.admin")
@@ -98,10 +97,8 @@ def as_gateway_error(exc: Exception) -> GatewayError | None:
 
 
 def render_admin(request: web.Request, error: GatewayError) -> web.Response:
-    exchange = Exchange(request)
-    exchange.request_id = request.get(REQUEST_ID, "")
-    exchange.response_headers["X-Request-Id"] = exchange.request_id
-    return render(error, exchange)
+    request_id = request.get(REQUEST_ID, "")
+    return problem_response(error, request_id, {"X-Request-Id": request_id})
 
 
 @web.middleware

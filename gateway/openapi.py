@@ -28,10 +28,10 @@ from gateway.keys.validation import (
     RESOURCE_ID_MAX,
     USER_ID_MAX,
 )
+from gateway.problem import PROBLEM_JSON
 
 PAGE_MAX = 1000  # the stores' largest page (gateway.keys.sqlite.MAX_PAGE)
 JSON = "application/json"
-PROBLEM = "application/problem+json"
 Schema = dict[str, Any]
 
 
@@ -175,7 +175,7 @@ ERRORS = {
 
 
 def _problem(description: str) -> Schema:
-    return {"description": description, "content": {PROBLEM: {"schema": _ref("Problem")}}}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": _ref("Problem")}}}
 
 
 def _operation(

@@ -11,25 +11,16 @@ import asyncio
 import logging
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from gateway.errors import BAD_REQUEST
+from gateway.errors import BAD_REQUEST, GatewayError
 from gateway.metrics import NO_ROUTE, Metrics
-from gateway.pipeline.errors import PROBLEM_JSON
+from gateway.problem import problem_response
 
 log = logging.getLogger("gateway.error")
 
 _SERVER_OPTIONS = frozenset({"request_factory", "handler_cancellation", "loop"})  # not a handler's
-_BODY = orjson.dumps(
-    {
-        "type": BAD_REQUEST.type_uri,
-        "title": BAD_REQUEST.title,
-        "status": BAD_REQUEST.status,
-        "detail": "the request is not valid HTTP/1.1",
-        "code": BAD_REQUEST.code,
-    }
-)
+NOT_HTTP = GatewayError(BAD_REQUEST, "the request is not valid HTTP/1.1")
 
 
 class ProxyRequestHandler(web.RequestHandler):
@@ -51,7 +42,7 @@ class ProxyRequestHandler(web.RequestHandler):
         log.debug("malformed request from %s: %s", request.remote, type(exc).__name__)
         self._metrics.count_error(BAD_REQUEST.code)
         self._metrics.observe_request(NO_ROUTE, "OTHER", 400, 0.0)
-        response = web.Response(status=400, body=_BODY, content_type=PROBLEM_JSON)
+        response = problem_response(NOT_HTTP, None)  # no request id: the request never got one
         response.force_close()
         return response
 
