@@ -42,12 +42,11 @@ from gateway.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from gateway.http import bearer_token, pick_request_id
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.keys.service import KeyService
 from gateway.keys.validation import validate_named, validate_rotate
 from gateway.openapi import PAGE_MAX, build_openapi
-from gateway.pipeline.authenticate import bearer_token
-from gateway.pipeline.request_id import pick_request_id
 from gateway.problem import problem_response
 from gateway.services import Services
 

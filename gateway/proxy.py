@@ -27,6 +27,7 @@ from gateway.errors import (
     GatewayError,
     UpstreamError,
 )
+from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.pipeline.exchange import Exchange, Handler
 from gateway.services import Services
 from gateway.upstream import UpstreamResponse
@@ -65,7 +66,6 @@ NOT_FORWARDED = HOP_BY_HOP | IDENTITY | {"authorization", "host", "content-lengt
 NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-request-id"}
 SMALL_BODY = 64 * 1024  # read whole and answered in one write below this size
 CLIENT_CHECK = 0.25  # seconds between checks that the client is still connected
-CLIENT_GONE = 499  # the status logged for an exchange the client abandoned (as nginx does)
 
 
 def connection_named(values: list[str]) -> set[str]:
@@ -317,7 +317,7 @@ def build(route: RouteConfig, services: Services) -> Handler:
             if not watcher.stop(task) or task is None:
                 raise
             task.uncancel()
-            return web.Response(status=CLIENT_GONE)  # for the access log: nobody reads it
+            return web.Response(status=CLIENT_CLOSED_REQUEST)  # for the access log: nobody reads it
         finally:
             watcher.stop(task)
 

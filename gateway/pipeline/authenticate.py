@@ -5,45 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from aiohttp import hdrs, web
-
 from gateway.config import RouteConfig
 from gateway.errors import (
     AUTH_UNAVAILABLE,
-    BAD_REQUEST,
     EXPIRED_API_KEY,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
-    MISSING_API_KEY,
     REVOKED_API_KEY,
     GatewayError,
     StoreUnavailable,
 )
+from gateway.http import bearer_token
 from gateway.keys.cache import MISS
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.pipeline import rate_limit
 from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
-
-_QUERY_KEY_NAMES = ("api_key", "apikey", "key", "access_token", "token")
-
-
-def bearer_token(request: web.Request) -> str:
-    values = request.headers.getall(hdrs.AUTHORIZATION, ())
-    if not values:
-        hint = ""
-        if any(name in request.query for name in _QUERY_KEY_NAMES):
-            hint = "; keys in query strings are not accepted"
-        raise GatewayError(MISSING_API_KEY, "send the key as 'Authorization: Bearer <key>'" + hint)
-    if len(values) > 1:
-        raise GatewayError(BAD_REQUEST, "exactly one Authorization header is allowed")
-    scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise GatewayError(INVALID_API_KEY, "the Authorization scheme must be Bearer")
-    token = token.strip()
-    if not token:
-        raise GatewayError(INVALID_API_KEY, "the Bearer token is empty")
-    return token
 
 
 def check_status(record: KeyRecord) -> None:

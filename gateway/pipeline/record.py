@@ -7,11 +7,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.metrics import NO_ROUTE
 from gateway.pipeline.exchange import Exchange
 from gateway.services import Services
-
-CLIENT_GONE = 499  # no response: the handler was cancelled, the client had left (as nginx logs)
 
 Recorder = Callable[[Exchange, "web.StreamResponse | None", float], None]
 
@@ -23,7 +22,8 @@ def build_recorder(services: Services) -> Recorder:
     access_log = services.access_log
 
     def record(exchange: Exchange, response: web.StreamResponse | None, seconds: float) -> None:
-        status = CLIENT_GONE if response is None else response.status
+        # no response: the handler was cancelled, the client had left
+        status = CLIENT_CLOSED_REQUEST if response is None else response.status
         match = exchange.match
         route = match.route.name if match is not None else NO_ROUTE
         observe(route, exchange.request.method, status, seconds)
