@@ -73,6 +73,7 @@ UNAUTHORIZED_KINDS = frozenset({MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KE
 
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+RETRY_SOON: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
 NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
 
@@ -120,7 +121,7 @@ class LimiterUnavailable(GatewayFailure):
     """The rate-limit backend could not answer (the message, for the log, says why)."""
 
     kind = RATE_LIMIT_UNAVAILABLE
-    headers = MappingProxyType({"Retry-After": "1"})
+    headers = RETRY_SOON
 
     @property
     def detail(self) -> str:

@@ -1,5 +1,6 @@
-"""The last handler: build the upstream request by rule, stream both ways, map upstream
-failures to 502/504, count usage.
+"""The last handler: build the upstream request by rule, stream both ways, count usage.
+An upstream failure before the response head is an ``UpstreamError`` (502, or 504 on a
+timeout); after it, the only honest signal left is an aborted message.
 
 Header rules (SPEC §4): hop-by-hop headers (RFC 9110 §7.6.1) and every header named in
 ``Connection`` are dropped both ways; the client's ``Authorization`` never leaves; every client
@@ -19,14 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from gateway.config import RouteConfig
-from gateway.errors import (
-    BAD_REQUEST,
-    PAYLOAD_TOO_LARGE,
-    UPSTREAM_TIMEOUT,
-    UPSTREAM_UNAVAILABLE,
-    GatewayError,
-    UpstreamError,
-)
+from gateway.errors import BAD_REQUEST, PAYLOAD_TOO_LARGE, GatewayError, UpstreamError
 from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.pipeline.exchange import Exchange, Handler
 from gateway.services import Services
@@ -197,12 +191,6 @@ async def expect_continue(request: web.Request) -> None:
         request.writer.output_size = 0  # the interim response is not part of the answer
 
 
-def upstream_failure(exc: UpstreamError) -> GatewayError:
-    if exc.timeout:
-        return GatewayError(UPSTREAM_TIMEOUT, "the upstream did not answer")
-    return GatewayError(UPSTREAM_UNAVAILABLE, "the upstream could not be reached")
-
-
 class ClientWatch:
     """While the upstream is at work, cancel the handler once the client's connection is gone.
 
@@ -252,10 +240,7 @@ async def respond(exchange: Exchange, upstream: UpstreamResponse) -> web.StreamR
     headers = returned_headers(upstream, exchange)
     length = upstream.content_length
     if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
-        try:
-            body = await upstream.read()
-        except UpstreamError as exc:
-            raise upstream_failure(exc) from None  # nothing sent yet: still a clean 502/504
+        body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
         return web.Response(status=upstream.status, reason=upstream.reason, body=body,
                             headers=headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
@@ -292,19 +277,16 @@ def build(route: RouteConfig, services: Services) -> Handler:
         task = watcher.watch(request)
         try:
             sent = perf_counter()
-            try:
-                # the group picks the target (round robin) and fails over once when a
-                # connect is refused; each target puts its own base path in front
-                upstream = await group.request(
-                    request.method,
-                    upstream_target(route, exchange),
-                    outbound_headers(exchange),
-                    body,
-                    timeout=timeout,
-                    body_length=length,
-                )
-            except UpstreamError as exc:
-                raise upstream_failure(exc) from None
+            # the group picks the target (round robin) and fails over once when a
+            # connect is refused; each target puts its own base path in front
+            upstream = await group.request(
+                request.method,
+                upstream_target(route, exchange),
+                outbound_headers(exchange),
+                body,
+                timeout=timeout,
+                body_length=length,
+            )
             exchange.upstream_seconds = elapsed = perf_counter() - sent
             upstream_latency.observe(elapsed)
             if exchange.key is not None:

@@ -54,7 +54,8 @@ ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     rate_limit.build,  # sliding window + in-flight cap per key, one limiter call (429)
 )
 # ... then proxy.build: forward to the upstream, count usage.
-# Errors from any of them: errors.render (problem+json), in the driver below.
+# Failures from any of them: errors.build decides the answer (gateway.problem renders it),
+# in the driver below.
 
 
 class RoutePath:

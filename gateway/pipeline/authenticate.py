@@ -7,13 +7,11 @@ from collections.abc import Awaitable
 
 from gateway.config import RouteConfig
 from gateway.errors import (
-    AUTH_UNAVAILABLE,
     EXPIRED_API_KEY,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
     REVOKED_API_KEY,
     GatewayError,
-    StoreUnavailable,
 )
 from gateway.http import bearer_token
 from gateway.keys.cache import MISS
@@ -52,13 +50,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         exchange.peek_quota = peek_headers
 
     async def load(exchange: Exchange, key_hash: str) -> None:
-        try:
-            record = await cache.load(key_hash)
-        except StoreUnavailable:
-            raise GatewayError(
-                AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
-            ) from None
-        accept(exchange, record)
+        # StoreUnavailable passes through: the proxy answers it (gateway.pipeline.errors)
+        accept(exchange, await cache.load(key_hash))
 
     def authenticate(exchange: Exchange) -> Awaitable[None] | None:
         token = bearer_token(exchange.request)

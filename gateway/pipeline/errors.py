@@ -1,5 +1,10 @@
 """How the proxy answers a failure (rendered by ``gateway.problem``), and the only place a
-bare ``Exception`` is caught (logged with the request id, answered as a 500)."""
+bare ``Exception`` is caught (logged with the request id, answered as a 500).
+
+A failure answers as its kind (``gateway.errors``) with one exception, decided here and
+nowhere else: on the proxy the key store is only asked who a key belongs to (the key lookup
+in authenticate, the workspace view in tenancy), so its outage is an authentication outage,
+503 ``auth_unavailable`` (SPEC §5), not the admin API's 503 ``store_unavailable``."""
 
 from __future__ import annotations
 
@@ -8,7 +13,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.errors import INTERNAL_ERROR, GatewayError
+from gateway.errors import (
+    AUTH_UNAVAILABLE,
+    INTERNAL_ERROR,
+    RETRY_SOON,
+    GatewayError,
+    GatewayFailure,
+    StoreUnavailable,
+)
 from gateway.metrics import NO_ROUTE
 from gateway.pipeline.exchange import Exchange
 from gateway.problem import problem_response
@@ -16,21 +28,33 @@ from gateway.services import Services
 
 log = logging.getLogger("gateway.error")
 
+AUTH_OUTAGE = GatewayError(AUTH_UNAVAILABLE, "the key store is unavailable", RETRY_SOON)
+
+
+def proxy_failure(exc: Exception) -> GatewayFailure | None:
+    """What the proxy answers for ``exc``; None for a bug."""
+    if isinstance(exc, StoreUnavailable):
+        return AUTH_OUTAGE
+    if isinstance(exc, GatewayFailure) and exc.kind is not INTERNAL_ERROR:
+        return exc
+    return None
+
 
 def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.Response]]:
     metrics = services.metrics
 
     async def handle_error(exchange: Exchange, exc: Exception) -> web.Response:
-        if not isinstance(exc, GatewayError):
+        failure = proxy_failure(exc)
+        if failure is None:
             log.error("unhandled error", exc_info=exc, extra={"request_id": exchange.request_id})
-            exc = GatewayError(INTERNAL_ERROR, "internal error")
-        exchange.error_code = code = exc.kind.code
+            failure = GatewayError(INTERNAL_ERROR, "internal error")
+        exchange.error_code = code = failure.kind.code
         match = exchange.match
         metrics.count_error(code, match.route.name if match is not None else NO_ROUTE)
         # every response to a request with a valid key carries its quota (SPEC §4)
         peek, key, headers = exchange.peek_quota, exchange.key, exchange.response_headers
         if peek is not None and key is not None and "RateLimit-Limit" not in headers:
             headers.update(await peek(key))
-        return problem_response(exc, exchange.request_id, exchange.response_headers)
+        return problem_response(failure, exchange.request_id, exchange.response_headers)
 
     return handle_error

@@ -27,8 +27,8 @@ from multidict import istr
 from gateway.config import RateLimit, RouteConfig
 from gateway.errors import (
     CONCURRENCY_LIMITED,
-    RATE_LIMIT_UNAVAILABLE,
     RATE_LIMITED,
+    RETRY_SOON,
     GatewayError,
     LimiterUnavailable,
 )
@@ -115,7 +115,7 @@ def apply(
             raise GatewayError(
                 CONCURRENCY_LIMITED,
                 f"at most {cap} requests may be in flight for this key",
-                {"Retry-After": "1"},
+                RETRY_SOON,
             )
         assert exchange.key is not None  # authenticate runs first on every auth route
         usage.rate_limited(exchange.key.key_id)
@@ -139,12 +139,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     async def degraded(
         budget: str, scope: str, limit: int, window: float, cap: int | None
     ) -> tuple[Decision | None, RateLimiter]:
-        """The limiter failed: apply on_limiter_error."""
-        metrics.count_limiter_error(policy)
-        if policy == "closed":
-            raise GatewayError(
-                RATE_LIMIT_UNAVAILABLE, "rate limiting is unavailable", {"Retry-After": "1"}
-            )
+        """The limiter failed and on_limiter_error is ``open`` or ``local``."""
         if policy == "local":  # this process's share of each limit
             local_cap = None if cap is None else local_share(cap, nodes)
             share = local_share(limit, nodes)
@@ -159,6 +154,9 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         try:
             decision = await limiter.admit(budget, scope, limit, window, cap)
         except LimiterUnavailable:
+            metrics.count_limiter_error(policy)
+            if policy == "closed":
+                raise  # 503 rate_limit_unavailable, Retry-After: 1 (gateway.errors)
             decision, decider = await degraded(budget, scope, limit, window, cap)
         if decision is not None:
             apply(exchange, decision, decider, budget, cap, usage)

@@ -11,7 +11,6 @@ from multidict import istr
 
 from gateway.config import RouteConfig
 from gateway.errors import (
-    AUTH_UNAVAILABLE,
     BAD_REQUEST,
     NAMESPACE_NOT_FOUND,
     PROJECT_NOT_FOUND,
@@ -76,9 +75,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
                 )
         except StoreUnavailable:
             metrics.count_store_error("tenancy")
-            raise GatewayError(
-                AUTH_UNAVAILABLE, "the key store is unavailable", {"Retry-After": "1"}
-            ) from None
+            raise  # answered by the proxy (gateway.pipeline.errors)
 
     def tenancy(exchange: Exchange) -> Awaitable[None] | None:
         key = exchange.key
