@@ -23,24 +23,18 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import (
-    AUTH_UNAVAILABLE,
     BAD_REQUEST,
-    CONFLICT,
     INSUFFICIENT_PERMISSIONS,
     INTERNAL_ERROR,
     INVALID_API_KEY,
-    KEY_LIMIT_REACHED,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
-    VALIDATION_ERROR,
-    Conflict,
-    ErrorKind,
     GatewayError,
-    KeyLimitReached,
+    GatewayFailure,
     LimiterUnavailable,
     NotFound,
-    StoreUnavailable,
     ValidationError,
+    as_failure,
 )
 from gateway.http import bearer_token, pick_request_id
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
@@ -70,22 +64,12 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
-def as_gateway_error(exc: Exception) -> GatewayError | None:
-    """Service-layer exceptions as the errors the admin API answers with."""
-    if isinstance(exc, GatewayError):
-        return exc
-    if isinstance(exc, ValidationError):
-        return GatewayError(VALIDATION_ERROR, "the request has invalid fields",
-                            extra={"errors": exc.errors})
-    table: list[tuple[type[Exception], ErrorKind]] = [
-        (NotFound, NOT_FOUND),
-        (KeyLimitReached, KEY_LIMIT_REACHED),
-        (Conflict, CONFLICT),
-        (StoreUnavailable, AUTH_UNAVAILABLE),
-    ]
-    for cls, kind in table:
-        if isinstance(exc, cls):
-            return GatewayError(kind, str(exc) or kind.title)
+def admin_failure(exc: Exception) -> GatewayFailure | None:
+    """What the admin API answers for ``exc``; None for a bug. A failure answers as its kind
+    (a store outage: 503 ``store_unavailable``); the router's 404 and 405 as problems too."""
+    failure = as_failure(exc)
+    if failure is not None:
+        return failure
     if isinstance(exc, web.HTTPNotFound):
         return GatewayError(NOT_FOUND, "no such admin endpoint")
     if isinstance(exc, web.HTTPMethodNotAllowed):
@@ -95,7 +79,7 @@ def as_gateway_error(exc: Exception) -> GatewayError | None:
     return None
 
 
-def render_admin(request: web.Request, error: GatewayError) -> web.Response:
+def render_admin(request: web.Request, error: GatewayFailure) -> web.Response:
     request_id = request.get(REQUEST_ID, "")
     return problem_response(error, request_id, {"X-Request-Id": request_id})
 
@@ -106,7 +90,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except Exception as exc:
-        error = as_gateway_error(exc)
+        error = admin_failure(exc)
         if error is None:
             log.exception("admin handler failed")
             error = GatewayError(INTERNAL_ERROR, "internal error")

@@ -182,3 +182,10 @@ class Conflict(GatewayFailure):
     """A name or id already taken (e.g. a namespace name inside its workspace)."""
 
     kind = CONFLICT
+
+
+def as_failure(exc: BaseException) -> GatewayFailure | None:
+    """``exc`` if it is a failure that says what went wrong; None for anything else (a bug)."""
+    if isinstance(exc, GatewayFailure) and exc.kind is not INTERNAL_ERROR:
+        return exc
+    return None

@@ -170,7 +170,7 @@ ERRORS = {
     "403": "insufficient_permissions: the key is not an admin key",
     "404": "not_found: no such object, or one outside the caller's workspace",
     "409": "conflict or key_limit_reached",
-    "503": "auth_unavailable: the key store is unreachable",
+    "503": "store_unavailable: the key store is unreachable",
 }
 
 

@@ -20,6 +20,7 @@ from gateway.errors import (
     GatewayError,
     GatewayFailure,
     StoreUnavailable,
+    as_failure,
 )
 from gateway.metrics import NO_ROUTE
 from gateway.pipeline.exchange import Exchange
@@ -28,6 +29,7 @@ from gateway.services import Services
 
 log = logging.getLogger("gateway.error")
 
+# rendered for every store outage on the proxy, never raised
 AUTH_OUTAGE = GatewayError(AUTH_UNAVAILABLE, "the key store is unavailable", RETRY_SOON)
 
 
@@ -35,9 +37,7 @@ def proxy_failure(exc: Exception) -> GatewayFailure | None:
     """What the proxy answers for ``exc``; None for a bug."""
     if isinstance(exc, StoreUnavailable):
         return AUTH_OUTAGE
-    if isinstance(exc, GatewayFailure) and exc.kind is not INTERNAL_ERROR:
-        return exc
-    return None
+    return as_failure(exc)
 
 
 def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.Response]]:

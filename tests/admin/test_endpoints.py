@@ -105,6 +105,13 @@ async def test_health_ready_metrics_need_no_key(operator: Admin) -> None:
         assert r.status == 200 and r.content_type == "text/plain"
 
 
+async def test_a_store_outage_is_store_unavailable(gateway: Gateway, operator: Admin) -> None:
+    await gateway.services.store.close()  # the key store goes away
+    status, body = await operator.call("GET", "/admin/v1/workspaces")
+    assert status == 503 and body["code"] == "store_unavailable"
+    assert body["detail"] == "the key store is unavailable"  # never the driver's message
+
+
 async def test_unknown_path_and_method(operator: Admin) -> None:
     status, body = await operator.call("GET", "/admin/v1/nope")
     assert status == 404 and body["code"] == "not_found"
