@@ -34,6 +34,19 @@ EXIT_USAGE = 2  # bad arguments or config
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4  # a name is taken or a limit reached
 
+# How a failure ends a command: its exit code, and what the one line on stderr says before its
+# message. The first class that matches wins; anything else is a bug and keeps its traceback.
+EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
+    (ConfigError, EXIT_USAGE, ""),
+    (ValidationError, EXIT_USAGE, "invalid input: "),
+    (NotFound, EXIT_NOT_FOUND, ""),
+    (KeyLimitReached, EXIT_CONFLICT, "key limit reached: "),
+    (Conflict, EXIT_CONFLICT, "conflict: "),
+    (StoreUnavailable, EXIT_FAILURE, "key store unavailable: "),
+    (OSError, EXIT_FAILURE, ""),  # e.g. the listen address is taken
+)
+EXITING = tuple(cls for cls, _code, _prefix in EXIT_CODES)
+
 Command = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 
 
@@ -48,6 +61,15 @@ def emit(data: Any) -> None:
 def fail(message: str, code: int) -> int:
     sys.stderr.write(f"gateway: {message}\n")
     return code
+
+
+def exit_for(exc: Exception) -> int:
+    """The one line on stderr and the exit code ``EXIT_CODES`` gives ``exc``."""
+    for cls, code, prefix in EXIT_CODES:
+        if isinstance(exc, cls):
+            message = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            return fail(prefix + message, code)
+    raise exc
 
 
 async def with_service(config: Config, action: Callable[[KeyService], Awaitable[int]]) -> int:
@@ -275,18 +297,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(config)
         command = COMMANDS[(args.command, getattr(args, "action", None))]
         return asyncio.run(command(args, config))
-    except ConfigError as exc:
-        return fail(str(exc), EXIT_USAGE)
-    except ValidationError as exc:
-        return fail(f"invalid input: {exc}", EXIT_USAGE)
-    except NotFound as exc:
-        return fail(str(exc), EXIT_NOT_FOUND)
-    except KeyLimitReached as exc:
-        return fail(f"key limit reached: {exc}", EXIT_CONFLICT)
-    except Conflict as exc:
-        return fail(f"conflict: {exc}", EXIT_CONFLICT)
-    except StoreUnavailable as exc:
-        return fail(f"key store unavailable: {exc}", EXIT_FAILURE)
-    except OSError as exc:  # e.g. the listen address is taken
-        return fail(f"{exc.strerror or exc}", EXIT_FAILURE)
+    except EXITING as exc:
+        return exit_for(exc)
 
