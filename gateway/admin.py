@@ -38,9 +38,10 @@ from gateway.errors import (
 )
 from gateway.http import bearer_token, pick_request_id
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
+from gateway.keys.rows import MAX_PAGE
 from gateway.keys.service import KeyService
 from gateway.keys.validation import validate_named, validate_rotate
-from gateway.openapi import PAGE_MAX, build_openapi
+from gateway.openapi import build_openapi
 from gateway.problem import problem_response
 from gateway.services import Services
 
@@ -176,8 +177,8 @@ def query_bool(request: web.Request, name: str) -> bool:
 def query_limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
     # ASCII digits only: str.isdigit() also takes "²", which int() then refuses
-    if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= PAGE_MAX:
-        raise ValidationError({"limit": f"must be an integer from 1 to {PAGE_MAX}"})
+    if not DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE:
+        raise ValidationError({"limit": f"must be an integer from 1 to {MAX_PAGE}"})
     return int(raw)
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, STATUSES
+from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, STATUSES
+from gateway.keys.rows import MAX_PAGE
 from gateway.keys.validation import (
     COUNT_MAX,
     DESCRIPTION_MAX,
@@ -23,14 +24,12 @@ from gateway.keys.validation import (
     NAME_MAX,
     NAME_PATTERN,
     ORIGIN_PATTERN,
-    PERMISSION_PATTERN,
     PLAIN_TEXT_PATTERN,
     RESOURCE_ID_MAX,
     USER_ID_MAX,
 )
 from gateway.problem import PROBLEM_JSON
 
-PAGE_MAX = 1000  # the stores' largest page (gateway.keys.sqlite.MAX_PAGE)
 JSON = "application/json"
 Schema = dict[str, Any]
 
@@ -206,7 +205,7 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
             "description": description}
 
 
-LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": 50},
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
                "page size")
 KEY_LIST_PARAMS = [
     _query("include_revoked", {"type": "boolean", "default": False},

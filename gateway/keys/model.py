@@ -22,6 +22,9 @@ CHECKSUM_LEN = 6
 KEY_TYPES = ("standard", "admin")
 ENVIRONMENTS = ("live", "test")
 STATUSES = ("active", "revoked", "expired")
+# A permission name, as granted to a key (permissions, scope operations) and as required by a
+# route in the config: one pattern for both, anchored for the OpenAPI document.
+PERMISSION_PATTERN = r"^[A-Za-z0-9_.:*-]{1,100}$"
 
 
 def random_base62(length: int) -> str:

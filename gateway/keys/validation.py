@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import ValidationError
-from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, Scope, utcnow
+from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, Scope, utcnow
 from gateway.origins import parse_pattern
 
 # Limits shared with the OpenAPI document (gateway.openapi), so the two never disagree.
-PERMISSION_PATTERN = r"^[A-Za-z0-9_.:*-]{1,100}$"
 PERMISSION = re.compile(PERMISSION_PATTERN)
 NAME_MAX = 100
 DESCRIPTION_MAX = 500
