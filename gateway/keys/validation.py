@@ -12,7 +12,7 @@ from gateway.errors import ValidationError
 from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, Scope, utcnow
 from gateway.origins import parse_pattern
 
-# Limits shared with the OpenAPI document (gateway.openapi), so the two never disagree.
+# Limits shared with the OpenAPI document (gateway.admin.openapi), so the two never disagree.
 PERMISSION = re.compile(PERMISSION_PATTERN)
 NAME_MAX = 100
 DESCRIPTION_MAX = 500

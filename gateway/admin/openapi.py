@@ -1,8 +1,10 @@
-"""The OpenAPI 3.1 document of the admin API (SPEC §6), built as plain data.
+"""The OpenAPI 3.1 document of the admin API (SPEC §6), built from the route table
+(``gateway.admin.ROUTES``), so it lists exactly what the app serves.
 
 Request schemas take their limits from ``gateway.keys.validation`` so the document and the
-validators cannot drift apart; ``tests/admin/test_openapi.py`` checks that every route of the
-admin app is documented and runs schemathesis against the live app.
+validators cannot drift apart; ``tests/admin/test_tenancy.py`` checks that every route of the
+admin app is documented and ``tests/admin/test_schemathesis.py`` runs schemathesis against the
+live app.
 
 Design decision: ``GET /admin/v1/openapi.json`` requires an admin key like every other admin
 endpoint. SPEC §6 says every admin endpoint takes ``Authorization: Bearer <admin key>``; only
@@ -12,10 +14,16 @@ and a public schema would advertise the admin surface to anyone who can reach th
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
+from aiohttp import web
+
+from gateway.admin.handler import json_response
+from gateway.admin.route import JSON, UNSCOPED, Reply, Route, Schema, ref
+from gateway.admin.state import OPENAPI
 from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, STATUSES
-from gateway.keys.rows import MAX_PAGE
 from gateway.keys.validation import (
     COUNT_MAX,
     DESCRIPTION_MAX,
@@ -30,12 +38,7 @@ from gateway.keys.validation import (
 )
 from gateway.problem import PROBLEM_JSON
 
-JSON = "application/json"
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
+PATH_PARAMETER = re.compile(r"\{(\w+)\}")
 
 
 def _nullable(schema: Schema) -> Schema:
@@ -67,7 +70,7 @@ UPDATABLE: dict[str, Schema] = {
         {"type": "string", "maxLength": DESCRIPTION_MAX, "pattern": FREE_TEXT_PATTERN}
     ),
     "permissions": PERMISSIONS,
-    "scopes": _nullable({"type": "array", "items": _ref("Scope")}),
+    "scopes": _nullable({"type": "array", "items": ref("Scope")}),
     "allowed_origins": _nullable({"type": "array", "items": ORIGIN}),
     "rate_limit_override": _nullable(COUNT),
     "concurrency_limit": _nullable(COUNT),
@@ -103,7 +106,7 @@ KEY_OBJECT: dict[str, Schema] = {
     "key_prefix": _STRING, "hint": _STRING,
     "key_hash": {"type": "string", "description": "hex SHA-256 (or HMAC) of the key"},
     "permissions": {"type": "array", "items": _STRING},
-    "scopes": {"type": "array", "items": _ref("Scope")},
+    "scopes": {"type": "array", "items": ref("Scope")},
     "allowed_origins": {"type": "array", "items": _STRING},
     "rate_limit_override": {"type": ["integer", "null"]},
     "concurrency_limit": {"type": ["integer", "null"]},
@@ -123,7 +126,7 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
     },
     "KeyList": _object({
-        "results": {"type": "array", "items": _ref("Key")},
+        "results": {"type": "array", "items": ref("Key")},
         "total": {"type": "integer", "minimum": 0},
         "next_cursor": _OPT_STRING,
     }),
@@ -160,7 +163,7 @@ SCHEMAS: dict[str, Schema] = {
     },
 }
 for _item in ("Workspace", "Project", "Namespace", "AuditEvent"):
-    SCHEMAS[f"{_item}List"] = _object({"results": {"type": "array", "items": _ref(_item)},
+    SCHEMAS[f"{_item}List"] = _object({"results": {"type": "array", "items": ref(_item)},
                                        "total": {"type": "integer", "minimum": 0}})
 
 ERRORS = {
@@ -174,137 +177,49 @@ ERRORS = {
 
 
 def _problem(description: str) -> Schema:
-    return {"description": description, "content": {PROBLEM_JSON: {"schema": _ref("Problem")}}}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": ref("Problem")}}}
 
 
-def _operation(
-    summary: str, status: str, schema: str, *, body: str | None = None,
-    params: list[Schema] | None = None, errors: tuple[str, ...] = ("401", "403", "404", "503"),
-) -> Schema:
-    operation: Schema = {
-        "summary": summary,
-        "operationId": summary.lower().replace(" ", "_").replace("'", ""),
-        "parameters": params or [],
-        "responses": {
-            status: {"description": summary, "content": {JSON: {"schema": _ref(schema)}}},
-            **{code: _problem(ERRORS[code]) for code in sorted(errors)},
-        },
+def _snake(summary: str) -> str:
+    return summary.lower().replace(" ", "_").replace("'", "")
+
+
+def _operation(route: Route) -> Schema:
+    replies = {
+        reply.status: {"description": reply.description or route.summary,
+                       "content": {reply.media_type: {"schema": reply.schema}}}
+        for reply in route.replies
     }
-    if body is not None:
+    operation: Schema = {
+        "summary": route.summary,
+        "operationId": route.operation_id or _snake(route.summary),
+        "parameters": list(route.query),
+        "responses": {**replies, **{code: _problem(ERRORS[code]) for code in sorted(route.errors)}},
+    }
+    if route.body is not None:
         operation["requestBody"] = {"required": True,
-                                    "content": {JSON: {"schema": _ref(body)}}}
+                                    "content": {JSON: {"schema": ref(route.body)}}}
+    if route.public:
+        operation["security"] = []
     return operation
 
 
-def _path_param(name: str) -> Schema:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _paths(routes: Iterable[Route]) -> dict[str, Schema]:
+    paths: dict[str, Schema] = {}
+    for route in routes:
+        item = paths.setdefault(route.path, {})
+        names = PATH_PARAMETER.findall(route.path)
+        if names and not item:
+            item["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in names
+            ]
+        item[route.method.lower()] = _operation(route)
+    return paths
 
 
-def _query(name: str, schema: Schema, description: str) -> Schema:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
-
-
-LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
-               "page size")
-KEY_LIST_PARAMS = [
-    _query("include_revoked", {"type": "boolean", "default": False},
-           "also list revoked and expired keys"),
-    _query("user_id", {"type": "string"}, "only keys of this owner"),
-    _query("resource_id", {"type": "string"},
-           "only keys whose scopes name this resource, or that have no scopes"),
-    LIMIT,
-    _query("cursor", {"type": "string"},
-           "next_cursor of the previous page (opaque; empty means the first page)"),
-]
-BAD = ("400", "401", "403", "404", "503")
-WRITE = (*BAD, "409")
-
-
-def _paths() -> dict[str, Schema]:
-    ws, key = "/admin/v1/workspaces/{workspace_id}", "/admin/v1/keys/{key_id}"
-    ws_param, key_param = [_path_param("workspace_id")], [_path_param("key_id")]
-    return {
-        "/admin/v1/workspaces": {
-            "post": _operation("Create workspace", "201", "Workspace", body="NamedCreate",
-                               errors=BAD),
-            "get": _operation("List workspaces", "200", "WorkspaceList",
-                              errors=("401", "403", "503")),
-        },
-        f"{ws}/projects": {
-            "parameters": ws_param,
-            "post": _operation("Create project", "201", "Project", body="NamedCreate",
-                               errors=WRITE),
-            "get": _operation("List projects", "200", "ProjectList"),
-        },
-        f"{ws}/namespaces": {
-            "parameters": ws_param,
-            "post": _operation("Create namespace", "201", "Namespace", body="NamedCreate",
-                               errors=WRITE),
-            "get": _operation("List namespaces", "200", "NamespaceList"),
-        },
-        f"{ws}/keys": {
-            "parameters": ws_param,
-            "post": _operation("Create key", "201", "CreatedKey", body="KeyCreate", errors=WRITE),
-            "get": _operation("List keys", "200", "KeyList", params=KEY_LIST_PARAMS, errors=BAD),
-        },
-        key: {
-            "parameters": key_param,
-            "get": _operation("Get key", "200", "Key"),
-            "patch": _operation("Update key", "200", "Key", body="KeyUpdate", errors=WRITE),
-            "delete": _operation("Revoke key", "200", "Key"),
-        },
-        f"{key}/rotate": {
-            "parameters": key_param,
-            "post": _operation("Rotate key", "201", "CreatedKey", body="Rotate", errors=WRITE),
-        },
-        f"{key}/usage": {
-            "parameters": key_param,
-            "get": _operation("Key usage", "200", "Usage"),
-        },
-        "/admin/v1/audit": {
-            "get": _operation("List audit events", "200", "AuditEventList", errors=BAD, params=[
-                _query("workspace_id", {"type": "string"},
-                       "events of this workspace (a workspace admin: its own, the default)"),
-                LIMIT,
-            ]),
-        },
-        "/admin/v1/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "openapi",
-                "responses": {
-                    "200": {"description": "OpenAPI 3.1",
-                            "content": {JSON: {"schema": {"type": "object"}}}},
-                    **{code: _problem(ERRORS[code]) for code in ("401", "403", "503")},
-                },
-            },
-        },
-        **_open_paths(),
-    }
-
-
-def _open_paths() -> dict[str, Schema]:
-    """Health and metrics: no key (SPEC §6), so ``security: []``."""
-    status = {JSON: {"schema": _object({"status": _STRING})}}
-    return {
-        "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz", "security": [],
-                             "responses": {"200": {"description": "alive", "content": status}}}},
-        "/readyz": {"get": {"summary": "Readiness", "operationId": "readyz", "security": [],
-                            "responses": {
-                                "200": {"description": "ready", "content": status},
-                                "503": {"description": "key store unreachable",
-                                        "content": status}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
-                             "security": [],
-                             "responses": {"200": {"description": "Prometheus text format",
-                                                   "content": {"text/plain": {
-                                                       "schema": {"type": "string"}}}}}}},
-    }
-
-
-def build_openapi() -> dict[str, Any]:
-    """The document served at ``GET /admin/v1/openapi.json``."""
+def build_openapi(routes: Iterable[Route]) -> dict[str, Any]:
+    """The document served at ``GET /admin/v1/openapi.json``, for these routes."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -320,5 +235,16 @@ def build_openapi() -> dict[str, Any]:
                                            "description": "an admin key"}},
         },
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": _paths(routes),
     }
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])
+
+
+ROUTES = (
+    Route("GET", "/admin/v1/openapi.json", serve_openapi, "This document",
+          (Reply("200", {"type": "object"}, "OpenAPI 3.1"),), errors=UNSCOPED,
+          operation_id="openapi"),
+)

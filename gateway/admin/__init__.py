@@ -1,0 +1,59 @@
+"""The admin API (SPEC §6): its own aiohttp application on the admin listener, so no proxy
+stage ever wraps it and it is never reachable on the public port.
+
+Admin keys are ``key_type: admin`` keys: operator keys (no workspace) see everything; workspace
+admin keys see their workspace only, and anything else is a 404, never a 403.
+
+Every endpoint but ``/healthz``, ``/readyz`` and ``/metrics`` needs an admin key — the OpenAPI
+document included (see ``gateway.admin.openapi``). Request problems: a body that is not JSON is
+a 400 ``bad_request``; anything else wrong with the input (a body that is not an object,
+unknown or invalid fields, bad ``limit``/``include_revoked``/``cursor`` query values) is a 400
+``validation_error`` whose ``errors`` member names every failing field.
+
+``ROUTES`` below is THE list of endpoints, grouped by noun (one module each); the router, the
+OpenAPI document, the query allowlist and the open paths are all built from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway.admin import audit, health, keys, openapi, workspaces
+from gateway.admin.auth import authentication
+from gateway.admin.errors import errors_middleware
+from gateway.admin.query import query_allowlist
+from gateway.admin.route import Route
+from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES
+from gateway.keys.service import KeyService
+from gateway.services import Services
+
+__all__ = ["DRAINING", "PUBLIC_PATHS", "ROUTES", "create_admin_app"]
+
+ROUTES: tuple[Route, ...] = (
+    *workspaces.ROUTES,  # workspaces, and their projects and namespaces
+    *keys.ROUTES,
+    *audit.ROUTES,
+    *openapi.ROUTES,  # the document of this table
+    *health.ROUTES,  # healthz, readyz, metrics: open
+)
+PUBLIC_PATHS = frozenset(route.path for route in ROUTES if route.public)
+
+
+def create_admin_app(services: Services, key_service: KeyService) -> web.Application:
+    app = web.Application(middlewares=[
+        errors_middleware,
+        authentication(PUBLIC_PATHS),
+        query_allowlist(ROUTES, PUBLIC_PATHS),
+    ])
+    app[SERVICES] = services
+    app[KEY_SERVICE] = key_service
+    app[OPENAPI] = openapi.build_openapi(ROUTES)
+    app[DRAINING] = asyncio.Event()
+    for route in ROUTES:
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler)  # and HEAD, as aiohttp does
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
+    return app

@@ -1,0 +1,58 @@
+"""How the admin API answers a failure (rendered by ``gateway.problem``), and the only place
+the admin app catches a bare ``Exception`` (logged, answered as a 500). Every response carries
+the request's ``X-Request-Id``.
+
+A failure answers as its kind (``gateway.errors``): a key-store outage here is 503
+``store_unavailable`` (the proxy says ``auth_unavailable``: see ``gateway.pipeline.errors``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from gateway.admin.route import Handler
+from gateway.admin.state import REQUEST_ID
+from gateway.errors import (
+    INTERNAL_ERROR,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    GatewayError,
+    GatewayFailure,
+    as_failure,
+)
+from gateway.http import pick_request_id
+from gateway.problem import problem_response
+
+log = logging.getLogger("gateway.admin")
+
+
+def admin_failure(exc: Exception) -> GatewayFailure | None:
+    """What the admin API answers for ``exc`` (the router's 404 and 405 included); None for a
+    bug."""
+    failure = as_failure(exc)
+    if failure is not None:
+        return failure
+    if isinstance(exc, web.HTTPNotFound):
+        return GatewayError(NOT_FOUND, "no such admin endpoint")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allow = ", ".join(sorted(exc.allowed_methods))
+        return GatewayError(METHOD_NOT_ALLOWED, "method not allowed on this endpoint",
+                            headers={"Allow": allow})
+    return None
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = request_id = pick_request_id(request)
+    try:
+        response = await handler(request)
+    except Exception as exc:
+        failure = admin_failure(exc)
+        if failure is None:
+            log.exception("admin handler failed")
+            failure = GatewayError(INTERNAL_ERROR, "internal error")
+        return problem_response(failure, request_id, {"X-Request-Id": request_id})
+    response.headers["X-Request-Id"] = request_id
+    return response

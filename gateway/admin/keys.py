@@ -1,0 +1,118 @@
+"""API keys of a workspace: create, list, show, update, revoke, rotate, usage (SPEC §6)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.admin.handler import (
+    LIMIT,
+    actor,
+    caller_workspace,
+    json_response,
+    query_bool,
+    query_limit,
+    read_json,
+    visible_workspace,
+)
+from gateway.admin.route import BAD, WRITE, Route, query_param, returns
+from gateway.admin.state import KEY_SERVICE
+from gateway.admin.workspaces import WORKSPACE
+from gateway.keys.model import utcnow
+from gateway.keys.validation import validate_rotate
+
+WORKSPACE_KEYS = WORKSPACE + "/keys"
+KEY = "/admin/v1/keys/{key_id}"
+LIST_PARAMS = (
+    query_param("include_revoked", {"type": "boolean", "default": False},
+                "also list revoked and expired keys"),
+    query_param("user_id", {"type": "string"}, "only keys of this owner"),
+    query_param("resource_id", {"type": "string"},
+                "only keys whose scopes name this resource, or that have no scopes"),
+    LIMIT,
+    query_param("cursor", {"type": "string"},
+                "next_cursor of the previous page (opaque; empty means the first page)"),
+)
+
+
+async def create_key(request: web.Request) -> web.Response:
+    workspace_id = visible_workspace(request)
+    record, plaintext = await request.app[KEY_SERVICE].create_key(
+        workspace_id, await read_json(request), actor(request)
+    )
+    return json_response({**record.to_public(utcnow()), "key": plaintext}, 201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    workspace_id = visible_workspace(request)
+    page = await request.app[KEY_SERVICE].list_keys(
+        workspace_id,
+        include_revoked=query_bool(request, "include_revoked"),
+        user_id=request.query.get("user_id"),
+        resource_id=request.query.get("resource_id"),
+        limit=query_limit(request),
+        cursor=request.query.get("cursor") or None,  # "?cursor=" is the first page
+    )
+    now = utcnow()
+    return json_response({
+        "results": [r.to_public(now) for r in page.results],
+        "total": page.total,
+        "next_cursor": page.next_cursor,
+    })
+
+
+async def get_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].get_key(
+        request.match_info["key_id"], caller_workspace(request)
+    )
+    return json_response(record.to_public(utcnow()))
+
+
+async def update_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].update_key(
+        request.match_info["key_id"], await read_json(request), actor(request),
+        caller_workspace(request),
+    )
+    return json_response(record.to_public(utcnow()))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].revoke_key(
+        request.match_info["key_id"], actor(request), caller_workspace(request)
+    )
+    return json_response(record.to_public(utcnow()))
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    grace = validate_rotate(await read_json(request))
+    _old, new, plaintext = await request.app[KEY_SERVICE].rotate_key(
+        request.match_info["key_id"], grace, actor(request),
+        caller_workspace(request),
+    )
+    return json_response({**new.to_public(utcnow()), "key": plaintext}, 201)
+
+
+async def key_usage(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    usage = await request.app[KEY_SERVICE].usage(key_id, caller_workspace(request))
+    last = usage.last_used_at
+    return json_response({
+        "key_id": key_id,
+        "requests": usage.requests,
+        "rate_limited": usage.rate_limited,
+        "last_used_at": last.isoformat().replace("+00:00", "Z") if last else None,
+    })
+
+
+ROUTES = (
+    Route("POST", WORKSPACE_KEYS, create_key, "Create key", returns(201, "CreatedKey"),
+          body="KeyCreate", errors=WRITE),
+    Route("GET", WORKSPACE_KEYS, list_keys, "List keys", returns(200, "KeyList"),
+          query=LIST_PARAMS, errors=BAD),
+    Route("GET", KEY, get_key, "Get key", returns(200, "Key")),
+    Route("PATCH", KEY, update_key, "Update key", returns(200, "Key"), body="KeyUpdate",
+          errors=WRITE),
+    Route("DELETE", KEY, revoke_key, "Revoke key", returns(200, "Key")),
+    Route("POST", KEY + "/rotate", rotate_key, "Rotate key", returns(201, "CreatedKey"),
+          body="Rotate", errors=WRITE),
+    Route("GET", KEY + "/usage", key_usage, "Key usage", returns(200, "Usage")),
+)
