@@ -17,11 +17,12 @@ OpenAPI document, the query allowlist and the open paths are all built from it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from gateway.admin import audit, health, keys, openapi, workspaces
-from gateway.admin.auth import authentication
+from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
 from gateway.admin.errors import errors_middleware
 from gateway.admin.query import query_allowlist
 from gateway.admin.route import Route
@@ -29,7 +30,7 @@ from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES
 from gateway.keys.service import KeyService
 from gateway.services import Services
 
-__all__ = ["DRAINING", "PUBLIC_PATHS", "ROUTES", "create_admin_app"]
+__all__ = ["DRAINING", "PUBLIC_PATHS", "ROUTES", "Authenticator", "create_admin_app"]
 
 ROUTES: tuple[Route, ...] = (
     *workspaces.ROUTES,  # workspaces, and their projects and namespaces
@@ -41,10 +42,15 @@ ROUTES: tuple[Route, ...] = (
 PUBLIC_PATHS = frozenset(route.path for route in ROUTES if route.public)
 
 
-def create_admin_app(services: Services, key_service: KeyService) -> web.Application:
+def create_admin_app(
+    services: Services,
+    key_service: KeyService,
+    authenticators: Sequence[Authenticator] | None = None,
+) -> web.Application:
+    """The admin app; ``authenticators`` say who is acting (default: bearer admin keys)."""
     app = web.Application(middlewares=[
         errors_middleware,
-        authentication(PUBLIC_PATHS),
+        authentication(authenticators or (bearer_admin_key(services),), PUBLIC_PATHS),
         query_allowlist(ROUTES, PUBLIC_PATHS),
     ])
     app[SERVICES] = services
