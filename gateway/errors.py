@@ -21,8 +21,9 @@ an RFC 9457 ``application/problem+json`` body. Codes are a published contract: n
 
 A failure's HTTP meaning is its ``kind``. Where the listener changes it, the listener says so
 in one place: the proxy answers a store outage as 503 ``auth_unavailable``, because there the
-store is only asked who a key belongs to (``gateway.pipeline.errors``). CLI exit codes per
-class: ``gateway.cli.EXIT_CODES``.
+store is only asked who a key belongs to (``gateway.pipeline.errors``). A failure of kind
+``internal_error``, or any other exception, is a bug (``as_failure``): logged with the request
+id and answered 500. CLI exit codes per class: ``gateway.cli.EXIT_CODES``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ UPSTREAM_TIMEOUT = ErrorKind(504, "upstream_timeout", "Upstream timeout")
 
 UNAUTHORIZED_KINDS = frozenset({MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY})
 
-
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 RETRY_SOON: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
 NO_EXTRA: Mapping[str, object] = MappingProxyType({})
@@ -79,15 +79,16 @@ NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
 class GatewayFailure(Exception):
     """Base of every failure raised on purpose. Subclasses name their ``kind``; ``detail``
-    (what a client reads) defaults to the message, else the kind's title."""
+    (what a client reads) is ``public_detail`` if set, else the message, else the title."""
 
     kind: ErrorKind = INTERNAL_ERROR
     headers: Mapping[str, str] = NO_HEADERS
     extra: Mapping[str, object] = NO_EXTRA  # problem+json extension members
+    public_detail = ""  # set where the message is for the log only
 
     @property
     def detail(self) -> str:
-        return str(self) or self.kind.title
+        return self.public_detail or str(self) or self.kind.title
 
 
 class GatewayError(GatewayFailure):
@@ -111,10 +112,7 @@ class StoreUnavailable(GatewayFailure):
     The message names the driver's error: it goes to the log, never to a client."""
 
     kind = STORE_UNAVAILABLE
-
-    @property
-    def detail(self) -> str:
-        return "the key store is unavailable"
+    public_detail = "the key store is unavailable"
 
 
 class LimiterUnavailable(GatewayFailure):
@@ -122,10 +120,7 @@ class LimiterUnavailable(GatewayFailure):
 
     kind = RATE_LIMIT_UNAVAILABLE
     headers = RETRY_SOON
-
-    @property
-    def detail(self) -> str:
-        return "rate limiting is unavailable"
+    public_detail = "rate limiting is unavailable"
 
 
 class UpstreamError(GatewayFailure):
@@ -136,12 +131,10 @@ class UpstreamError(GatewayFailure):
         super().__init__(message)
         self.timeout = timeout
         self.kind = UPSTREAM_TIMEOUT if timeout else UPSTREAM_UNAVAILABLE
-
-    @property
-    def detail(self) -> str:
-        if self.timeout:
-            return "the upstream did not answer"
-        return "the upstream could not be reached"
+        if timeout:
+            self.public_detail = "the upstream did not answer"
+        else:
+            self.public_detail = "the upstream could not be reached"
 
 
 class ConfigError(GatewayFailure):
@@ -152,15 +145,12 @@ class ValidationError(GatewayFailure):
     """Bad input to a service function: every failing field with its message."""
 
     kind = VALIDATION_ERROR
+    public_detail = "the request has invalid fields"
 
     def __init__(self, errors: dict[str, str] | None = None) -> None:
         super().__init__()
         self.errors = errors if errors is not None else {}
         self.extra = {"errors": self.errors}
-
-    @property
-    def detail(self) -> str:
-        return "the request has invalid fields"
 
     def __str__(self) -> str:
         return "; ".join(f"{name}: {msg}" for name, msg in self.errors.items())
