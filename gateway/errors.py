@@ -174,6 +174,10 @@ class Conflict(GatewayFailure):
     kind = CONFLICT
 
 
+# what a client learns of a bug (the listener logs the exception itself); rendered, never raised
+INTERNAL = GatewayError(INTERNAL_ERROR, "internal error")
+
+
 def as_failure(exc: BaseException) -> GatewayFailure | None:
     """``exc`` if it is a failure that says what went wrong; None for anything else (a bug)."""
     if isinstance(exc, GatewayFailure) and exc.kind is not INTERNAL_ERROR:

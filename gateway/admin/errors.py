@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.admin.route import Handler
 from gateway.admin.state import REQUEST_ID
 from gateway.errors import (
-    INTERNAL_ERROR,
+    INTERNAL,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     GatewayError,
@@ -52,7 +52,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         failure = admin_failure(exc)
         if failure is None:
             log.exception("admin handler failed")
-            failure = GatewayError(INTERNAL_ERROR, "internal error")
+            failure = INTERNAL
         return problem_response(failure, request_id, {"X-Request-Id": request_id})
     response.headers["X-Request-Id"] = request_id
     return response

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.errors import (
     AUTH_UNAVAILABLE,
-    INTERNAL_ERROR,
+    INTERNAL,
     RETRY_SOON,
     GatewayError,
     GatewayFailure,
@@ -30,7 +30,7 @@ from gateway.services import Services
 log = logging.getLogger("gateway.error")
 
 # rendered for every store outage on the proxy, never raised
-AUTH_OUTAGE = GatewayError(AUTH_UNAVAILABLE, "the key store is unavailable", RETRY_SOON)
+AUTH_OUTAGE = GatewayError(AUTH_UNAVAILABLE, StoreUnavailable.public_detail, RETRY_SOON)
 
 
 def proxy_failure(exc: Exception) -> GatewayFailure | None:
@@ -47,7 +47,7 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
         failure = proxy_failure(exc)
         if failure is None:
             log.error("unhandled error", exc_info=exc, extra={"request_id": exchange.request_id})
-            failure = GatewayError(INTERNAL_ERROR, "internal error")
+            failure = INTERNAL
         exchange.error_code = code = failure.kind.code
         match = exchange.match
         metrics.count_error(code, match.route.name if match is not None else NO_ROUTE)
