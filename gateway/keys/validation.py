@@ -70,7 +70,7 @@ _FREE_TEXT = re.compile(FREE_TEXT_PATTERN)
 
 
 def _no_control(value: str, pattern: re.Pattern[str] = _PLAIN_TEXT) -> str:
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -99,7 +99,7 @@ def _user_id(value: Any) -> str | None:
 
 def _permissions(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
-        isinstance(p, str) and PERMISSION.match(p) for p in value
+        isinstance(p, str) and PERMISSION.fullmatch(p) for p in value
     ):
         raise ValueError("must be a list of permission strings ([A-Za-z0-9_.:*-], 1-100 chars)")
     return tuple(dict.fromkeys(value))
@@ -113,7 +113,7 @@ def _scope(item: Any) -> Scope:
         raise ValueError(f"scope resource_id must be a string of 1 to {RESOURCE_ID_MAX} characters")
     _no_control(resource_id)
     if not isinstance(operations, list) or not operations or not all(
-        isinstance(o, str) and PERMISSION.match(o) for o in operations
+        isinstance(o, str) and PERMISSION.fullmatch(o) for o in operations
     ):
         raise ValueError("scope operations must be a non-empty list of strings")
     return Scope(resource_id, tuple(dict.fromkeys(operations)))
@@ -133,7 +133,7 @@ def _origins(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError("must be a list of origins")
     for origin in value:
-        well_shaped = isinstance(origin, str) and ORIGIN.match(origin)
+        well_shaped = isinstance(origin, str) and ORIGIN.fullmatch(origin)
         pattern = parse_pattern(origin) if well_shaped else None
         if pattern is None or pattern.any_origin:
             raise ValueError(
@@ -161,7 +161,7 @@ def _positive_or_null(value: Any) -> int | None:
 
 
 def parse_timestamp(value: str) -> datetime:
-    if not RFC3339.match(value):
+    if not RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 date-time with a time zone")
     parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     try:

@@ -170,3 +170,18 @@ async def test_description_may_hold_line_breaks_but_not_nul(
     await operator.ok("POST", keys_path, {"name": "k", "description": "line 1\nline 2\tend"})
     errors = await rejected(operator, "POST", keys_path, {"name": "k", "description": "a\x00"})
     assert set(errors) == {"description"}
+
+
+async def test_a_trailing_newline_is_refused_in_every_pattern_checked_field(
+    operator: Admin, keys_path: str
+) -> None:
+    # `$` also matches before a final "\n": each field is checked with fullmatch
+    cases: list[dict[str, Any]] = [
+        {"name": "w\n"},
+        {"name": "k", "permissions": ["read\n"]},
+        {"name": "k", "allowed_origins": ["https://app.example.com\n"]},
+        {"name": "k", "expires_at": "2999-01-01T00:00:00Z\n"},
+    ]
+    for body in cases:
+        field = next(iter(set(body) - {"name"}), "name")
+        assert set(await rejected(operator, "POST", keys_path, body)) == {field}, body
