@@ -106,14 +106,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             await limiter.open()  # an unreachable Redis is not fatal: on_limiter_error applies
         stack.push_async_callback(limiter.close)
         store = await stack.enter_async_context(open_store(config))
-        cache_config = config.key_cache
-        cache = KeyCache(
-            store,
-            max_entries=cache_config.max_entries,
-            ttl=cache_config.ttl,
-            negative_ttl=cache_config.negative_ttl,
-            stale_if_error=cache_config.stale_if_error,
-        )
+        cache = KeyCache(store, config.key_cache)
         metrics = Metrics()
         feed: ChangeFeedPoller | PostgresInvalidator
         if isinstance(store, PostgresKeyStore):  # LISTEN/NOTIFY: changes arrive at commit
@@ -121,7 +114,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
                 store.url, cache, connect_timeout=store.connect_timeout, metrics=metrics
             )
         else:
-            feed = ChangeFeedPoller(store, cache, interval=cache_config.poll_interval)
+            feed = ChangeFeedPoller(store, cache, interval=config.key_cache.poll_interval)
         await feed.start()
         stack.push_async_callback(feed.stop)
         usage = UsageRecorder(store)
