@@ -8,12 +8,14 @@ from collections.abc import Callable
 
 import asyncpg  # type: ignore[import-untyped]
 
-from gateway.config import KeyCacheConfig
+from gateway.config import KeyCacheConfig, KeyStoreConfig
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import utcnow
 from gateway.keys.notify import PostgresInvalidator
 from gateway.keys.postgres import PostgresKeyStore
 from tests.keys.test_postgres import make_record
+
+CONNECT_TIMEOUT = KeyStoreConfig().connect_timeout
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
@@ -32,7 +34,9 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
     await reader.open()
     clock = [1000.0]
     cache = KeyCache(reader, KeyCacheConfig(ttl=60.0), clock=lambda: clock[0])
-    invalidator = PostgresInvalidator(pg_url, cache, min_backoff=0.01, max_backoff=0.05)
+    invalidator = PostgresInvalidator(
+        pg_url, cache, connect_timeout=CONNECT_TIMEOUT, min_backoff=0.01, max_backoff=0.05
+    )
     await invalidator.start()
     try:
         assert invalidator.connected
