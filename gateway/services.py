@@ -81,10 +81,7 @@ def create_store(config: Config) -> KeyStore:
 def create_limiter(config: Config) -> RateLimiter:
     if config.redis is None:
         return MemoryRateLimiter()
-    options = config.limiter
-    return RedisRateLimiter(
-        config.redis, prefix=options.prefix, timeout=options.timeout, lease_ttl=options.lease_ttl
-    )
+    return RedisRateLimiter(config.redis, config.limiter)
 
 
 @contextlib.asynccontextmanager
