@@ -100,9 +100,8 @@ def _env_overrides(ctx: Ctx) -> dict[str, str | None]:
         out["database"] = database_url(ctx, database, "database (from GATEWAY_DATABASE_URL)")
     if "GATEWAY_REDIS_URL" in ctx.environ:
         redis = ctx.environ["GATEWAY_REDIS_URL"].strip()
-        out["redis"] = redis_url(
-            ctx, None if redis in ("", "null") else redis, "redis (from GATEWAY_REDIS_URL)"
-        )
+        where = "redis (from GATEWAY_REDIS_URL)"
+        out["redis"] = None if redis in ("", "null") else redis_url(ctx, redis, where)
     return out
 
 

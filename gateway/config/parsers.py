@@ -249,7 +249,7 @@ def database_url(ctx: Ctx, value: object, path: str) -> str:
     return text
 
 
-def _redis(ctx: Ctx, value: object, path: str) -> str | None:
+def redis_url(ctx: Ctx, value: object, path: str) -> str | None:
     text = string(ctx, value, path).strip()
     if not text:
         return None
@@ -272,8 +272,6 @@ def _redis(ctx: Ctx, value: object, path: str) -> str | None:
     return text
 
 
-redis_url = nullable(_redis)
-
 
 def key_prefixes(ctx: Ctx, value: object, path: str) -> dict[str, str]:
     data = mapping(ctx, value, path, ENVIRONMENTS, required=ENVIRONMENTS)
@@ -290,9 +288,7 @@ def key_prefixes(ctx: Ctx, value: object, path: str) -> dict[str, str]:
 
 
 def pepper(ctx: Ctx, value: object, path: str) -> str | None:
-    if value is None:
-        return None
-    return string(ctx, value, path) or None
+    return string(ctx, value, path) or None  # empty: no pepper
 
 
 def implications(ctx: Ctx, value: object, path: str) -> dict[str, tuple[str, ...]]:
