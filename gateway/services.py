@@ -81,10 +81,7 @@ def create_store(config: Config) -> KeyStore:
 def create_limiter(config: Config) -> RateLimiter:
     if config.redis is None:
         return MemoryRateLimiter()
-    options = config.limiter
-    return RedisRateLimiter(
-        config.redis, prefix=options.prefix, timeout=options.timeout, lease_ttl=options.lease_ttl
-    )
+    return RedisRateLimiter(config.redis, config.limiter)
 
 
 @contextlib.asynccontextmanager
@@ -106,14 +103,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
             await limiter.open()  # an unreachable Redis is not fatal: on_limiter_error applies
         stack.push_async_callback(limiter.close)
         store = await stack.enter_async_context(open_store(config))
-        cache_config = config.key_cache
-        cache = KeyCache(
-            store,
-            max_entries=cache_config.max_entries,
-            ttl=cache_config.ttl,
-            negative_ttl=cache_config.negative_ttl,
-            stale_if_error=cache_config.stale_if_error,
-        )
+        cache = KeyCache(store, config.key_cache)
         metrics = Metrics()
         feed: ChangeFeedPoller | PostgresInvalidator
         if isinstance(store, PostgresKeyStore):  # LISTEN/NOTIFY: changes arrive at commit
@@ -121,7 +111,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
                 store.url, cache, connect_timeout=store.connect_timeout, metrics=metrics
             )
         else:
-            feed = ChangeFeedPoller(store, cache, interval=cache_config.poll_interval)
+            feed = ChangeFeedPoller(store, cache, interval=config.key_cache.poll_interval)
         await feed.start()
         stack.push_async_callback(feed.stop)
         usage = UsageRecorder(store)

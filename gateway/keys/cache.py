@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.config import KeyCacheConfig
 from gateway.errors import StoreUnavailable
 from gateway.keys.model import KeyRecord
 from gateway.keys.store import KeyStore
@@ -45,21 +46,14 @@ class CacheStats:
 
 class KeyCache:
     def __init__(
-        self,
-        store: KeyStore,
-        *,
-        max_entries: int = 100_000,
-        ttl: float = 60.0,
-        negative_ttl: float = 30.0,
-        stale_if_error: float = 300.0,
-        clock: Clock = time.monotonic,
+        self, store: KeyStore, options: KeyCacheConfig, *, clock: Clock = time.monotonic
     ) -> None:
         self._store = store
-        self._max = max_entries
-        self._max_negative = max(1, max_entries // 4)
-        self._ttl = ttl
-        self._negative_ttl = negative_ttl
-        self._stale = stale_if_error
+        self._max = options.max_entries
+        self._max_negative = max(1, options.max_entries // 4)
+        self._ttl = options.ttl
+        self._negative_ttl = options.negative_ttl
+        self._stale = options.stale_if_error
         self._clock = clock
         self._positive: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()

@@ -24,7 +24,7 @@ class ChangeFeedPoller:
         store: KeyStore,
         cache: KeyCache,
         *,
-        interval: float = 0.5,
+        interval: float,
         fallback_ttl: float = 5.0,
     ) -> None:
         self._store = store

@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # no stubs
 
 from gateway.keys.cache import KeyCache
-from gateway.keys.postgres import CONNECT_TIMEOUT, NOTIFY_CHANNEL
+from gateway.keys.postgres import NOTIFY_CHANNEL
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.invalidation")
@@ -41,8 +41,8 @@ class PostgresInvalidator:
         url: str,
         cache: KeyCache,
         *,
+        connect_timeout: float,
         fallback_ttl: float = 5.0,
-        connect_timeout: float = CONNECT_TIMEOUT,
         keepalive: float = 2.0,
         min_backoff: float = 0.05,
         max_backoff: float = 1.0,

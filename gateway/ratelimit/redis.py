@@ -39,6 +39,7 @@ import logging
 import secrets
 from typing import Any
 
+from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
 from gateway.periodic import Periodic
 from gateway.ratelimit.base import Decision
@@ -94,24 +95,16 @@ RELEASE_DELAY = 0.002  # seconds a given-back slot waits for a batch to ride alo
 
 
 class RedisRateLimiter:
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = "gw:",
-        timeout: float = 0.25,
-        lease_ttl: float = 30.0,
-        retry_interval: float = 0.25,
-    ) -> None:
+    def __init__(self, url: str, options: LimiterConfig, *, retry_interval: float = 0.25) -> None:
         self._url = url
-        self._prefix = prefix.encode()
-        self._timeout = timeout
-        self._lease_ttl_us = str(int(lease_ttl * 1_000_000)).encode()
+        self._prefix = options.prefix.encode()
+        self._timeout = options.timeout
+        self._lease_ttl_us = str(int(options.lease_ttl * 1_000_000)).encode()
         self._retry_interval = retry_interval
         self._conn: RespConnection | None = None
         self._connected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self._renewer = Periodic(lease_ttl / 3, self._renew)
+        self._renewer = Periodic(options.lease_ttl / 3, self._renew)
         # the batch being gathered in this tick: commands (built at flush) and their future
         self._ops: list[Op] = []
         self._waiters: list[asyncio.Future[Decision]] = []  # one per op, answered by _answer

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.config import KeyCacheConfig
 from gateway.errors import StoreUnavailable
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import KeyRecord
@@ -55,7 +56,8 @@ def clock() -> Clock:
 
 def make_cache(store: CountingStore, clock: Clock, **kwargs: float) -> KeyCache:
     options = {"ttl": 60.0, "negative_ttl": 30.0, "stale_if_error": 300.0, **kwargs}
-    return KeyCache(store, clock=clock, max_entries=8, **options)  # type: ignore[arg-type]
+    config = KeyCacheConfig(max_entries=8, **options)
+    return KeyCache(store, config, clock=clock)  # type: ignore[arg-type]
 
 
 async def test_hit_does_not_query(store: CountingStore, clock: Clock) -> None:

@@ -8,11 +8,14 @@ from collections.abc import Callable
 
 import asyncpg  # type: ignore[import-untyped]
 
+from gateway.config import KeyCacheConfig, KeyStoreConfig
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import utcnow
 from gateway.keys.notify import PostgresInvalidator
 from gateway.keys.postgres import PostgresKeyStore
 from tests.keys.test_postgres import make_record
+
+CONNECT_TIMEOUT = KeyStoreConfig().connect_timeout
 
 
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
@@ -30,8 +33,10 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
     await writer.open()
     await reader.open()
     clock = [1000.0]
-    cache = KeyCache(reader, ttl=60.0, clock=lambda: clock[0])
-    invalidator = PostgresInvalidator(pg_url, cache, min_backoff=0.01, max_backoff=0.05)
+    cache = KeyCache(reader, KeyCacheConfig(ttl=60.0), clock=lambda: clock[0])
+    invalidator = PostgresInvalidator(
+        pg_url, cache, connect_timeout=CONNECT_TIMEOUT, min_backoff=0.01, max_backoff=0.05
+    )
     await invalidator.start()
     try:
         assert invalidator.connected
@@ -78,7 +83,7 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
 
 async def test_start_with_postgres_down_keeps_trying(unused_tcp_port: int) -> None:
     store = PostgresKeyStore(f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x")
-    cache = KeyCache(store)
+    cache = KeyCache(store, KeyCacheConfig())
     invalidator = PostgresInvalidator(store.url, cache, connect_timeout=0.5, max_backoff=0.05)
     await invalidator.start()  # does not raise
     try:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from gateway.config import LimiterConfig
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.ratelimit.redis import RedisRateLimiter
 from tests.conftest import free_port
@@ -71,7 +72,7 @@ async def open_limiter(
             limiter: Any = MemoryRateLimiter()
         else:
             require_redis()
-            limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, **options)
+            limiter = RedisRateLimiter(REDIS_URL, LimiterConfig(prefix=redis_prefix, **options))
             await limiter.open()
         opened.append(limiter)
         return limiter

@@ -9,6 +9,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
 from gateway.ratelimit.redis import RedisRateLimiter
 from tests.ratelimit.conftest import REDIS_URL, PrivateRedis, require_redis
@@ -17,7 +18,7 @@ from tests.ratelimit.conftest import REDIS_URL, PrivateRedis, require_redis
 @pytest.fixture
 async def limiter(redis_prefix: str) -> RedisRateLimiter:
     require_redis()
-    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    limiter = RedisRateLimiter(REDIS_URL, LimiterConfig(prefix=redis_prefix))
     await limiter.open()
     yield limiter  # type: ignore[misc]
     await limiter.close()
@@ -92,9 +93,10 @@ async def test_a_batch_hitting_noscript_is_sent_once_more_then_fails(
 
 async def test_a_dead_nodes_lease_expires_and_a_live_one_is_renewed(redis_prefix: str) -> None:
     require_redis()
-    dead = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.3)
-    live = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.3)
-    other = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.3)
+    options = LimiterConfig(prefix=redis_prefix, lease_ttl=0.3)
+    dead = RedisRateLimiter(REDIS_URL, options)
+    live = RedisRateLimiter(REDIS_URL, options)
+    other = RedisRateLimiter(REDIS_URL, options)
     for limiter in (dead, live, other):
         await limiter.open()
     try:
@@ -113,7 +115,7 @@ async def test_a_dead_nodes_lease_expires_and_a_live_one_is_renewed(redis_prefix
 async def test_a_dead_redis_fails_fast_and_recovery_is_quick(
     private_redis: PrivateRedis,
 ) -> None:
-    limiter = RedisRateLimiter(private_redis.url, timeout=0.25, retry_interval=0.1)
+    limiter = RedisRateLimiter(private_redis.url, LimiterConfig(timeout=0.25), retry_interval=0.1)
     await limiter.open()
     try:
         assert (await limiter.admit("key_a", "", 100, 10, 1)).allowed
@@ -141,7 +143,7 @@ async def test_a_dead_redis_fails_fast_and_recovery_is_quick(
 
 
 async def test_a_hung_redis_times_out(private_redis: PrivateRedis) -> None:
-    limiter = RedisRateLimiter(private_redis.url, timeout=0.2, retry_interval=0.1)
+    limiter = RedisRateLimiter(private_redis.url, LimiterConfig(timeout=0.2), retry_interval=0.1)
     await limiter.open()
     try:
         private_redis.pause()
@@ -168,7 +170,7 @@ async def test_a_hung_redis_times_out(private_redis: PrivateRedis) -> None:
 
 async def test_an_unreachable_redis_at_start_is_not_fatal(private_redis: PrivateRedis) -> None:
     private_redis.kill()
-    limiter = RedisRateLimiter(private_redis.url, timeout=0.1, retry_interval=0.05)
+    limiter = RedisRateLimiter(private_redis.url, LimiterConfig(timeout=0.1), retry_interval=0.05)
     started = time.monotonic()
     await limiter.open()
     assert time.monotonic() - started < 0.5
@@ -197,7 +199,7 @@ async def test_a_slot_given_back_alone_still_goes_out(limiter: RedisRateLimiter)
     held = await limiter.admit("key_a", "", 100, 10, 1)
     limiter.release("key_a", held.lease)
     await asyncio.sleep(0.05)  # nobody else asks: the release goes on its own
-    other = RedisRateLimiter(REDIS_URL, prefix=limiter._prefix.decode())
+    other = RedisRateLimiter(REDIS_URL, LimiterConfig(prefix=limiter._prefix.decode()))
     await other.open()
     try:
         assert (await other.admit("key_a", "", 100, 10, 1)).allowed
@@ -207,8 +209,8 @@ async def test_a_slot_given_back_alone_still_goes_out(limiter: RedisRateLimiter)
 
 async def test_closing_gives_pending_slots_back(redis_prefix: str) -> None:
     require_redis()
-    first = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
-    second = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    first = RedisRateLimiter(REDIS_URL, LimiterConfig(prefix=redis_prefix))
+    second = RedisRateLimiter(REDIS_URL, LimiterConfig(prefix=redis_prefix))
     await first.open()
     await second.open()
     try:

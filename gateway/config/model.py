@@ -1,0 +1,148 @@
+"""The config, as frozen dataclasses: every YAML key is one field here, with its parser and its
+default (the only place a default is written). ``section.py`` says how a field declares a key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.config import parsers
+from gateway.config.parsers import Listen
+from gateway.config.routes import (
+    cors_rules,
+    origin,
+    route_name,
+    route_path,
+    route_permissions,
+    route_table,
+    scope_operations,
+    upstream_urls,
+)
+from gateway.config.section import option, required, section, subsection
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``requests`` admitted per sliding ``window`` seconds."""
+
+    requests: int = required(parsers.count)
+    window: float = required(parsers.positive_number)
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    """``prefixes``: environment -> key prefix; ``hash_pepper``: HMAC-SHA256 key, else SHA-256."""
+
+    prefixes: Mapping[str, str] = option(
+        {"live": "sk_live", "test": "sk_test"}, parsers.key_prefixes
+    )
+    max_active_per_user: int = option(10, parsers.count)
+    hash_pepper: str | None = option(None, parsers.pepper)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCacheConfig:
+    """Extension: the in-memory key cache. In seconds: ``ttl`` before a cached key is re-read,
+    ``negative_ttl`` an unknown hash is remembered, ``stale_if_error`` a cached key keeps
+    working while the store is down, ``poll_interval`` of the change feed (SQLite)."""
+
+    max_entries: int = option(100_000, parsers.count)
+    ttl: float = option(60.0, parsers.positive_number)
+    negative_ttl: float = option(30.0, parsers.positive_number)
+    stale_if_error: float = option(300.0, parsers.positive_number)
+    poll_interval: float = option(0.5, parsers.positive_number)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStoreConfig:
+    """Extension: seconds one store call (Postgres command and lock / SQLite busy wait) and one
+    Postgres connect may take; the most Postgres connections per process."""
+
+    timeout: float = option(5.0, parsers.positive_number)
+    connect_timeout: float = option(5.0, parsers.positive_number)
+    pool_size: int = option(10, parsers.integer(1, 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterConfig:
+    """Extension: the Redis limiter (when ``redis`` is set): the prefix of its keys, seconds a
+    decision may take (then ``on_limiter_error``), seconds a dead node's concurrency slots stay
+    taken, and the nodes sharing the limits (``local`` gives each 1/(nodes*workers))."""
+
+    prefix: str = option("gw:", parsers.redis_prefix)
+    timeout: float = option(0.25, parsers.positive_number)
+    lease_ttl: float = option(30.0, parsers.positive_number)
+    expected_nodes: int = option(1, parsers.integer(1, 10_000))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """Extension: log lines on stderr (gateway.logs); ``access_log``: one per proxied request."""
+
+    level: str = option("info", parsers.choice("debug", "info", "warning", "error"))
+    format: str = option("json", parsers.choice("json", "text"))
+    access_log: bool = option(True, parsers.boolean)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    rate_limit: RateLimit = option(RateLimit(100, 60.0), section(RateLimit))
+    max_concurrent: int | None = option(10, parsers.nullable(parsers.count))
+    on_limiter_error: str = option("local", parsers.limiter_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    """Empty ``allow_methods``: the method asked for; empty ``allow_headers``: those asked for."""
+
+    allow_origins: tuple[str, ...] = required(parsers.tuple_of(origin, non_empty=True))
+    max_age: int = option(600, parsers.integer(0))
+    allow_methods: tuple[str, ...] = option((), parsers.tuple_of(parsers.method))
+    allow_headers: tuple[str, ...] = option((), parsers.header_names)
+    expose_headers: tuple[str, ...] = option((), parsers.header_names)
+    allow_credentials: bool = option(False, parsers.boolean)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """``path``: a prefix ending in "/", may hold {param} segments; ``upstreams``: round robin;
+    ``permissions``: method -> permissions ("*": every method not listed); ``resource``: a path
+    parameter checked against the key's scopes with ``operations`` (method -> operation)."""
+
+    name: str = required(route_name)
+    path: str = required(route_path)
+    upstreams: tuple[str, ...] = required(upstream_urls, key="upstream")
+    strip_prefix: bool = option(False, parsers.boolean)
+    auth: str = option("required", parsers.choice("required", "none"))
+    permissions: Mapping[str, tuple[str, ...]] = option({}, route_permissions)
+    rate_limit: RateLimit | None = option(None, section(RateLimit))
+    max_concurrent: int | None = option(None, parsers.count)  # extension: over the defaults'
+    on_limiter_error: str | None = option(None, parsers.limiter_policy)  # extension: likewise
+    timeout: float = option(30.0, parsers.positive_number)
+    max_body_bytes: int = option(10 * 1024 * 1024, parsers.integer(0))
+    cors: CorsConfig | None = option(None, section(CorsConfig, cors_rules))
+    resource: str | None = option(None, parsers.string)
+    operations: Mapping[str, str] = option({}, scope_operations)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """``drain_timeout`` (extension): seconds in-flight requests get after SIGTERM."""
+
+    source: str  # the file it was read from, for messages (not a key)
+    listen: Listen = option(Listen("0.0.0.0", 8080), parsers.listen_address)
+    admin_listen: Listen = option(Listen("127.0.0.1", 8081), parsers.listen_address)
+    workers: int = option(1, parsers.integer(1, 64))
+    drain_timeout: float = option(30.0, parsers.positive_number)
+    database: str = option("sqlite:///./gateway.db", parsers.database_url)
+    redis: str | None = option(None, parsers.redis_url)
+    keys: KeysConfig = subsection(KeysConfig)
+    implies: Mapping[str, tuple[str, ...]] = option(
+        {}, parsers.implications, key="permissions.implies"
+    )
+    defaults: Defaults = subsection(Defaults)
+    key_cache: KeyCacheConfig = subsection(KeyCacheConfig)
+    key_store: KeyStoreConfig = subsection(KeyStoreConfig)
+    limiter: LimiterConfig = subsection(LimiterConfig)
+    logging: LoggingConfig = subsection(LoggingConfig)
+    routes: tuple[RouteConfig, ...] = required(route_table(RouteConfig), kw_only=True)
