@@ -290,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(path)
         if args.command == "serve":
+            from gateway.launch import run
             from gateway.logs import configure_logging
-            from gateway.server import run
 
             configure_logging(config)  # workers, fresh interpreters, do it again for themselves
             return run(config)

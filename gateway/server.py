@@ -35,7 +35,6 @@ from gateway.services import open_services
 
 log = logging.getLogger("gateway.server")
 ADMIN_SHUTDOWN_TIMEOUT = 5.0  # seconds admin requests get once the proxy has drained
-EXIT_OK = 0
 
 
 def install_uvloop() -> None:
@@ -157,15 +156,3 @@ async def drain(runner: web.ServerRunner, timeout: float) -> None:
     server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their response
     await server.shutdown(timeout)  # waits for each handler, cancels it after ``timeout``
     log.info("drained in %.2f s", time.monotonic() - started)
-
-
-def run(config: Config) -> int:
-    """``gateway serve``: the exit code."""
-    if config.workers > 1:
-        from gateway.supervisor import Supervisor
-
-        return Supervisor(config).run()
-    hold_sighup()
-    install_uvloop()
-    asyncio.run(serve(config))
-    return EXIT_OK
