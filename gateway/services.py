@@ -102,8 +102,7 @@ async def open_store(config: Config) -> AsyncIterator[KeyStore]:
 async def open_services(config: Config) -> AsyncIterator[Services]:
     limiter = create_limiter(config)
     async with contextlib.AsyncExitStack() as stack:
-        if isinstance(limiter, RedisRateLimiter):
-            await limiter.open()  # an unreachable Redis is not fatal: on_limiter_error applies
+        await limiter.open()  # an unreachable Redis is not fatal: on_limiter_error applies
         stack.push_async_callback(limiter.close)
         store = await stack.enter_async_context(open_store(config))
         cache_config = config.key_cache
