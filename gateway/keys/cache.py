@@ -19,10 +19,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.errors import StoreUnavailable
 from gateway.keys.model import KeyRecord
-from gateway.keys.store import KeyStore
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 
 Clock = Callable[[], float]
 
@@ -46,7 +49,7 @@ class CacheStats:
 class KeyCache:
     def __init__(
         self,
-        store: KeyStore,
+        store: Store,
         *,
         max_entries: int = 100_000,
         ttl: float = 60.0,
