@@ -161,8 +161,8 @@ class _Connection:
         return list(await self._db.execute_fetchall(_numbered(sql), args))
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
+        rows = await self._db.execute_fetchall(_numbered(sql), args)
+        return next(iter(rows), None)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
