@@ -281,10 +281,10 @@ class Metrics:
             self._advance("stale", self.key_cache_stale, stats.stale_served)
             self._advance("store", self.store_errors.labels("key_lookup"), stats.store_errors)
             self.key_cache_entries.set(len(cache))
-        limiter = self._limiter.stats() if self._limiter is not None else None
-        if limiter is not None:
-            self._advance("round_trips", self.limiter_round_trips, limiter.batches)
-            self._advance("commands", self.limiter_commands, limiter.commands)
+        counts = self._limiter.stats() if self._limiter is not None else None
+        if counts is not None:
+            self._advance("round_trips", self.limiter_round_trips, counts.batches)
+            self._advance("commands", self.limiter_commands, counts.commands)
 
     def _advance(self, name: str, counter: Counter, total: float) -> None:
         """Move ``counter`` up to ``total`` (a running count kept elsewhere)."""
