@@ -75,10 +75,11 @@ class KeyTable:
         self._dialect = db.dialect
         self._changes = changes
         self._rows = Rows("api_keys", KeyRecord, KINDS, db.dialect)
+        self._by_hash = f"{self._rows.select} WHERE key_hash = $1"  # built once: the hot path
 
     # reads ----------------------------------------------------------------------------------
     async def get_by_hash(self, key_hash: str) -> KeyRecord | None:
-        row = await self._db.fetchrow(f"{self._rows.select} WHERE key_hash = $1", key_hash)
+        row = await self._db.fetchrow(self._by_hash, key_hash)
         return self._rows.read(row) if row is not None else None
 
     async def get(self, key_id: str) -> KeyRecord | None:
