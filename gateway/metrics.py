@@ -47,10 +47,10 @@ from gateway.errors import (
     REVOKED_API_KEY,
 )
 from gateway.periodic import Periodic
-from gateway.ratelimit.redis import RedisRateLimiter
 
 if TYPE_CHECKING:
     from gateway.keys.cache import KeyCache
+    from gateway.ratelimit.base import RateLimiter
     from gateway.upstream import UpstreamGroup
 
 # ``*_created`` series double the series count and say nothing a restart does not
@@ -100,7 +100,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._error_children: dict[tuple[str, str], tuple[Counter, ...]] = {}
         self._cache: KeyCache | None = None
-        self._limiter: RedisRateLimiter | None = None
+        self._limiter: RateLimiter | None = None
         self._upstreams: Mapping[str, UpstreamGroup] = {}
         self._pool_routes: set[str] = set()  # routes whose pool gauges were last set
         self._sampled: dict[str, float] = {}
@@ -249,13 +249,16 @@ class Metrics:
     # -- sampled: plain numbers copied in ---------------------------------------------------
 
     def watch(
-        self, cache: KeyCache, upstreams: Mapping[str, UpstreamGroup], limiter: object = None
+        self,
+        cache: KeyCache,
+        upstreams: Mapping[str, UpstreamGroup],
+        limiter: RateLimiter | None = None,
     ) -> None:
         """What ``sample()`` reads: the key cache's stats, each route's upstream pools and the
-        Redis limiter's batch counts (the in-process limiter makes no round trips)."""
+        limiter's ``stats()`` (None from the in-process limiter: it makes no round trips)."""
         self._cache = cache
         self._upstreams = upstreams
-        self._limiter = limiter if isinstance(limiter, RedisRateLimiter) else None
+        self._limiter = limiter
 
     def sample(self) -> None:
         self.in_flight_gauge.set(self.in_flight)
@@ -278,10 +281,10 @@ class Metrics:
             self._advance("stale", self.key_cache_stale, stats.stale_served)
             self._advance("store", self.store_errors.labels("key_lookup"), stats.store_errors)
             self.key_cache_entries.set(len(cache))
-        limiter = self._limiter
-        if limiter is not None:
-            self._advance("round_trips", self.limiter_round_trips, limiter.batches)
-            self._advance("commands", self.limiter_commands, limiter.commands)
+        counts = self._limiter.stats() if self._limiter is not None else None
+        if counts is not None:
+            self._advance("round_trips", self.limiter_round_trips, counts.batches)
+            self._advance("commands", self.limiter_commands, counts.commands)
 
     def _advance(self, name: str, counter: Counter, total: float) -> None:
         """Move ``counter`` up to ``total`` (a running count kept elsewhere)."""

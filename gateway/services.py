@@ -1,8 +1,8 @@
 """Everything a gateway process holds open, opened in one place and closed in reverse.
 
-``open_services(config)`` picks the key store and the limiter by name from small registries
-(the URL scheme of ``database``; ``redis`` set or not), then the cache, the change feed, the
-usage writer and one upstream pool group per route.
+``open_services(config)`` picks the key store backend by the URL scheme of ``database`` (one
+registry: the backend brings its change feed too) and the limiter by whether ``redis`` is set,
+then opens the cache, the change feed, the usage writer and one upstream pool group per route.
 """
 
 from __future__ import annotations
@@ -14,12 +14,7 @@ from dataclasses import dataclass
 from gateway.config import Config, KeyStoreConfig
 from gateway.errors import ConfigError
 from gateway.keys.cache import KeyCache
-from gateway.keys.invalidation import ChangeFeedPoller
 from gateway.keys.model import KeyHasher
-from gateway.keys.notify import PostgresInvalidator
-from gateway.keys.postgres import PostgresKeyStore
-from gateway.keys.sqlite import SqliteKeyStore
-from gateway.keys.store import KeyStore
 from gateway.keys.tenancy import TenancyCache
 from gateway.keys.usage import UsageRecorder
 from gateway.logs import AccessLog
@@ -27,34 +22,22 @@ from gateway.metrics import Metrics
 from gateway.ratelimit.base import RateLimiter
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.ratelimit.redis import RedisRateLimiter
+from gateway.store import Store
+from gateway.store.postgres import postgres_store
+from gateway.store.sqlite import sqlite_store
 from gateway.upstream import UpstreamGroup
 
-
-def _sqlite(url: str, options: KeyStoreConfig) -> KeyStore:
-    return SqliteKeyStore(url, busy_timeout_ms=int(options.timeout * 1000))
-
-
-def _postgres(url: str, options: KeyStoreConfig) -> KeyStore:
-    return PostgresKeyStore(
-        url,
-        connect_timeout=options.connect_timeout,
-        command_timeout=options.timeout,
-        lock_timeout_ms=int(options.timeout * 1000),
-        max_size=options.pool_size,
-    )
-
-
-STORES: dict[str, Callable[[str, KeyStoreConfig], KeyStore]] = {
-    "sqlite": _sqlite,
-    "postgresql": _postgres,
-    "postgres": _postgres,
+STORES: dict[str, Callable[[str, KeyStoreConfig], Store]] = {
+    "sqlite": sqlite_store,
+    "postgresql": postgres_store,
+    "postgres": postgres_store,
 }
 
 
 @dataclass
 class Services:
     config: Config
-    store: KeyStore
+    store: Store
     hasher: KeyHasher
     prefixes: frozenset[str]
     cache: KeyCache
@@ -67,7 +50,7 @@ class Services:
     access_log: AccessLog | None = None  # None: logging.access_log is off
 
 
-def create_store(config: Config) -> KeyStore:
+def create_store(config: Config) -> Store:
     scheme = config.database.partition(":")[0]
     factory = STORES.get(scheme)
     if factory is None:
@@ -85,7 +68,7 @@ def create_limiter(config: Config) -> RateLimiter:
 
 
 @contextlib.asynccontextmanager
-async def open_store(config: Config) -> AsyncIterator[KeyStore]:
+async def open_store(config: Config) -> AsyncIterator[Store]:
     """Just the key store (migrated), for the CLI."""
     store = create_store(config)
     await store.open()
@@ -99,19 +82,13 @@ async def open_store(config: Config) -> AsyncIterator[KeyStore]:
 async def open_services(config: Config) -> AsyncIterator[Services]:
     limiter = create_limiter(config)
     async with contextlib.AsyncExitStack() as stack:
-        if isinstance(limiter, RedisRateLimiter):
-            await limiter.open()  # an unreachable Redis is not fatal: on_limiter_error applies
+        await limiter.open()  # an unreachable Redis is not fatal: on_limiter_error applies
         stack.push_async_callback(limiter.close)
         store = await stack.enter_async_context(open_store(config))
         cache = KeyCache(store, config.key_cache)
         metrics = Metrics()
-        feed: ChangeFeedPoller | PostgresInvalidator
-        if isinstance(store, PostgresKeyStore):  # LISTEN/NOTIFY: changes arrive at commit
-            feed = PostgresInvalidator(
-                store.url, cache, connect_timeout=store.connect_timeout, metrics=metrics
-            )
-        else:
-            feed = ChangeFeedPoller(store, cache, interval=config.key_cache.poll_interval)
+        poll = config.key_cache.poll_interval
+        feed = store.change_feed(cache, poll_interval=poll, metrics=metrics)
         await feed.start()
         stack.push_async_callback(feed.stop)
         usage = UsageRecorder(store)

@@ -347,6 +347,9 @@ async def test_auth_unavailable_for_uncached_keys(
 
 
 class DownLimiter:
+    async def open(self) -> None:
+        pass
+
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
     ) -> Decision:
@@ -368,6 +371,9 @@ class DownLimiter:
 
     async def close(self) -> None:
         pass
+
+    def stats(self) -> None:
+        return None
 
 
 @pytest.mark.parametrize(("policy", "status"), [("closed", 503), ("open", 200), ("local", 200)])

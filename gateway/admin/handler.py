@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway.admin.route import JSON, query_param
 from gateway.admin.state import ADMIN_KEY
 from gateway.errors import BAD_REQUEST, GatewayError, NotFound, ValidationError
-from gateway.keys.rows import MAX_PAGE
+from gateway.store.rows import MAX_PAGE
 
 DIGITS = re.compile(r"[0-9]{1,7}")
 LIMIT = query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},

@@ -19,11 +19,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.config import KeyCacheConfig
 from gateway.errors import StoreUnavailable
 from gateway.keys.model import KeyRecord
-from gateway.keys.store import KeyStore
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 
 Clock = Callable[[], float]
 
@@ -46,7 +49,7 @@ class CacheStats:
 
 class KeyCache:
     def __init__(
-        self, store: KeyStore, options: KeyCacheConfig, *, clock: Clock = time.monotonic
+        self, store: Store, options: KeyCacheConfig, *, clock: Clock = time.monotonic
     ) -> None:
         self._store = store
         self._max = options.max_entries

@@ -1,33 +1,50 @@
-"""Cache invalidation across processes: each node follows the store's change feed and drops
-the changed hashes from its own cache (invalidate-local-then-broadcast, after Kong).
+"""Cache invalidation across processes: each node follows the store's key changes and drops the
+changed hashes from its own cache (invalidate-local-then-broadcast, after Kong).
 
-``ChangeFeedPoller`` polls ``KeyStore.changes_since`` — the embedded default, where another
-process (the CLI) may write the same SQLite file. While the feed cannot be read, every cached
-entry's life is capped at ``fallback_ttl`` so a missed change cannot keep a revoked key alive.
+``ChangeFeed`` is the contract; the store's backend picks the implementation
+(``Store.change_feed``):
+
+- ``ChangeFeedPoller`` (here) polls the change log — SQLite, where another process (the CLI)
+  may write the same file;
+- ``ChangeFeedListener`` (``notify.py``) hears Postgres NOTIFY, sent at commit.
+
+While a feed cannot be followed, every cached entry's life is capped at ``fallback_ttl`` so a
+missed change cannot keep a revoked key alive.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import StoreUnavailable
-from gateway.keys.cache import KeyCache
-from gateway.keys.store import KeyStore
 from gateway.periodic import Periodic
 
+if TYPE_CHECKING:
+    from gateway.keys.cache import KeyCache
+    from gateway.store.feed import ChangeLog
+
 log = logging.getLogger("gateway.invalidation")
+
+
+class ChangeFeed(Protocol):
+    async def start(self) -> None:
+        """Follow from now on; a store that cannot be reached is not an error (the feed keeps
+        trying, with the cache's ttl capped)."""
+
+    async def stop(self) -> None: ...
 
 
 class ChangeFeedPoller:
     def __init__(
         self,
-        store: KeyStore,
+        changes: ChangeLog,
         cache: KeyCache,
         *,
         interval: float,
         fallback_ttl: float = 5.0,
     ) -> None:
-        self._store = store
+        self._changes = changes
         self._cache = cache
         self._fallback_ttl = fallback_ttl
         self._seq = 0
@@ -36,7 +53,7 @@ class ChangeFeedPoller:
 
     async def start(self) -> None:
         try:
-            self._seq = await self._store.last_change_seq()
+            self._seq = await self._changes.last_seq()
         except StoreUnavailable:
             self._healthy = False
         self._periodic.start()
@@ -45,7 +62,7 @@ class ChangeFeedPoller:
         await self._periodic.stop()
 
     async def poll_once(self) -> int:
-        changes = await self._store.changes_since(self._seq)
+        changes = await self._changes.since(self._seq)
         for change in changes:
             self._cache.invalidate(change.key_hash)
             self._seq = max(self._seq, change.seq)

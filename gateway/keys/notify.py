@@ -1,9 +1,10 @@
-"""Instant cache invalidation on Postgres: LISTEN ``gateway_keys``.
+"""Instant cache invalidation on Postgres: LISTEN ``gateway_keys``, the Postgres backend's
+``ChangeFeed``.
 
-Every key mutation in ``PostgresKeyStore`` sends ``pg_notify('gateway_keys', key_hash)`` in its
-own transaction, so the message reaches every listening node when (and only when) the change
-commits. ``PostgresInvalidator`` holds one dedicated connection (outside the store's pool) that
-listens and drops each named hash from the local cache.
+Every key mutation on Postgres sends ``pg_notify('gateway_keys', key_hash)`` in its own
+transaction (``gateway.store.postgres``), so the message reaches every listening node when (and
+only when) the change commits. ``ChangeFeedListener`` holds one dedicated connection (outside
+the store's pool) that listens and drops each named hash from the local cache.
 
 If that connection is lost (or cannot be made), a missed message must not keep a revoked key
 alive: until the listener is back, every cached entry's life is capped at ``fallback_ttl``
@@ -22,20 +23,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs
 
-from gateway.keys.cache import KeyCache
-from gateway.keys.postgres import NOTIFY_CHANNEL
-from gateway.metrics import Metrics
+if TYPE_CHECKING:
+    from gateway.keys.cache import KeyCache
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.invalidation")
+
+NOTIFY_CHANNEL = "gateway_keys"
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
-class PostgresInvalidator:
+class ChangeFeedListener:
     def __init__(
         self,
         url: str,

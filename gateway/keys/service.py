@@ -27,7 +27,6 @@ from gateway.keys.model import (
     new_id,
     utcnow,
 )
-from gateway.keys.store import KeyStore
 from gateway.keys.validation import (
     CREATE_FIELDS,
     UPDATE_FIELDS,
@@ -35,6 +34,7 @@ from gateway.keys.validation import (
     validate_fields,
     validate_name,
 )
+from gateway.store import Store
 
 ChangeHook = Callable[[str], None]
 
@@ -52,7 +52,7 @@ def _audit_value(value: Any) -> Any:
 class KeyService:
     def __init__(
         self,
-        store: KeyStore,
+        store: Store,
         config: Config,
         on_change: ChangeHook | None = None,
         on_tenancy_change: ChangeHook | None = None,

@@ -11,8 +11,11 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gateway.keys.store import KeyStore
+if TYPE_CHECKING:
+    from gateway.store import Store
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,7 @@ class WorkspaceView:
 class TenancyCache:
     def __init__(
         self,
-        store: KeyStore,
+        store: Store,
         *,
         ttl: float = 30.0,
         refresh_after: float = 1.0,

@@ -1,21 +1,25 @@
 """Usage written behind: counted in memory on the request path, flushed in one batch
-(``KeyStore.record_usage``) every ``interval`` seconds and on shutdown."""
+(``Store.record_usage``) every ``interval`` seconds and on shutdown."""
 
 from __future__ import annotations
 
 import logging
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from gateway.errors import StoreUnavailable
-from gateway.keys.store import KeyStore, UsageDelta
 from gateway.periodic import Periodic
+from gateway.store.usage import UsageDelta
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 
 log = logging.getLogger("gateway.usage")
 
 
 class UsageRecorder:
-    def __init__(self, store: KeyStore, interval: float = 1.0) -> None:
+    def __init__(self, store: Store, interval: float = 1.0) -> None:
         self._store = store
         self._pending: dict[str, list[int]] = {}  # key_id -> [requests, rate_limited]
         self._last_used: dict[str, float] = {}  # key_id -> time.time(), converted at flush

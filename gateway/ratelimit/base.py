@@ -28,7 +28,18 @@ class Decision(NamedTuple):
     busy: bool = False  # refused because every concurrency slot is held (nothing was counted)
 
 
+class LimiterStats(NamedTuple):
+    """Running counts of a limiter that talks to a backend (for ``/metrics``)."""
+
+    batches: int  # round trips: every decision asked for in one event-loop tick goes in one
+    commands: int  # commands sent in them
+
+
 class RateLimiter(Protocol):
+    async def open(self) -> None:
+        """Connect. An unreachable backend is not an error here: decisions follow
+        ``on_limiter_error`` until it answers."""
+
     def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
     ) -> Awaitable[Decision]:
@@ -54,6 +65,9 @@ class RateLimiter(Protocol):
         """Raise ``LimiterUnavailable`` unless the limiter can decide now (for /readyz)."""
 
     async def close(self) -> None: ...
+
+    def stats(self) -> LimiterStats | None:
+        """Running counts for ``/metrics``; None for a limiter that makes no round trips."""
 
 
 def local_share(limit: int, nodes: int) -> int:

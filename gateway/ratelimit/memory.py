@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from gateway.ratelimit.base import Decision
+from gateway.ratelimit.base import Decision, LimiterStats
 
 Clock = Callable[[], float]
 LEASE = "local"  # in-process slots are counted, not named
@@ -25,6 +25,9 @@ class MemoryRateLimiter:
         self._in_flight: dict[str, int] = {}  # budget -> slots held
         self._sweep_every = sweep_every
         self._hits = 0
+
+    async def open(self) -> None:
+        return None  # in-process: nothing to connect to
 
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
@@ -79,6 +82,9 @@ class MemoryRateLimiter:
 
     async def close(self) -> None:
         self._logs.clear()
+
+    def stats(self) -> LimiterStats | None:
+        return None  # decides in-process: no round trips to count
 
     def _log(self, bucket: str, window: float, now: float) -> deque[float]:
         entry = self._logs.get(bucket)

@@ -42,7 +42,7 @@ from typing import Any
 from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
 from gateway.periodic import Periodic
-from gateway.ratelimit.base import Decision
+from gateway.ratelimit.base import Decision, LimiterStats
 from gateway.ratelimit.resp import ReplyError, RespConnection, encode
 
 log = logging.getLogger("gateway.ratelimit.redis")
@@ -213,6 +213,9 @@ class RedisRateLimiter:
                 await conn.call(encode(b"PING"))
         except (OSError, TimeoutError, ReplyError) as exc:
             raise LimiterUnavailable(f"redis did not answer PING: {exc}") from exc
+
+    def stats(self) -> LimiterStats:
+        return LimiterStats(self.batches, self.commands)
 
     # ---- batching ----------------------------------------------------------------------------
 

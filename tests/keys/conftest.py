@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from gateway.config import KeyStoreConfig
 from gateway.keys.model import (
     KeyHasher,
     KeyRecord,
@@ -32,15 +33,15 @@ from gateway.keys.model import (
     new_id,
     utcnow,
 )
-from gateway.keys.postgres import PostgresKeyStore
-from gateway.keys.sqlite import SqliteKeyStore, database_path
+from gateway.store.postgres import postgres_store
+from gateway.store.sqlite import database_path, sqlite_store
 
 BACKENDS = ["sqlite", "postgres"]
 
 PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
-# A KeyStore plus ``migrate() -> list[int]``: what these tests drive.
+# A gateway.store.Store: what these tests drive.
 Store = Any
 MakeKey = Callable[..., KeyRecord]
 OpenStore = Callable[..., Awaitable[Store]]
@@ -128,11 +129,13 @@ def unusable_urls(backend: str, tmp_path: Path) -> dict[str, str]:
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def build_store(url: str, *, lock_timeout_ms: int = 5000) -> Store:
+def build_store(url: str, *, timeout: float = KeyStoreConfig().timeout) -> Store:
+    """``timeout``: ``key_store.timeout`` (the busy/lock wait and, on Postgres, every call)."""
+    options = KeyStoreConfig(timeout=timeout)
     if url.startswith("sqlite:"):
-        return SqliteKeyStore(url, busy_timeout_ms=lock_timeout_ms)
+        return sqlite_store(url, options)
     if url.startswith("postgresql:"):
-        return PostgresKeyStore(url, lock_timeout_ms=lock_timeout_ms)
+        return postgres_store(url, options)
     raise ValueError(f"no store for {url!r}")
 
 

@@ -10,11 +10,13 @@ from datetime import timedelta
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from gateway.config import KeyStoreConfig
 from gateway.errors import StoreUnavailable
-from gateway.keys.migrations import migration_files
 from gateway.keys.model import KeyHasher, KeyRecord, display_parts, generate_key, new_id, utcnow
-from gateway.keys.postgres import NOTIFY_CHANNEL, PostgresKeyStore
-from gateway.keys.store import UsageDelta
+from gateway.keys.notify import NOTIFY_CHANNEL
+from gateway.store import UsageDelta
+from gateway.store.migrations import migration_files
+from gateway.store.postgres import postgres_store
 
 
 def make_record(workspace_id: str | None = None, **overrides: object) -> KeyRecord:
@@ -44,11 +46,11 @@ def test_postgres_migration_files() -> None:
 def test_bad_urls() -> None:
     for url in ("sqlite:///x.db", "mysql://h/db", "http://x"):
         with pytest.raises(ValueError):
-            PostgresKeyStore(url)
+            postgres_store(url, KeyStoreConfig())
 
 
 async def test_five_nodes_opening_an_empty_database_at_once(pg_url: str) -> None:
-    stores = [PostgresKeyStore(pg_url) for _ in range(5)]
+    stores = [postgres_store(pg_url, KeyStoreConfig()) for _ in range(5)]
     try:
         await asyncio.gather(*(store.open() for store in stores))
         assert all([await store.ping() for store in stores])
@@ -67,7 +69,7 @@ async def test_five_nodes_opening_an_empty_database_at_once(pg_url: str) -> None
 
 
 async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
-    store = PostgresKeyStore(pg_url)
+    store = postgres_store(pg_url, KeyStoreConfig())
     await store.open()  # applies everything
     try:
         assert await store.migrate() == []
@@ -82,7 +84,7 @@ async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
         )
     finally:
         await conn.close()
-    again = PostgresKeyStore(pg_url)
+    again = postgres_store(pg_url, KeyStoreConfig())
     await again.open()
     try:
         assert await again.migrate() == []
@@ -92,7 +94,7 @@ async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
 
 
 async def test_every_mutation_notifies_on_commit_only(pg_url: str) -> None:
-    store = PostgresKeyStore(pg_url)
+    store = postgres_store(pg_url, KeyStoreConfig())
     await store.open()
     heard: asyncio.Queue[str] = asyncio.Queue()
     listener = await asyncpg.connect(pg_url)
@@ -128,11 +130,11 @@ async def test_every_mutation_notifies_on_commit_only(pg_url: str) -> None:
 
 
 async def test_command_timeout_is_store_unavailable(pg_url: str) -> None:
-    store = PostgresKeyStore(pg_url, command_timeout=0.2)
+    store = postgres_store(pg_url, KeyStoreConfig(timeout=0.2))
     await store.open()
     try:
         with pytest.raises(StoreUnavailable):  # a query that outlives the timeout
-            async with store._conn() as conn:
+            async with store.db.connection() as conn:
                 await conn.execute("SELECT pg_sleep(2)")
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -150,7 +152,7 @@ async def test_command_timeout_is_store_unavailable(pg_url: str) -> None:
 
 
 async def test_usage_batch_is_one_statement(pg_url: str) -> None:
-    store = PostgresKeyStore(pg_url, min_size=1, max_size=1)  # one connection: we watch it
+    store = postgres_store(pg_url, KeyStoreConfig(pool_size=1))  # one connection: we watch it
     await store.open()
     try:
         ws = await store.create_workspace("w")
@@ -159,7 +161,7 @@ async def test_usage_batch_is_one_statement(pg_url: str) -> None:
         ]
         deltas = [UsageDelta(k.key_id, 2, 1, utcnow()) for k in [*keys, keys[0]]]
         statements: list[str] = []
-        async with store._conn() as conn:
+        async with store.db.connection() as conn:
             conn.add_query_logger(lambda record: statements.append(record.query))
         await store.record_usage(deltas)
         ours = [q for q in statements if "api_keys" in q or "key_usage" in q]
@@ -173,11 +175,11 @@ async def test_usage_batch_is_one_statement(pg_url: str) -> None:
 
 
 async def test_every_call_is_bounded_by_the_command_timeout(pg_url: str) -> None:
-    store = PostgresKeyStore(pg_url, command_timeout=0.3, min_size=1, max_size=1)
+    store = postgres_store(pg_url, KeyStoreConfig(timeout=0.3, pool_size=1))
     await store.open()
     loop = asyncio.get_running_loop()
     try:
-        async with store._conn(deadline=5):  # the pool's only connection is busy
+        async with store.db.connection(deadline=5):  # the pool's only connection is busy
             started = loop.time()
             with pytest.raises(StoreUnavailable):
                 await store.get_key("key_x")

@@ -23,11 +23,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.keys.postgres import COMMAND_TIMEOUT
+from gateway.config import KeyStoreConfig
 from tests.conftest import Upstream, free_port
 from tests.gateway_process import GatewayProcess
 
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+COMMAND_TIMEOUT = KeyStoreConfig().timeout  # what one store call may take (key_store.timeout)
 
 
 class PrivatePostgres:

@@ -1,4 +1,4 @@
-"""PostgresInvalidator: a committed key change evicts the cached entry; a lost listener caps the
+"""ChangeFeedListener: a committed key change evicts the cached entry; a lost listener caps the
 cache ttl, reconnects, and drops the whole cache once it is back."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import asyncpg  # type: ignore[import-untyped]
 from gateway.config import KeyCacheConfig, KeyStoreConfig
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import utcnow
-from gateway.keys.notify import PostgresInvalidator
-from gateway.keys.postgres import PostgresKeyStore
+from gateway.keys.notify import ChangeFeedListener
+from gateway.store.postgres import postgres_store
 from tests.keys.test_postgres import make_record
 
 CONNECT_TIMEOUT = KeyStoreConfig().connect_timeout
@@ -28,13 +28,13 @@ async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
 
 
 async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None:
-    writer = PostgresKeyStore(pg_url)  # "another node"
-    reader = PostgresKeyStore(pg_url)
+    writer = postgres_store(pg_url, KeyStoreConfig())  # "another node"
+    reader = postgres_store(pg_url, KeyStoreConfig())
     await writer.open()
     await reader.open()
     clock = [1000.0]
     cache = KeyCache(reader, KeyCacheConfig(ttl=60.0), clock=lambda: clock[0])
-    invalidator = PostgresInvalidator(
+    invalidator = ChangeFeedListener(
         pg_url, cache, connect_timeout=CONNECT_TIMEOUT, min_backoff=0.01, max_backoff=0.05
     )
     await invalidator.start()
@@ -82,9 +82,11 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
 
 
 async def test_start_with_postgres_down_keeps_trying(unused_tcp_port: int) -> None:
-    store = PostgresKeyStore(f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x")
+    store = postgres_store(
+        f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x", KeyStoreConfig()
+    )
     cache = KeyCache(store, KeyCacheConfig())
-    invalidator = PostgresInvalidator(store.url, cache, connect_timeout=0.5, max_backoff=0.05)
+    invalidator = ChangeFeedListener(store.db.url, cache, connect_timeout=0.5, max_backoff=0.05)
     await invalidator.start()  # does not raise
     try:
         assert not invalidator.connected

@@ -1,4 +1,4 @@
-"""The KeyStore contract: every backend (``conftest.BACKENDS``) must pass all of it."""
+"""The key-store contract: every backend (``conftest.BACKENDS``) must pass all of it."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from gateway.config import KeyStoreConfig
 from gateway.errors import Conflict, KeyLimitReached, NotFound, StoreUnavailable, ValidationError
-from gateway.keys.migrations import migration_files
 from gateway.keys.model import KeyRecord, KeyUsage, Scope, Workspace, utcnow
-from gateway.keys.sqlite import SqliteKeyStore, database_path
-from gateway.keys.store import KeyChange, UsageDelta
+from gateway.store import KeyChange, UsageDelta
+from gateway.store.migrations import migration_files
+from gateway.store.sqlite import database_path, sqlite_store
 from tests.keys.conftest import MakeKey, OpenStore, Store, build_store, unusable_urls, write_locked
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -639,7 +640,7 @@ async def test_unusable_database_is_unavailable(backend: str, tmp_path: Path) ->
 async def test_locked_database_is_unavailable_for_writes(
     open_store: OpenStore, db_url: str, make_key: MakeKey
 ) -> None:
-    store = await open_store(lock_timeout_ms=100)
+    store = await open_store(timeout=0.1)
     record = await store.create_key(make_key(), max_active_per_user=10)
     secret = "do-not-leak@example.com"
     with write_locked(db_url):
@@ -669,14 +670,14 @@ def test_sqlite_url_forms(url: str, path: str) -> None:
 @pytest.mark.parametrize("url", ["postgresql://x/y", "sqlite://relative.db", "sqlite:///"])
 def test_sqlite_bad_urls(url: str) -> None:
     with pytest.raises(ValueError):
-        SqliteKeyStore(url)
+        sqlite_store(url, KeyStoreConfig())
 
 
 async def test_sqlite_relative_path_and_parent_dirs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    store = SqliteKeyStore("sqlite:///./data/nested/gateway.db")
+    store = sqlite_store("sqlite:///./data/nested/gateway.db", KeyStoreConfig())
     await store.open()
     try:
         assert await store.ping()
@@ -688,19 +689,19 @@ async def test_sqlite_relative_path_and_parent_dirs(
 async def test_sqlite_failed_migration_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.keys.sqlite as sqlite_module
+    import gateway.store.migrations as migrations_module
 
     path = tmp_path / "keys.db"
     broken = [*migration_files("sqlite"), (999, "broken", "CREATE TABLE t1 (x); CREATE TABLE (")]
-    monkeypatch.setattr(sqlite_module, "migration_files", lambda dialect: broken)
+    monkeypatch.setattr(migrations_module, "migration_files", lambda dialect: broken)
     with pytest.raises(StoreUnavailable):
-        await SqliteKeyStore(f"sqlite:///{path}").open()
+        await sqlite_store(f"sqlite:///{path}", KeyStoreConfig()).open()
     with closing(sqlite3.connect(path)) as raw:
         tables = raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     assert tables == []  # 001 and the half of 999 were rolled back together
 
     monkeypatch.undo()
-    store = SqliteKeyStore(f"sqlite:///{path}")
+    store = sqlite_store(f"sqlite:///{path}", KeyStoreConfig())
     await store.open()
     try:
         assert await store.migrate() == []
@@ -710,7 +711,7 @@ async def test_sqlite_failed_migration_leaves_nothing_behind(
 
 
 async def test_sqlite_in_memory() -> None:
-    store = SqliteKeyStore("sqlite:///:memory:")
+    store = sqlite_store("sqlite:///:memory:", KeyStoreConfig())
     await store.open()
     try:
         workspace = await store.create_workspace("mem")
