@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway.admin import create_admin_app
 from gateway.keys.service import KeyService
 from gateway.pipeline import PipelineHolder, build_pipeline
-from gateway.pipeline.malformed import ProxyServer
+from gateway.proxy_server import ProxyServer
 from gateway.services import Services
 
 
@@ -26,7 +26,7 @@ def create_proxy_server(services: Services, holder: PipelineHolder | None = None
     # A low-level server: the proxy has one handler and needs no router or app middlewares.
     # auto_decompress=False: bodies are forwarded (and counted) exactly as the client sent them.
     # ``holder``: the pipeline in force, for a server whose config can be reloaded.
-    # ProxyServer: requests the HTTP parser refuses get problem+json too (pipeline/malformed.py)
+    # ProxyServer: requests the HTTP parser refuses get problem+json too (gateway/proxy_server.py)
     return ProxyServer(
         build_pipeline(services, holder),
         metrics=services.metrics,

@@ -190,7 +190,7 @@ CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else config/gateway.yaml)"
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every (sub)command accepts -c/--config, before or after its name (SPEC §7)."""
+    """Every (sub)command accepts -c/--config, before or after its name (README "CLI")."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -21,7 +21,7 @@ an RFC 9457 ``application/problem+json`` body. Codes are a published contract: n
 
 A failure's HTTP meaning is its ``kind``. Where the listener changes it, the listener says so
 in one place: the proxy answers a store outage as 503 ``auth_unavailable``, because there the
-store is only asked who a key belongs to (``gateway.pipeline.errors``). A failure of kind
+store is only asked who a key belongs to (``gateway.pipeline.failure``). A failure of kind
 ``internal_error``, or any other exception, is a bug (``as_failure``): logged with the request
 id and answered 500. CLI exit codes per class: ``gateway.cli.EXIT_CODES``.
 """

@@ -28,7 +28,7 @@ import orjson
 from gateway.config import Config
 
 if TYPE_CHECKING:
-    from gateway.pipeline.exchange import Exchange
+    from gateway.exchange import Exchange
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}

@@ -50,7 +50,7 @@ from gateway.periodic import Periodic
 
 if TYPE_CHECKING:
     from gateway.keys.cache import KeyCache
-    from gateway.ratelimit.base import RateLimiter
+    from gateway.limiter.base import RateLimiter
     from gateway.upstream import UpstreamGroup
 
 # ``*_created`` series double the series count and say nothing a restart does not

@@ -1,4 +1,4 @@
-"""Origin matching for CORS and per-key ``allowed_origins`` (SPEC §4 step 4).
+"""Origin matching for CORS and per-key ``allowed_origins`` (README "The request path", step 4).
 
 A pattern is an exact ``scheme://host[:port]`` or ``scheme://*.domain[:port]``; the wildcard
 matches one or more labels under ``domain`` — never the bare domain, never a look-alike such as

@@ -1,7 +1,7 @@
 """The one place a failure becomes an RFC 9457 ``application/problem+json`` response, for
 both listeners and for requests the HTTP parser refuses.
 
-The body carries the extension members ``code`` and ``request_id`` (SPEC §5) plus the
+The body carries the extension members ``code`` and ``request_id`` (README "Errors") plus the
 failure's own (``errors`` of a validation error); 401s carry ``WWW-Authenticate: Bearer``."""
 
 from __future__ import annotations

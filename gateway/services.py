@@ -15,13 +15,13 @@ from gateway.config import Config, KeyStoreConfig
 from gateway.errors import ConfigError
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import KeyHasher
-from gateway.keys.tenancy import TenancyCache
+from gateway.keys.tenancy_cache import TenancyCache
 from gateway.keys.usage import UsageRecorder
+from gateway.limiter.base import RateLimiter
+from gateway.limiter.memory import MemoryRateLimiter
+from gateway.limiter.redis import RedisRateLimiter
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.ratelimit.base import RateLimiter
-from gateway.ratelimit.memory import MemoryRateLimiter
-from gateway.ratelimit.redis import RedisRateLimiter
 from gateway.store import Store
 from gateway.store.postgres import postgres_store
 from gateway.store.sqlite import sqlite_store

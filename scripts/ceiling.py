@@ -24,8 +24,8 @@ import httptools
 import uvloop
 
 from gateway.keys.model import KeyHasher, is_well_formed
+from gateway.limiter.memory import MemoryRateLimiter
 from gateway.pipeline.rate_limit import quota_headers
-from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.upstream import UpstreamPool
 
 NOT_FORWARDED = {"host", "connection", "authorization", "content-length"}

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.errors import LimiterUnavailable
 from gateway.keys.model import utcnow
-from gateway.ratelimit.base import Decision
+from gateway.limiter.base import Decision
 from tests.conftest import (
     Gateway,
     GatewayFactory,

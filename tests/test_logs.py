@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.config import Config, LoggingConfig, parse_config
+from gateway.exchange import Exchange
 from gateway.keys.model import generate_key
 from gateway.logs import (
     PIPE_BUF,
@@ -25,7 +26,6 @@ from gateway.logs import (
     configure_logging,
     timestamp,
 )
-from gateway.pipeline.exchange import Exchange
 
 KEY = generate_key("sk_live")
 

@@ -1,5 +1,5 @@
-"""The admin API (SPEC §6): its own aiohttp application on the admin listener, so no proxy
-stage ever wraps it and it is never reachable on the public port.
+"""The admin API (README "Admin API"): its own aiohttp application on the admin listener, so
+no proxy stage ever wraps it and it is never reachable on the public port.
 
 Admin keys are ``key_type: admin`` keys: operator keys (no workspace) see everything; workspace
 admin keys see their workspace only, and anything else is a 404, never a 403.
@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.admin import audit, health, keys, openapi, workspaces
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
-from gateway.admin.errors import errors_middleware
+from gateway.admin.failure import errors_middleware
 from gateway.admin.query import query_allowlist
 from gateway.admin.route import Route
 from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES

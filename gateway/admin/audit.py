@@ -1,4 +1,4 @@
-"""The audit log: who created, changed, rotated or revoked what, and when (SPEC §6)."""
+"""The audit log: who created, changed, rotated or revoked what, and when (README "Admin API")."""
 
 from __future__ import annotations
 

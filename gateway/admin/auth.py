@@ -3,7 +3,7 @@
 An ``Authenticator`` looks at the request and returns the acting principal (today always an
 admin key), None when the request carries no credential of its kind, or raises
 ``GatewayError`` to refuse it. The admin app is built with a sequence of them and asks each in
-turn: the bearer admin key today (SPEC §6); a console session cookie can join it without
+turn: the bearer admin key today (README "Admin API"); a console session cookie can join it without
 touching a handler. A request none of them recognises is a 401 ``missing_api_key``.
 """
 

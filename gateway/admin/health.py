@@ -1,5 +1,5 @@
 """Liveness, readiness and metrics: open to load balancers and scrapers, which carry no key
-(SPEC §6)."""
+(README "Admin API")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""API keys of a workspace: create, list, show, update, revoke, rotate, usage (SPEC §6)."""
+"""API keys of a workspace: create, list, show, update, revoke, rotate, usage
+(README "Admin API")."""
 
 from __future__ import annotations
 

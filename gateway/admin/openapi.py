@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the admin API (SPEC §6), built from the route table
+"""The OpenAPI 3.1 document of the admin API (README "Admin API"), built from the route table
 (``gateway.admin.ROUTES``), so it lists exactly what the app serves.
 
 Request schemas take their limits from ``gateway.keys.validation`` so the document and the
@@ -7,8 +7,8 @@ admin app is documented and ``tests/admin/test_schemathesis.py`` runs schemathes
 live app.
 
 Design decision: ``GET /admin/v1/openapi.json`` requires an admin key like every other admin
-endpoint. SPEC §6 says every admin endpoint takes ``Authorization: Bearer <admin key>``; only
-``/healthz``, ``/readyz`` and ``/metrics`` are open (load balancers and scrapers carry no key),
+endpoint. README "Admin API": every admin endpoint takes ``Authorization: Bearer <admin key>``;
+only ``/healthz``, ``/readyz`` and ``/metrics`` are open (load balancers and scrapers carry no key),
 and a public schema would advertise the admin surface to anyone who can reach the listener.
 """
 
@@ -225,7 +225,8 @@ def build_openapi(routes: Iterable[Route]) -> dict[str, Any]:
         "info": {
             "title": "API-key gateway admin API",
             "version": "1",
-            "description": "Manage workspaces, projects, namespaces and API keys (SPEC §6). "
+            "description": "Manage workspaces, projects, namespaces and API keys "
+                           "(see the README, \"Admin API\"). "
                            "A workspace admin key sees its own workspace only: anything else "
                            "is a 404.",
         },

@@ -46,7 +46,7 @@ class Route:
     query: tuple[Schema, ...] = ()  # the query parameters: documented, and the only ones taken
     errors: tuple[str, ...] = READ
     operation_id: str = ""  # "": the summary in snake case
-    public: bool = False  # no admin key: load balancers and scrapers carry none (SPEC §6)
+    public: bool = False  # no admin key: load balancers, scrapers carry none (README)
 
 
 def returns(status: int, schema: str) -> tuple[Reply, ...]:

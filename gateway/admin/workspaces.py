@@ -1,4 +1,4 @@
-"""Workspaces, and the projects and namespaces inside one (SPEC §6)."""
+"""Workspaces, and the projects and namespaces inside one (README "Admin API")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """API keys as data: the plaintext format, hashing, and the records the stores hold.
 
-Format (SPEC §3): ``<prefix>_<26 random base62><6-char base62 CRC32 of everything before it>``.
+Format (README "Keys"):
+``<prefix>_<26 random base62><6-char base62 CRC32 of everything before it>``.
 The checksum lets the gateway reject typos and guesses before any cache or store lookup.
 Only ``key_hash`` (hex SHA-256, or HMAC-SHA256 with a pepper), ``key_prefix`` and ``hint`` are
 ever stored.

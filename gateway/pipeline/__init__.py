@@ -1,11 +1,12 @@
-"""THE request path, in order (SPEC §4). Read this file to know what runs before what.
+"""THE request path, in order (README "The request path"). Read this file to know what runs
+before what.
 
 Every stage is a check built once at start-up: it refuses the request by raising
 ``GatewayError``, answers it itself by returning a response (a CORS preflight), or returns
 None. Only when it has to wait (a key-cache miss, Redis) does it return an awaitable instead,
 which the driver awaits, so the common request creates no coroutine per stage. A stage that
 does not apply to a route (``auth: none``, no ``cors``) builds no check for it. One driver runs
-the checks in order, then ``proxy.forward``; it renders errors and runs the cleanups stages
+the checks in order, the last of them ``forward``; it renders errors and runs the cleanups stages
 registered (a concurrency slot given back) once the response is sent.
 
 Checks run one after another rather than wrapping each other, so while ``forward`` waits on the
@@ -25,25 +26,25 @@ from time import perf_counter
 
 from aiohttp import web
 
-from gateway import proxy
 from gateway.config import RouteConfig
+from gateway.exchange import Check, Exchange
 from gateway.pipeline import (
     authenticate,
     authorize,
     cors,
-    errors,
+    failure,
+    forward,
+    match,
     rate_limit,
     request_id,
-    routing,
     tenancy,
 )
-from gateway.pipeline.exchange import Check, Exchange, Handler
 from gateway.pipeline.record import build_recorder
 from gateway.services import Services
 
 FRONT_STAGES: tuple[Callable[[Services], Callable[[Exchange], None]], ...] = (
     request_id.build,  # X-Request-Id in and out
-    routing.build,  # 400 malformed path/headers, 404 route_not_found
+    match.build,  # 400 malformed path/headers, 404 route_not_found
 )
 
 ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
@@ -52,20 +53,19 @@ ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     authorize.build,  # permissions, resource scopes, allowed origins (403)
     tenancy.build,  # X-Project-Id, X-Namespace (404)
     rate_limit.build,  # sliding window + in-flight cap per key, one limiter call (429)
+    forward.build,  # to the upstream, count usage: the last stage answers every request
 )
-# ... then proxy.build: forward to the upstream, count usage.
-# Failures from any of them: errors.build decides the answer (gateway.problem renders it),
+# Failures from any of them: failure.build decides the answer (gateway.problem renders it),
 # in the driver below.
 
 
 class RoutePath:
-    """One route's checks, built once, and its forwarding handler."""
+    """One route's stages, built once; the last one (forward) always answers."""
 
-    __slots__ = ("checks", "forward")
+    __slots__ = ("checks",)
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
         self.checks = tuple(c for stage in ROUTE_STAGES if (c := stage(route, services)))
-        self.forward: Handler = proxy.build(route, services)
 
 
 class Pipeline:
@@ -76,7 +76,7 @@ class Pipeline:
     def __init__(self, services: Services) -> None:
         self.paths = {r.name: RoutePath(r, services) for r in services.config.routes}
         self.front = tuple(stage(services) for stage in FRONT_STAGES)
-        self.handle_errors = errors.build(services)
+        self.handle_errors = failure.build(services)
         self.record = build_recorder(services)  # metrics and access log, once per request
         self.in_flight = 0
         self.idle: asyncio.Event | None = None  # made by wait_idle, set by the driver
@@ -126,10 +126,8 @@ def build_pipeline(
                     answer = await answer  # a check that has to wait (the store, Redis)
                     if answer is None:
                         continue
-                response = answer  # a check answered the request itself (a CORS preflight)
+                response = answer  # forward's answer, or a CORS preflight answered early
                 break
-            else:
-                response = await path.forward(exchange)
         except Exception as exc:  # the one place a bare Exception is caught
             response = await pipeline.handle_errors(exchange, exc)
         finally:
@@ -140,6 +138,7 @@ def build_pipeline(
             if exchange.cleanups is not None:
                 run_cleanups(exchange)
             pipeline.record(exchange, response, perf_counter() - started)
+        assert response is not None  # forward, the last stage, answers every request
         return response
 
     return handle
@@ -151,4 +150,4 @@ def run_cleanups(exchange: Exchange) -> None:
         try:
             cleanup()
         except Exception:
-            errors.log.exception("cleanup failed", extra={"request_id": exchange.request_id})
+            failure.log.exception("cleanup failed", extra={"request_id": exchange.request_id})

@@ -13,11 +13,11 @@ from gateway.errors import (
     REVOKED_API_KEY,
     GatewayError,
 )
+from gateway.exchange import Check, Exchange
 from gateway.http import bearer_token
 from gateway.keys.cache import MISS
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.pipeline import rate_limit
-from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 
@@ -46,11 +46,12 @@ def build(route: RouteConfig, services: Services) -> Check | None:
             raise GatewayError(INVALID_API_KEY, "unknown API key")
         check_status(record)
         exchange.key = record
-        # a later refusal still reports the key's quota (SPEC §4), without spending any
+        # a later refusal still reports the key's quota (README "The request path"), without
+        # spending any
         exchange.peek_quota = peek_headers
 
     async def load(exchange: Exchange, key_hash: str) -> None:
-        # StoreUnavailable passes through: the proxy answers it (gateway.pipeline.errors)
+        # StoreUnavailable passes through: the proxy answers it (gateway.pipeline.failure)
         accept(exchange, await cache.load(key_hash))
 
     def authenticate(exchange: Exchange) -> Awaitable[None] | None:

@@ -15,9 +15,9 @@ from gateway.errors import (
     RESOURCE_FORBIDDEN,
     GatewayError,
 )
+from gateway.exchange import Check, Exchange
 from gateway.keys.model import KeyRecord
 from gateway.origins import is_origin_allowed
-from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 

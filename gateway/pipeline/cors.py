@@ -8,8 +8,8 @@ from aiohttp import web
 
 from gateway.config import CorsConfig, RouteConfig
 from gateway.errors import ORIGIN_NOT_ALLOWED, GatewayError
+from gateway.exchange import Check, Exchange
 from gateway.origins import is_origin_allowed
-from gateway.pipeline.exchange import Check, Exchange
 from gateway.services import Services
 
 ALWAYS_EXPOSED = (

@@ -32,13 +32,13 @@ from gateway.errors import (
     GatewayError,
     LimiterUnavailable,
 )
+from gateway.exchange import Check, Exchange
 from gateway.keys.model import KeyRecord
 from gateway.keys.usage import UsageRecorder
-from gateway.pipeline.exchange import Check, Exchange
-from gateway.ratelimit.base import Decision, RateLimiter, local_share
+from gateway.limiter.base import Decision, RateLimiter, local_share
 from gateway.services import Services
 
-log = logging.getLogger("gateway.ratelimit")
+log = logging.getLogger("gateway.limiter")
 
 
 def quota_for(key: KeyRecord, route: RouteConfig, default: RateLimit) -> tuple[str, int, float]:

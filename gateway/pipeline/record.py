@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.exchange import Exchange
 from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.metrics import NO_ROUTE
-from gateway.pipeline.exchange import Exchange
 from gateway.services import Services
 
 Recorder = Callable[[Exchange, "web.StreamResponse | None", float], None]

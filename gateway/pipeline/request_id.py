@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.exchange import Exchange
 from gateway.http import pick_request_id
 from gateway.logs import Redactor
-from gateway.pipeline.exchange import Exchange
 from gateway.services import Services
 
 

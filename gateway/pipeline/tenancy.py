@@ -17,8 +17,8 @@ from gateway.errors import (
     GatewayError,
     StoreUnavailable,
 )
-from gateway.keys.tenancy import TenancyCache, WorkspaceView
-from gateway.pipeline.exchange import Check, Exchange
+from gateway.exchange import Check, Exchange
+from gateway.keys.tenancy_cache import TenancyCache, WorkspaceView
 from gateway.services import Services
 
 PROJECT_HEADER, NAMESPACE_HEADER = istr("X-Project-Id"), istr("X-Namespace")  # looked up as is
@@ -75,7 +75,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
                 )
         except StoreUnavailable:
             metrics.count_store_error("tenancy")
-            raise  # answered by the proxy (gateway.pipeline.errors)
+            raise  # answered by the proxy (gateway.pipeline.failure)
 
     def tenancy(exchange: Exchange) -> Awaitable[None] | None:
         key = exchange.key

@@ -9,10 +9,10 @@ from gateway.config import RateLimit, RouteConfig
 from gateway.errors import GatewayError
 from gateway.http import bearer_token, pick_request_id
 from gateway.keys.model import KeyRecord, Scope
+from gateway.limiter.base import Decision
 from gateway.pipeline.authenticate import check_status
 from gateway.pipeline.authorize import expand, missing_permission, scope_allows
 from gateway.pipeline.rate_limit import budget_of, quota_for, quota_headers
-from gateway.ratelimit.base import Decision
 
 
 def key(**changes: object) -> KeyRecord:

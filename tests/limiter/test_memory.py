@@ -3,8 +3,8 @@ with the Redis limiter is in test_contract.py."""
 
 import pytest
 
-from gateway.ratelimit.base import local_share
-from gateway.ratelimit.memory import MemoryRateLimiter
+from gateway.limiter.base import local_share
+from gateway.limiter.memory import MemoryRateLimiter
 
 
 class Clock:

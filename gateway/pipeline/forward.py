@@ -1,11 +1,12 @@
-"""The last handler: build the upstream request by rule, stream both ways, count usage.
+"""The last stage: build the upstream request by rule, stream both ways, count usage.
 An upstream failure before the response head is an ``UpstreamError`` (502, or 504 on a
 timeout); after it, the only honest signal left is an aborted message.
 
-Header rules (SPEC §4): hop-by-hop headers (RFC 9110 §7.6.1) and every header named in
-``Connection`` are dropped both ways; the client's ``Authorization`` never leaves; every client
-copy of the identity headers is dropped (names compared lower-cased, ``_`` read as ``-``) and the
-gateway's own are set. The forwarded path is the normalised path that was authorized.
+Header rules (README "The request path"): hop-by-hop headers (RFC 9110 §7.6.1) and every
+header named in ``Connection`` are dropped both ways; the client's ``Authorization`` never
+leaves; every client copy of the identity headers is dropped (names compared lower-cased,
+``_`` read as ``-``) and the gateway's own are set. The forwarded path is the normalised path
+that was authorized.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from multidict import CIMultiDict
 
 from gateway.config import RouteConfig
 from gateway.errors import BAD_REQUEST, PAYLOAD_TOO_LARGE, GatewayError, UpstreamError
+from gateway.exchange import Exchange, Handler
 from gateway.http import CLIENT_CLOSED_REQUEST
-from gateway.pipeline.exchange import Exchange, Handler
 from gateway.services import Services
 from gateway.upstream import UpstreamResponse
 

@@ -21,8 +21,8 @@ import pytest
 import redis
 
 from gateway.config import LimiterConfig
-from gateway.ratelimit.memory import MemoryRateLimiter
-from gateway.ratelimit.redis import RedisRateLimiter
+from gateway.limiter.memory import MemoryRateLimiter
+from gateway.limiter.redis import RedisRateLimiter
 from tests.conftest import free_port
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from tests.conftest import start_site
 from tests.gateway_process import GatewayProcess
-from tests.ratelimit.conftest import REDIS_URL, require_redis
+from tests.limiter.conftest import REDIS_URL, require_redis
 
 LIMIT = 50  # per WINDOW seconds, for each key
 WINDOW = 1.0

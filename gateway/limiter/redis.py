@@ -41,11 +41,11 @@ from typing import Any
 
 from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
+from gateway.limiter.base import Decision, LimiterStats
+from gateway.limiter.resp import ReplyError, RespConnection, encode
 from gateway.periodic import Periodic
-from gateway.ratelimit.base import Decision, LimiterStats
-from gateway.ratelimit.resp import ReplyError, RespConnection, encode
 
-log = logging.getLogger("gateway.ratelimit.redis")
+log = logging.getLogger("gateway.limiter.redis")
 
 # KEYS[1] the sliding log, KEYS[2] the leases. ARGV[1] mode: a(dmit) | p(eek) | r(enew).
 # admit: ARGV[2] limit, [3] window µs, [4] member id, [5] max in flight (0: none), [6] lease

@@ -20,7 +20,7 @@ from tests.conftest import (
     until_slot_returns,
     wait_for,
 )
-from tests.ratelimit.conftest import LIMITERS, REDIS_URL, PrivateRedis, require_redis
+from tests.limiter.conftest import LIMITERS, REDIS_URL, PrivateRedis, require_redis
 from tests.test_errors_e2e import problem
 
 MakeLimited = Callable[..., Awaitable[Gateway]]

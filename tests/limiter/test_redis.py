@@ -11,8 +11,8 @@ from redis.crc import key_slot
 
 from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
-from gateway.ratelimit.redis import RedisRateLimiter
-from tests.ratelimit.conftest import REDIS_URL, PrivateRedis, require_redis
+from gateway.limiter.redis import RedisRateLimiter
+from tests.limiter.conftest import REDIS_URL, PrivateRedis, require_redis
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.errors import BAD_REQUEST, ROUTE_NOT_FOUND, GatewayError
-from gateway.pipeline.exchange import Exchange
+from gateway.exchange import Exchange
 from gateway.routing import BadPath, RouteTable, normalize_path
 from gateway.services import Services
 

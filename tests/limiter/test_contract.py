@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.ratelimit.conftest import OpenLimiter
+from tests.limiter.conftest import OpenLimiter
 
 
 async def test_admits_up_to_the_limit_then_refuses(open_limiter: OpenLimiter) -> None:

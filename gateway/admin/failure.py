@@ -3,7 +3,7 @@ the admin app catches a bare ``Exception`` (logged, answered as a 500). Every re
 the request's ``X-Request-Id``.
 
 A failure answers as its kind (``gateway.errors``): a key-store outage here is 503
-``store_unavailable`` (the proxy says ``auth_unavailable``: see ``gateway.pipeline.errors``).
+``store_unavailable`` (the proxy says ``auth_unavailable``: see ``gateway.pipeline.failure``).
 """
 
 from __future__ import annotations

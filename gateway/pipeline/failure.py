@@ -4,7 +4,7 @@ bare ``Exception`` is caught (logged with the request id, answered as a 500).
 A failure answers as its kind (``gateway.errors``) with one exception, decided here and
 nowhere else: on the proxy the key store is only asked who a key belongs to (the key lookup
 in authenticate, the workspace view in tenancy), so its outage is an authentication outage,
-503 ``auth_unavailable`` (SPEC §5), not the admin API's 503 ``store_unavailable``."""
+503 ``auth_unavailable`` (README "Errors"), not the admin API's 503 ``store_unavailable``."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from gateway.errors import (
     StoreUnavailable,
     as_failure,
 )
+from gateway.exchange import Exchange
 from gateway.metrics import NO_ROUTE
-from gateway.pipeline.exchange import Exchange
 from gateway.problem import problem_response
 from gateway.services import Services
 
@@ -51,7 +51,7 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
         exchange.error_code = code = failure.kind.code
         match = exchange.match
         metrics.count_error(code, match.route.name if match is not None else NO_ROUTE)
-        # every response to a request with a valid key carries its quota (SPEC §4)
+        # every response to a request with a valid key carries its quota (README "The request path")
         peek, key, headers = exchange.peek_quota, exchange.key, exchange.response_headers
         if peek is not None and key is not None and "RateLimit-Limit" not in headers:
             headers.update(await peek(key))

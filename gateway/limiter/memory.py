@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from gateway.ratelimit.base import Decision, LimiterStats
+from gateway.limiter.base import Decision, LimiterStats
 
 Clock = Callable[[], float]
 LEASE = "local"  # in-process slots are counted, not named
