@@ -13,7 +13,6 @@ for ``stale_if_error`` seconds past its ttl, then the key gets ``StoreUnavailabl
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from collections import OrderedDict
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 from gateway.config import KeyCacheConfig
 from gateway.errors import StoreUnavailable
 from gateway.keys.model import KeyRecord
+from gateway.keys.single_flight import SingleFlight
 
 if TYPE_CHECKING:
     from gateway.store import Store
@@ -60,7 +60,7 @@ class KeyCache:
         self._clock = clock
         self._positive: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
         self._negative: OrderedDict[str, float] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._flights: SingleFlight[str, KeyRecord | None] = SingleFlight()
         self._generation = 0
         self.stats = CacheStats()
 
@@ -92,7 +92,8 @@ class KeyCache:
     async def load(self, key_hash: str) -> KeyRecord | None:
         """Ask the store (one query however many callers miss on this hash at once)."""
         self.stats.misses += 1
-        return await self._load(key_hash, self._positive.get(key_hash))
+        stale = self._positive.get(key_hash)
+        return await self._flights.load(key_hash, lambda: self._fetch(key_hash, stale))
 
     def invalidate(self, key_hash: str) -> None:
         self._positive.pop(key_hash, None)
@@ -114,24 +115,6 @@ class KeyCache:
         for key_hash, expires in list(self._negative.items()):
             if expires > limit:
                 self._negative[key_hash] = limit
-
-    async def _load(
-        self, key_hash: str, stale: tuple[KeyRecord, float] | None
-    ) -> KeyRecord | None:
-        # One task per missing hash; waiters share it through shield() so a cancelled waiter
-        # neither cancels the lookup nor leaves the others hanging.
-        task = self._inflight.get(key_hash)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch(key_hash, stale))
-            self._inflight[key_hash] = task
-            task.add_done_callback(lambda t: self._finished(key_hash, t))
-        return await asyncio.shield(task)
-
-    def _finished(self, key_hash: str, task: asyncio.Future[KeyRecord | None]) -> None:
-        if self._inflight.get(key_hash) is task:
-            del self._inflight[key_hash]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so an unawaited failure is not logged as lost
 
     async def _fetch(
         self, key_hash: str, stale: tuple[KeyRecord, float] | None

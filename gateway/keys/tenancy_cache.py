@@ -7,15 +7,15 @@ while garbage headers cannot turn into a flood of store queries.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.keys.single_flight import SingleFlight
+
 if TYPE_CHECKING:
     from gateway.store import Store
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class TenancyCache:
         self._refresh_after = refresh_after
         self._max = max_entries
         self._views: OrderedDict[str, WorkspaceView] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[WorkspaceView]] = {}
+        self._flights: SingleFlight[str, WorkspaceView] = SingleFlight()
 
     async def view(self, workspace_id: str) -> WorkspaceView:
         view = self._views.get(workspace_id)
@@ -68,12 +68,7 @@ class TenancyCache:
         self._views.pop(workspace_id, None)
 
     async def _load(self, workspace_id: str) -> WorkspaceView:
-        task = self._loading.get(workspace_id)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch(workspace_id))
-            self._loading[workspace_id] = task
-            task.add_done_callback(lambda _: self._loading.pop(workspace_id, None))
-        return await asyncio.shield(task)
+        return await self._flights.load(workspace_id, lambda: self._fetch(workspace_id))
 
     async def _fetch(self, workspace_id: str) -> WorkspaceView:
         workspace = await self._store.get_workspace(workspace_id)
