@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install install-test run lint types test check bench clean
+.PHONY: install install-test run lint layers types test check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,16 @@ run: install  ## the demo: echo upstream on :9000 + gateway with config/gateway.
 lint:
 	$(BIN)/ruff check gateway tests scripts
 
+layers:  ## no import from a lower layer to a higher one (docs/ARCHITECTURE.md)
+	$(BIN)/lint-imports
+
 types:
 	$(BIN)/mypy
 
 test:
 	$(BIN)/python -m pytest
 
-check: install-test lint types test  ## everything CI runs
+check: install-test lint layers types test  ## everything CI runs
 
 bench: install  ## the performance benchmark (nginx + wrk, ratios in one run)
 	$(BIN)/python scripts/bench.py
