@@ -24,7 +24,7 @@ from gateway.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from gateway.keys.model import ROLES, utcnow
+from gateway.keys.model import ROLES, KeyRecord, utcnow
 from gateway.keys.service import KeyService
 from gateway.services import open_store
 
@@ -143,36 +143,23 @@ async def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
     return await with_service(config, action)
 
 
-async def cmd_keys_show(args: argparse.Namespace, config: Config) -> int:
-    async def action(service: KeyService) -> int:
-        emit((await service.get_key(args.key_id)).to_public(utcnow()))
-        return EXIT_OK
+def _key_command(act: Callable[[KeyService, str], Awaitable[KeyRecord]]) -> Command:
+    """A command on one key (``KEY_ID``) that prints the key object afterwards."""
 
-    return await with_service(config, action)
+    async def command(args: argparse.Namespace, config: Config) -> int:
+        async def action(service: KeyService) -> int:
+            emit((await act(service, args.key_id)).to_public(utcnow()))
+            return EXIT_OK
 
+        return await with_service(config, action)
 
-async def cmd_keys_revoke(args: argparse.Namespace, config: Config) -> int:
-    async def action(service: KeyService) -> int:
-        emit((await service.revoke_key(args.key_id, "cli")).to_public(utcnow()))
-        return EXIT_OK
-
-    return await with_service(config, action)
+    return command
 
 
-async def cmd_keys_disable(args: argparse.Namespace, config: Config) -> int:
-    async def action(service: KeyService) -> int:
-        emit((await service.disable_key(args.key_id, "cli")).to_public(utcnow()))
-        return EXIT_OK
-
-    return await with_service(config, action)
-
-
-async def cmd_keys_enable(args: argparse.Namespace, config: Config) -> int:
-    async def action(service: KeyService) -> int:
-        emit((await service.enable_key(args.key_id, "cli")).to_public(utcnow()))
-        return EXIT_OK
-
-    return await with_service(config, action)
+cmd_keys_show = _key_command(lambda service, key_id: service.get_key(key_id))
+cmd_keys_revoke = _key_command(lambda service, key_id: service.revoke_key(key_id, "cli"))
+cmd_keys_disable = _key_command(lambda service, key_id: service.disable_key(key_id, "cli"))
+cmd_keys_enable = _key_command(lambda service, key_id: service.enable_key(key_id, "cli"))
 
 
 async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
