@@ -24,7 +24,7 @@ from gateway.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from gateway.keys.model import utcnow
+from gateway.keys.model import ROLES, KeyRecord, utcnow
 from gateway.keys.service import KeyService
 from gateway.services import open_store
 
@@ -100,6 +100,7 @@ async def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
     optional = {
         "description": args.description,
         "user_id": args.user_id,
+        "user_email": args.user_email,
         "rate_limit_override": args.rate_limit,
         "concurrency_limit": args.concurrency,
         "expires_at": args.expires_at,
@@ -142,20 +143,23 @@ async def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
     return await with_service(config, action)
 
 
-async def cmd_keys_show(args: argparse.Namespace, config: Config) -> int:
-    async def action(service: KeyService) -> int:
-        emit((await service.get_key(args.key_id)).to_public(utcnow()))
-        return EXIT_OK
+def _key_command(act: Callable[[KeyService, str], Awaitable[KeyRecord]]) -> Command:
+    """A command on one key (``KEY_ID``) that prints the key object afterwards."""
 
-    return await with_service(config, action)
+    async def command(args: argparse.Namespace, config: Config) -> int:
+        async def action(service: KeyService) -> int:
+            emit((await act(service, args.key_id)).to_public(utcnow()))
+            return EXIT_OK
+
+        return await with_service(config, action)
+
+    return command
 
 
-async def cmd_keys_revoke(args: argparse.Namespace, config: Config) -> int:
-    async def action(service: KeyService) -> int:
-        emit((await service.revoke_key(args.key_id, "cli")).to_public(utcnow()))
-        return EXIT_OK
-
-    return await with_service(config, action)
+cmd_keys_show = _key_command(lambda service, key_id: service.get_key(key_id))
+cmd_keys_revoke = _key_command(lambda service, key_id: service.revoke_key(key_id, "cli"))
+cmd_keys_disable = _key_command(lambda service, key_id: service.disable_key(key_id, "cli"))
+cmd_keys_enable = _key_command(lambda service, key_id: service.enable_key(key_id, "cli"))
 
 
 async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
@@ -180,6 +184,44 @@ async def cmd_workspaces_list(args: argparse.Namespace, config: Config) -> int:
     async def action(service: KeyService) -> int:
         workspaces = await service.list_workspaces()
         emit({"results": [w.to_public() for w in workspaces], "total": len(workspaces)})
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_members_add(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        body = {"email": args.email, "role": args.role}
+        emit((await service.members.add(args.workspace, body, "cli")).to_public())
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_members_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        members = await service.members.all(args.workspace)
+        emit({"results": [m.to_public() for m in members], "total": len(members)})
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_members_set_role(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        member = await service.members.set_role(
+            args.workspace, args.user_id, {"role": args.role}, "cli"
+        )
+        emit(member.to_public())
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_members_remove(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        member, revoked = await service.members.remove(args.workspace, args.user_id, "cli")
+        emit({**member.to_public(), "revoked_keys": [k.key_id for k in revoked]})
         return EXIT_OK
 
     return await with_service(config, action)
@@ -216,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_create.add_argument("--workspace", default=None,
                               help="make a workspace admin key instead of an operator key")
     _keys_parser(sub)
+    _members_parser(sub)
     workspaces = sub.add_parser("workspaces").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -232,7 +275,9 @@ def _keys_parser(sub: Any) -> None:
     create.add_argument("--workspace", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--description")
-    create.add_argument("--user-id")
+    create.add_argument("--user-id", help="the owner: a member's usr_ id, or any other string "
+                                           "for a service key")
+    create.add_argument("--user-email", help="the owner: the member with this email")
     create.add_argument("--permission", action="append", help="repeatable")
     create.add_argument("--scope", action="append", help="RESOURCE:op1,op2 (repeatable)")
     create.add_argument("--allowed-origin", action="append", help="repeatable")
@@ -249,11 +294,29 @@ def _keys_parser(sub: Any) -> None:
     list_.add_argument("--resource-id")
     list_.add_argument("--limit", type=int, default=50)
     list_.add_argument("--cursor")
-    for name in ("show", "revoke"):
-        keys.add_parser(name).add_argument("key_id")
+    for name, text in (("show", "show a key"), ("revoke", "revoke a key (final)"),
+                       ("disable", "disable a key until enabled (401 disabled_api_key)"),
+                       ("enable", "enable a disabled key")):
+        keys.add_parser(name, help=text).add_argument("key_id", help="the key's key_id")
     rotate = keys.add_parser("rotate")
     rotate.add_argument("key_id")
     rotate.add_argument("--grace-period", type=int, default=0, help="seconds (default 0)")
+
+
+def _members_parser(sub: Any) -> None:
+    members = sub.add_parser("members", help="members of a workspace and their roles")
+    members = members.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    add = members.add_parser("add", help="add a member")
+    list_ = members.add_parser("list", help="list a workspace's members, oldest first")
+    set_role = members.add_parser("set-role", help="change a member's role")
+    remove = members.add_parser("remove", help="remove a member and revoke its active keys")
+    for parser in (add, list_, set_role, remove):
+        parser.add_argument("--workspace", required=True, help="the workspace id")
+    for parser in (set_role, remove):
+        parser.add_argument("user_id", help="the member's usr_ id")
+    add.add_argument("--email", required=True, help="unique in the workspace (any case)")
+    for parser in (add, set_role):
+        parser.add_argument("--role", required=True, choices=ROLES, help="what the member may do")
 
 
 COMMANDS: dict[tuple[str, str | None], Command] = {
@@ -265,6 +328,12 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("keys", "show"): cmd_keys_show,
     ("keys", "revoke"): cmd_keys_revoke,
     ("keys", "rotate"): cmd_keys_rotate,
+    ("keys", "disable"): cmd_keys_disable,
+    ("keys", "enable"): cmd_keys_enable,
+    ("members", "add"): cmd_members_add,
+    ("members", "list"): cmd_members_list,
+    ("members", "set-role"): cmd_members_set_role,
+    ("members", "remove"): cmd_members_remove,
     ("workspaces", "create"): cmd_workspaces_create,
     ("workspaces", "list"): cmd_workspaces_list,
 }

@@ -15,6 +15,7 @@ an RFC 9457 ``application/problem+json`` body. Codes are a published contract: n
           │                                 (per instance; translated in gateway.upstream)
           ├── ValidationError           400 validation_error  (field -> message)
           ├── NotFound                  404 not_found         (admin/service lookups)
+          │    └── MemberNotFound       404 member_not_found  (no such member in the workspace)
           ├── KeyLimitReached           409 key_limit_reached
           ├── Conflict                  409 conflict
           └── ConfigError               500 internal_error    (never served: CLI exit code 2)
@@ -50,6 +51,7 @@ MISSING_API_KEY = ErrorKind(401, "missing_api_key", "Missing API key")
 INVALID_API_KEY = ErrorKind(401, "invalid_api_key", "Invalid API key")
 REVOKED_API_KEY = ErrorKind(401, "revoked_api_key", "Revoked API key")
 EXPIRED_API_KEY = ErrorKind(401, "expired_api_key", "Expired API key")
+DISABLED_API_KEY = ErrorKind(401, "disabled_api_key", "Disabled API key")
 INSUFFICIENT_PERMISSIONS = ErrorKind(403, "insufficient_permissions", "Insufficient permissions")
 RESOURCE_FORBIDDEN = ErrorKind(403, "resource_forbidden", "Resource forbidden")
 ORIGIN_NOT_ALLOWED = ErrorKind(403, "origin_not_allowed", "Origin not allowed")
@@ -57,6 +59,7 @@ ROUTE_NOT_FOUND = ErrorKind(404, "route_not_found", "Route not found")
 PROJECT_NOT_FOUND = ErrorKind(404, "project_not_found", "Project not found")
 NAMESPACE_NOT_FOUND = ErrorKind(404, "namespace_not_found", "Namespace not found")
 NOT_FOUND = ErrorKind(404, "not_found", "Not found")
+MEMBER_NOT_FOUND = ErrorKind(404, "member_not_found", "Member not found")
 METHOD_NOT_ALLOWED = ErrorKind(405, "method_not_allowed", "Method not allowed")
 KEY_LIMIT_REACHED = ErrorKind(409, "key_limit_reached", "Key limit reached")
 CONFLICT = ErrorKind(409, "conflict", "Conflict")
@@ -70,7 +73,9 @@ STORE_UNAVAILABLE = ErrorKind(503, "store_unavailable", "Key store unavailable")
 RATE_LIMIT_UNAVAILABLE = ErrorKind(503, "rate_limit_unavailable", "Rate limiting unavailable")
 UPSTREAM_TIMEOUT = ErrorKind(504, "upstream_timeout", "Upstream timeout")
 
-UNAUTHORIZED_KINDS = frozenset({MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY})
+UNAUTHORIZED_KINDS = frozenset(
+    {MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY, DISABLED_API_KEY}
+)
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 RETRY_SOON: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
@@ -160,6 +165,12 @@ class NotFound(GatewayFailure):
     """A workspace, project, namespace or key that does not exist (or is not visible)."""
 
     kind = NOT_FOUND
+
+
+class MemberNotFound(NotFound):
+    """No member with that id or email in the workspace (a key's owner, or the member named)."""
+
+    kind = MEMBER_NOT_FOUND
 
 
 class KeyLimitReached(GatewayFailure):

@@ -37,6 +37,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.errors import (
     CONCURRENCY_LIMITED,
+    DISABLED_API_KEY,
     EXPIRED_API_KEY,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
@@ -69,6 +70,7 @@ NO_ROUTE = "none"  # the route label of a request no route matched
 AUTH_FAILURE_CODES = frozenset(
     kind.code
     for kind in (MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY,
+                 DISABLED_API_KEY,
                  INSUFFICIENT_PERMISSIONS, RESOURCE_FORBIDDEN, ORIGIN_NOT_ALLOWED)
 )
 SAMPLE_INTERVAL = 1.0  # seconds, with workers: how old another worker's sampled values may be

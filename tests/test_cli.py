@@ -103,3 +103,61 @@ def test_admin_key_create_prints_key_last(config: Path, capsys: pytest.CaptureFi
     record = json.loads("\n".join(body))
     assert code == EXIT_OK and record["key_type"] == "admin" and record["workspace_id"] is None
     assert plaintext.startswith("sk_live_")
+
+
+def test_members_and_their_keys(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("-c", str(config))
+    ws = json.loads(run(capsys, "workspaces", "create", "--name", "acme", *c)[1])["id"]
+    code, out, _ = run(capsys, "members", "add", "--workspace", ws, "--email", "A@Example.com",
+                       "--role", "admin", *c)
+    alice = json.loads(out)
+    assert code == EXIT_OK and alice["email"] == "a@example.com"
+    assert alice["user_id"].startswith("usr_")
+    code, _, err = run(capsys, "members", "add", "--workspace", ws, "--email", "a@example.com",
+                       "--role", "viewer", *c)
+    assert code == EXIT_CONFLICT and err.count("\n") == 1
+    code, out, _ = run(capsys, "members", "set-role", "--workspace", ws, alice["user_id"],
+                       "--role", "viewer", *c)
+    assert code == EXIT_OK and json.loads(out)["role"] == "viewer"
+    code, out, _ = run(capsys, "keys", "create", "--workspace", ws, "--name", "k",
+                       "--user-email", "a@example.com", *c)
+    key = json.loads("\n".join(out.strip().splitlines()[:-1]))
+    assert code == EXIT_OK and key["user_id"] == key["principal_id"] == alice["user_id"]
+    code, _, err = run(capsys, "keys", "create", "--workspace", ws, "--name", "k",
+                       "--user-email", "ghost@example.com", *c)
+    assert code == EXIT_NOT_FOUND and "ghost@example.com" in err
+    code, out, _ = run(capsys, "members", "list", "--workspace", ws, *c)
+    assert json.loads(out)["results"] == [{**alice, "role": "viewer"}]
+    code, out, _ = run(capsys, "members", "remove", "--workspace", ws, alice["user_id"], *c)
+    assert code == EXIT_OK and json.loads(out)["revoked_keys"] == [key["key_id"]]
+    code, out, _ = run(capsys, "keys", "show", key["key_id"], *c)
+    assert json.loads(out)["status"] == "revoked" and json.loads(out)["revoked_by"] == "cli"
+    code, _, _ = run(capsys, "members", "remove", "--workspace", ws, alice["user_id"], *c)
+    assert code == EXIT_NOT_FOUND
+
+
+def test_keys_disable_and_enable(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("-c", str(config))
+    ws = json.loads(run(capsys, "workspaces", "create", "--name", "acme", *c)[1])["id"]
+    out = run(capsys, "keys", "create", "--workspace", ws, "--name", "k", *c)[1]
+    key_id = json.loads("\n".join(out.strip().splitlines()[:-1]))["key_id"]
+    code, out, _ = run(capsys, "keys", "disable", key_id, *c)
+    assert code == EXIT_OK and json.loads(out)["status"] == "disabled"
+    code, out, _ = run(capsys, "keys", "enable", key_id, *c)
+    assert code == EXIT_OK and json.loads(out)["status"] == "active"
+    assert run(capsys, "keys", "revoke", key_id, *c)[0] == EXIT_OK
+    code, _, err = run(capsys, "keys", "enable", key_id, *c)
+    assert code == EXIT_CONFLICT and "revoked" in err
+
+
+def test_member_commands_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["members", "--help"], ["members", "add", "--help"],
+                 ["members", "set-role", "--help"], ["keys", "disable", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "usage:" in out
+    with pytest.raises(SystemExit):
+        main(["members", "add", "--help"])
+    out = capsys.readouterr().out
+    assert "unique in the workspace" in out and "what the member may do" in out

@@ -40,7 +40,7 @@ def bearer_admin_key(services: Services) -> Authenticator:
             raise GatewayError(INVALID_API_KEY, "the admin key is malformed")
         record = await services.store.get_key_by_hash(services.hasher(token))
         if record is None or record.effective_status(utcnow()) != "active":
-            raise GatewayError(INVALID_API_KEY, "unknown, revoked or expired admin key")
+            raise GatewayError(INVALID_API_KEY, "unknown, revoked, expired or disabled admin key")
         if record.key_type != "admin":
             raise GatewayError(INSUFFICIENT_PERMISSIONS, "the admin API needs an admin key")
         return record

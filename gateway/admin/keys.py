@@ -1,5 +1,5 @@
-"""API keys of a workspace: create, list, show, update, revoke, rotate, usage
-(README "Admin API")."""
+"""API keys of a workspace: create (also for a member by email, seed 002's path), list, show,
+update, disable, enable, revoke, rotate, usage (README "Admin API")."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ from gateway.admin.handler import (
     read_json,
     visible_workspace,
 )
-from gateway.admin.route import BAD, WRITE, Route, query_param, returns
+from gateway.admin.route import BAD, READ, WRITE, Route, query_param, returns
 from gateway.admin.state import KEY_SERVICE
 from gateway.admin.workspaces import WORKSPACE
+from gateway.errors import NotFound, ValidationError
 from gateway.keys.model import utcnow
 from gateway.keys.validation import validate_rotate
 
 WORKSPACE_KEYS = WORKSPACE + "/keys"
 KEY = "/admin/v1/keys/{key_id}"
+MEMBER_KEYS = "/admin/v1/organizations/users/{user_email}/api-keys"  # seed 002
+STATE = (*READ, "409")  # disable, enable: a revoked or expired key is a conflict
+OWNER_FIELDS = ("user_id", "user_email")  # given by the path of MEMBER_KEYS
 LIST_PARAMS = (
     query_param("include_revoked", {"type": "boolean", "default": False},
                 "also list revoked and expired keys"),
@@ -41,6 +45,33 @@ async def create_key(request: web.Request) -> web.Response:
         workspace_id, await read_json(request), actor(request)
     )
     return json_response({**record.to_public(utcnow()), "key": plaintext}, 201)
+
+
+async def create_member_key(request: web.Request) -> web.Response:
+    """Seed 002: a key for the member ``user_email`` of the caller's workspace (operator keys
+    name it with ``?workspace_id=``); the body is a key create's, without an owner."""
+    workspace_id = _callers_workspace(request)
+    body = await read_json(request)
+    if isinstance(body, dict):
+        given = [field for field in OWNER_FIELDS if field in body]
+        if given:
+            raise ValidationError({field: "the path names the key's owner" for field in given})
+        body = {**body, "user_email": request.match_info["user_email"]}
+    record, plaintext = await request.app[KEY_SERVICE].create_key(
+        workspace_id, body, actor(request)
+    )
+    return json_response({**record.to_public(utcnow()), "key": plaintext}, 201)
+
+
+def _callers_workspace(request: web.Request) -> str:
+    own, wanted = caller_workspace(request), request.query.get("workspace_id")
+    if own is None:
+        if not wanted:
+            raise ValidationError({"workspace_id": "required with an operator key"})
+        return wanted
+    if wanted and wanted != own:
+        raise NotFound(f"workspace {wanted} not found")
+    return own
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -83,6 +114,20 @@ async def revoke_key(request: web.Request) -> web.Response:
     return json_response(record.to_public(utcnow()))
 
 
+async def disable_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].disable_key(
+        request.match_info["key_id"], actor(request), caller_workspace(request)
+    )
+    return json_response(record.to_public(utcnow()))
+
+
+async def enable_key(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].enable_key(
+        request.match_info["key_id"], actor(request), caller_workspace(request)
+    )
+    return json_response(record.to_public(utcnow()))
+
+
 async def rotate_key(request: web.Request) -> web.Response:
     grace = validate_rotate(await read_json(request))
     _old, new, plaintext = await request.app[KEY_SERVICE].rotate_key(
@@ -113,7 +158,15 @@ ROUTES = (
     Route("PATCH", KEY, update_key, "Update key", returns(200, "Key"), body="KeyUpdate",
           errors=WRITE),
     Route("DELETE", KEY, revoke_key, "Revoke key", returns(200, "Key")),
+    Route("POST", KEY + "/disable", disable_key, "Disable key", returns(200, "Key"),
+          errors=STATE),
+    Route("POST", KEY + "/enable", enable_key, "Enable key", returns(200, "Key"), errors=STATE),
     Route("POST", KEY + "/rotate", rotate_key, "Rotate key", returns(201, "CreatedKey"),
           body="Rotate", errors=WRITE),
     Route("GET", KEY + "/usage", key_usage, "Key usage", returns(200, "Usage")),
+    Route("POST", MEMBER_KEYS, create_member_key, "Create member key",
+          returns(201, "CreatedKey"), body="MemberKeyCreate", errors=WRITE, query=(
+              query_param("workspace_id", {"type": "string"},
+                          "the member's workspace: required with an operator key"),
+          )),
 )

@@ -23,10 +23,12 @@ from aiohttp import web
 from gateway.admin.handler import json_response
 from gateway.admin.route import JSON, UNSCOPED, Reply, Route, Schema, ref
 from gateway.admin.state import OPENAPI
-from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, STATUSES
+from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, ROLES, STATUSES
 from gateway.keys.validation import (
     COUNT_MAX,
     DESCRIPTION_MAX,
+    EMAIL_MAX,
+    EMAIL_PATTERN,
     FREE_TEXT_PATTERN,
     GRACE_MAX,
     NAME_MAX,
@@ -63,6 +65,10 @@ SCOPE: Schema = {
     },
 }
 
+EMAIL: Schema = {"type": "string", "maxLength": EMAIL_MAX, "pattern": EMAIL_PATTERN,
+                 "description": "compared without regard to case; stored lower-cased"}
+ROLE: Schema = {"type": "string", "enum": list(ROLES)}
+
 # PATCH fields; create adds the ones that cannot change after creation.
 UPDATABLE: dict[str, Schema] = {
     "name": NAME,
@@ -76,10 +82,16 @@ UPDATABLE: dict[str, Schema] = {
     "concurrency_limit": _nullable(COUNT),
     "expires_at": _nullable({**TIMESTAMP, "description": "RFC 3339, in the future"}),
 }
-CREATE_ONLY: dict[str, Schema] = {
+OWNER: dict[str, Schema] = {
     "user_id": _nullable(
-        {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": PLAIN_TEXT_PATTERN}
+        {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": PLAIN_TEXT_PATTERN,
+         "description": "the owner: a member's usr_ id (which must exist), or any other string "
+                        "for a service key"}
     ),
+    "user_email": {**EMAIL, "description": "a member's email: the key's user_id becomes the "
+                                           "member's (404 member_not_found for anyone else)"},
+}
+CREATE_ONLY: dict[str, Schema] = {
     "environment": {"type": "string", "enum": list(ENVIRONMENTS)},
     "project_id": _nullable({"type": "string", "minLength": 1}),
     "key_type": {"type": "string", "enum": list(KEY_TYPES)},
@@ -114,7 +126,15 @@ KEY_OBJECT: dict[str, Schema] = {
     "expires_at": _OPT_TIME, "last_used_at": _OPT_TIME, "created_at": TIMESTAMP,
     "created_by": _OPT_STRING, "revoked_at": _OPT_TIME, "revoked_by": _OPT_STRING,
     "rotated_from": _OPT_STRING,
+    "organization_id": {**_OPT_STRING, "description": "the workspace_id (seed 003)"},
+    "internal_id": {"type": "string", "description": "int_…: stable, never reused"},
+    "principal_id": {"type": "string", "description": "who the key acts for: the owning "
+                     "member's usr_ id, else svc_… (same across rotations); sent upstream as "
+                     "X-Principal-Id"},
+    "disabled_at": _OPT_TIME,
 }
+MEMBER_OBJECT: dict[str, Schema] = {"user_id": _STRING, "email": _STRING, "role": ROLE,
+                                    "workspace_id": _STRING, "created_at": TIMESTAMP}
 TENANT: dict[str, Schema] = {"id": _STRING, "name": _STRING, "workspace_id": _STRING,
                              "created_at": TIMESTAMP}
 
@@ -130,7 +150,13 @@ SCHEMAS: dict[str, Schema] = {
         "total": {"type": "integer", "minimum": 0},
         "next_cursor": _OPT_STRING,
     }),
-    "KeyCreate": _body({**UPDATABLE, **CREATE_ONLY}, ["name"]),
+    "KeyCreate": _body({**UPDATABLE, **OWNER, **CREATE_ONLY}, ["name"]),
+    "MemberKeyCreate": _body({**UPDATABLE, **CREATE_ONLY}, ["name"]),
+    "Member": _object(MEMBER_OBJECT),
+    "MemberCreate": _body({"email": EMAIL, "role": ROLE}, ["email", "role"]),
+    "MemberUpdate": _body({"role": ROLE}, ["role"]),
+    "RemovedMember": _object({**MEMBER_OBJECT, "revoked_keys": {
+        "type": "array", "items": _STRING, "description": "the member's keys revoked with it"}}),
     "KeyUpdate": _body(UPDATABLE, []),
     "Rotate": _body({"grace_period_seconds": _nullable(
         {"type": "integer", "minimum": 0, "maximum": GRACE_MAX})}, []),
@@ -162,15 +188,16 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
 }
-for _item in ("Workspace", "Project", "Namespace", "AuditEvent"):
+for _item in ("Workspace", "Project", "Namespace", "Member", "AuditEvent"):
     SCHEMAS[f"{_item}List"] = _object({"results": {"type": "array", "items": ref(_item)},
                                        "total": {"type": "integer", "minimum": 0}})
 
 ERRORS = {
     "400": "validation_error (with `errors`) or bad_request (body not JSON)",
-    "401": "missing_api_key or invalid_api_key (unknown, revoked or expired admin key)",
+    "401": "missing_api_key or invalid_api_key (unknown, revoked, expired or disabled admin key)",
     "403": "insufficient_permissions: the key is not an admin key",
-    "404": "not_found: no such object, or one outside the caller's workspace",
+    "404": "not_found: no such object, or one outside the caller's workspace; "
+           "member_not_found: no such member in the workspace",
     "409": "conflict or key_limit_reached",
     "503": "store_unavailable: the key store is unreachable",
 }
@@ -225,7 +252,7 @@ def build_openapi(routes: Iterable[Route]) -> dict[str, Any]:
         "info": {
             "title": "API-key gateway admin API",
             "version": "1",
-            "description": "Manage workspaces, projects, namespaces and API keys "
+            "description": "Manage workspaces, their members, projects, namespaces and API keys "
                            "(see the README, \"Admin API\"). "
                            "A workspace admin key sees its own workspace only: anything else "
                            "is a 404.",

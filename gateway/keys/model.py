@@ -22,7 +22,9 @@ RANDOM_LEN = 26
 CHECKSUM_LEN = 6
 KEY_TYPES = ("standard", "admin")
 ENVIRONMENTS = ("live", "test")
-STATUSES = ("active", "revoked", "expired")
+STATUSES = ("active", "disabled", "revoked", "expired")
+ROLES = ("owner", "admin", "member", "viewer")
+MEMBER_ID_PREFIX = "usr_"  # a key whose user_id has it is a member's: the member must exist
 # A permission name, as granted to a key (permissions, scope operations) and as required by a
 # route in the config: one pattern for both, anchored for the OpenAPI document.
 PERMISSION_PATTERN = r"^[A-Za-z0-9_.:*-]{1,100}$"
@@ -112,19 +114,27 @@ class KeyRecord:
     allowed_origins: tuple[str, ...] = ()
     rate_limit_override: int | None = None
     concurrency_limit: int | None = None
-    status: str = "active"  # as stored: active | revoked (expired is derived from expires_at)
+    status: str = "active"  # as stored: active | revoked (expired and disabled are derived)
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
     created_by: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
     rotated_from: str | None = None
+    internal_id: str = field(default_factory=lambda: new_id("int"))  # stable, never reused
+    disabled_at: datetime | None = None  # set while disabled (README "Disable and enable")
+    # Not a column: read with the key (gateway.store.keys.PRINCIPAL), so the request path never
+    # asks the store again. The member's user_id, else the svc_ id of the rotation chain.
+    principal_id: str = field(default="", compare=False)
 
     def effective_status(self, now: datetime) -> str:
+        """revoked, then expired (both final), then disabled (reversible), else active."""
         if self.status == "revoked":
             return "revoked"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
+        if self.disabled_at is not None:
+            return "disabled"
         return "active"
 
     def with_changes(self, **changes: Any) -> KeyRecord:
@@ -160,6 +170,10 @@ class KeyRecord:
             "revoked_at": _iso(self.revoked_at),
             "revoked_by": self.revoked_by,
             "rotated_from": self.rotated_from,
+            "organization_id": self.workspace_id,
+            "internal_id": self.internal_id,
+            "principal_id": self.principal_id,
+            "disabled_at": _iso(self.disabled_at),
         }
 
 
@@ -206,6 +220,26 @@ class Namespace:
         return {
             "id": self.id,
             "name": self.name,
+            "workspace_id": self.workspace_id,
+            "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member of a workspace (README "Members and roles"); ``email`` is stored lower-cased."""
+
+    user_id: str
+    workspace_id: str
+    email: str
+    role: str
+    created_at: datetime
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "email": self.email,
+            "role": self.role,
             "workspace_id": self.workspace_id,
             "created_at": _iso(self.created_at),
         }

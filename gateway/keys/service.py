@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.errors import Conflict, NotFound, ValidationError
+from gateway.keys.members import MemberService
 from gateway.keys.model import (
     AuditEvent,
     KeyHasher,
@@ -62,6 +63,7 @@ class KeyService:
         self._hasher = KeyHasher(config.keys.hash_pepper)
         self._on_change = on_change or (lambda _hash: None)
         self._on_tenancy_change = on_tenancy_change or (lambda _ws: None)
+        self.members = MemberService(store, self._audit, self._on_change)
 
     # workspaces, projects, namespaces ---------------------------------------------------------
     async def create_workspace(self, name: Any, actor: str | None) -> Workspace:
@@ -107,6 +109,7 @@ class KeyService:
         if workspace_id is None and fields.get("key_type", "admin") != "admin":
             raise ValidationError({"key_type": "keys without a workspace are operator admin keys"})
         project_id = await self._project_for(workspace_id, fields.get("project_id"))
+        await self._owner_by_email(workspace_id, fields)
         environment = fields.get("environment", "live")
         plaintext = generate_key(self._config.keys.prefixes[environment])
         record = self._new_record(plaintext, workspace_id, project_id, fields, actor)
@@ -135,14 +138,10 @@ class KeyService:
     ) -> KeyRecord:
         current = await self.get_key(key_id, workspace_id)
         changes = validate_fields(body, UPDATE_FIELDS, required=())
-        _require_active(current, "changed")
+        _require_active(current, "changed", also="disabled")
         if not changes:
             return current
-        updated = await self._store.update_key(key_id, changes)
-        self._on_change(updated.key_hash)
-        await self._audit(actor, "key.update", key_id, current.workspace_id,
-                          {k: _audit_value(v) for k, v in changes.items()})
-        return updated
+        return await self._change(current, changes, actor, "key.update")
 
     async def revoke_key(
         self, key_id: str, actor: str | None, workspace_id: str | None = None
@@ -150,13 +149,31 @@ class KeyService:
         current = await self.get_key(key_id, workspace_id)
         if current.status == "revoked":
             return current
-        revoked = await self._store.update_key(
-            key_id, {"status": "revoked", "revoked_at": utcnow(), "revoked_by": actor}
-        )
-        self._on_change(revoked.key_hash)
-        await self._audit(actor, "key.revoke", key_id, current.workspace_id,
-                          {"status": "revoked"})
-        return revoked
+        changes = {"status": "revoked", "revoked_at": utcnow(), "revoked_by": actor}
+        return await self._change(current, changes, actor, "key.revoke", {"status": "revoked"})
+
+    async def disable_key(
+        self, key_id: str, actor: str | None, workspace_id: str | None = None
+    ) -> KeyRecord:
+        """Refused with 401 ``disabled_api_key`` on every node until enabled; a disabled key
+        stays disabled (200). Revoked and expired keys cannot be disabled (409)."""
+        current = await self.get_key(key_id, workspace_id)
+        if current.effective_status(utcnow()) == "disabled":
+            return current
+        _require_active(current, "disabled")
+        return await self._change(current, {"disabled_at": utcnow()}, actor, "key.disable",
+                                  {"status": "disabled"})
+
+    async def enable_key(
+        self, key_id: str, actor: str | None, workspace_id: str | None = None
+    ) -> KeyRecord:
+        """A disabled key works again; an active key stays so (200); revoked or expired: 409."""
+        current = await self.get_key(key_id, workspace_id)
+        _require_active(current, "enabled", also="disabled")
+        if current.disabled_at is None:
+            return current
+        return await self._change(current, {"disabled_at": None}, actor, "key.enable",
+                                  {"status": "active"})
 
     async def rotate_key(
         self, key_id: str, grace_period_seconds: Any, actor: str | None,
@@ -173,7 +190,7 @@ class KeyService:
         new = old.with_changes(
             key_id=new_id("key"), key_hash=self._hasher(plaintext), key_prefix=key_prefix,
             hint=hint, created_at=now, created_by=actor, last_used_at=None,
-            rotated_from=old.rotated_from or old.key_id,
+            rotated_from=old.rotated_from or old.key_id, internal_id=new_id("int"),
         )
         old_after, new = await self._store.rotate_key(
             key_id, new, now + timedelta(seconds=grace), actor
@@ -198,6 +215,31 @@ class KeyService:
         return await self._store.list_audit(workspace_id, limit)
 
     # helpers ----------------------------------------------------------------------------------
+    async def _change(
+        self, current: KeyRecord, changes: dict[str, Any], actor: str | None, action: str,
+        audited: dict[str, Any] | None = None,
+    ) -> KeyRecord:
+        """Store the changes (their hash goes to the change feed), drop the key from this
+        process's cache, audit."""
+        updated = await self._store.update_key(current.key_id, changes)
+        self._on_change(updated.key_hash)
+        if audited is None:
+            audited = {k: _audit_value(v) for k, v in changes.items()}
+        await self._audit(actor, action, current.key_id, current.workspace_id, audited)
+        return updated
+
+    async def _owner_by_email(self, workspace_id: str | None, fields: dict[str, Any]) -> None:
+        """``user_email`` names a member of the workspace: the key's ``user_id`` becomes the
+        member's (``MemberNotFound`` for anyone else)."""
+        email = fields.pop("user_email", None)
+        if email is None:
+            return
+        if "user_id" in fields:
+            raise ValidationError({"user_email": "give user_id or user_email, not both"})
+        if workspace_id is None:
+            raise ValidationError({"user_email": "operator keys have no member owner"})
+        fields["user_id"] = (await self.members.by_email(workspace_id, email)).user_id
+
     async def _project_for(self, workspace_id: str | None, project_id: str | None) -> str | None:
         if workspace_id is None:
             if project_id is not None:
@@ -246,9 +288,11 @@ def _grace(value: Any) -> int:
         raise ValidationError({"grace_period_seconds": str(exc)}) from None
 
 
-def _require_active(record: KeyRecord, verb: str) -> None:
-    """Revoked and expired keys are history: changing or rotating one is a 409, and a PATCH
-    can never bring one back (which would also slip past ``max_active_per_user``)."""
+def _require_active(record: KeyRecord, verb: str, also: str = "active") -> None:
+    """Revoked and expired keys are history: changing, rotating or enabling one is a 409, and
+    a PATCH can never bring one back (which would also slip past ``max_active_per_user``).
+    ``also``: a status allowed besides active (disabled keys can be changed and enabled)."""
     status = record.effective_status(utcnow())
-    if status != "active":
-        raise Conflict(f"key {record.key_id} is {status}; only active keys can be {verb}")
+    if status not in ("active", also):
+        allowed = "active" if also == "active" else f"active and {also}"
+        raise Conflict(f"key {record.key_id} is {status}; only {allowed} keys can be {verb}")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import ValidationError
-from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, Scope, utcnow
+from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, ROLES, Scope, utcnow
 from gateway.origins import parse_pattern
 
 # Limits shared with the OpenAPI document (gateway.admin.openapi), so the two never disagree.
@@ -17,6 +17,11 @@ PERMISSION = re.compile(PERMISSION_PATTERN)
 NAME_MAX = 100
 DESCRIPTION_MAX = 500
 USER_ID_MAX = 254
+EMAIL_MAX = 254
+# local@domain.tld without spaces or control characters (ranges, not \s, which JSON Schema
+# reads otherwise); compared and stored lower-cased
+EMAIL_PATTERN = r"^[^@\x00-\x20\x7f-\xa0]+@[^@\x00-\x20\x7f-\xa0]+\.[^@\x00-\x20\x7f-\xa0]+$"
+EMAIL = re.compile(EMAIL_PATTERN)
 RESOURCE_ID_MAX = 200
 # Counts are stored in 64-bit integer columns; a cap far above any real limit keeps them there.
 COUNT_MAX = 1_000_000_000
@@ -34,6 +39,7 @@ CREATE_FIELDS = frozenset(
         "name",
         "description",
         "user_id",
+        "user_email",
         "permissions",
         "scopes",
         "allowed_origins",
@@ -95,6 +101,13 @@ def _user_id(value: Any) -> str | None:
     if not isinstance(value, str) or not 1 <= len(value) <= USER_ID_MAX:
         raise ValueError(f"must be a string of 1 to {USER_ID_MAX} characters")
     return _no_control(value)
+
+
+def email(value: Any) -> str:
+    """An email address, lower-cased: unique per workspace without regard to case."""
+    if not isinstance(value, str) or len(value) > EMAIL_MAX or not EMAIL.fullmatch(value):
+        raise ValueError(f"must be an email address of at most {EMAIL_MAX} characters")
+    return value.lower()
 
 
 def _permissions(value: Any) -> tuple[str, ...]:
@@ -215,6 +228,9 @@ FIELD_CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "name": _name,
     "description": _description,
     "user_id": _user_id,
+    "user_email": email,
+    "email": email,
+    "role": _one_of(ROLES),
     "permissions": _permissions,
     "scopes": _scopes,
     "allowed_origins": _origins,
@@ -259,6 +275,8 @@ def validate_name(value: Any, field: str = "name") -> str:
 
 
 NAMED_FIELDS = frozenset({"name"})
+MEMBER_FIELDS = frozenset({"email", "role"})
+ROLE_FIELDS = frozenset({"role"})
 ROTATE_FIELDS = frozenset({"grace_period_seconds"})
 
 
@@ -271,3 +289,14 @@ def validate_rotate(body: Any) -> int:
     """The ``{grace_period_seconds}`` body of a rotate: the grace period in seconds."""
     fields = validate_fields(body, ROTATE_FIELDS, required=())
     return grace_period(fields.get("grace_period_seconds"))
+
+
+def validate_member(body: Any) -> tuple[str, str]:
+    """The ``{email, role}`` body of a member add: (lower-cased email, role)."""
+    fields = validate_fields(body, MEMBER_FIELDS, required=("email", "role"))
+    return fields["email"], fields["role"]
+
+
+def validate_role(body: Any) -> str:
+    """The ``{role}`` body of a member's role change."""
+    return str(validate_fields(body, ROLE_FIELDS, required=("role",))["role"])

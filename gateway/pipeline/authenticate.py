@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 
 from gateway.config import RouteConfig
 from gateway.errors import (
+    DISABLED_API_KEY,
     EXPIRED_API_KEY,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
@@ -22,11 +23,14 @@ from gateway.services import Services
 
 
 def check_status(record: KeyRecord) -> None:
-    status = record.effective_status(utcnow()) if record.expires_at else record.status
+    derived = record.expires_at is not None or record.disabled_at is not None
+    status = record.effective_status(utcnow()) if derived else record.status
     if status == "revoked":
         raise GatewayError(REVOKED_API_KEY, "this API key has been revoked")
     if status == "expired":
         raise GatewayError(EXPIRED_API_KEY, "this API key has expired")
+    if status == "disabled":
+        raise GatewayError(DISABLED_API_KEY, "this API key is disabled")
     if record.workspace_id is None:
         raise GatewayError(
             INSUFFICIENT_PERMISSIONS, "operator admin keys are valid on the admin API only"

@@ -49,6 +49,7 @@ IDENTITY = frozenset(
         "x-api-key-id",
         "x-api-key-permissions",
         "x-user-id",
+        "x-principal-id",
         "x-request-id",
         "x-forwarded-for",
         "x-forwarded-proto",
@@ -102,6 +103,8 @@ def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
         ]
         if key.user_id:
             headers.append(("X-User-Id", key.user_id))
+        if key.principal_id:
+            headers.append(("X-Principal-Id", key.principal_id))
         if exchange.namespace_id is not None:
             headers.append(("X-Namespace-Id", exchange.namespace_id))
             headers.append(("X-Namespace", exchange.namespace_name or ""))

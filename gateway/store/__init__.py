@@ -2,6 +2,7 @@
 
     Store ── keys      KeyTable     api_keys          keys.py
           ├─ tenancy   Tenancy      workspaces, projects, namespaces   tenancy.py
+          ├─ members   Members      members           members.py
           ├─ audit     AuditLog     audit_log         audit.py
           ├─ usage     UsageTable   key_usage         usage.py
           └─ changes   ChangeLog    key_changes       feed.py
@@ -21,6 +22,7 @@ from gateway.store.audit import AuditLog
 from gateway.store.db import Db
 from gateway.store.feed import ChangeLog, KeyChange
 from gateway.store.keys import KeyTable
+from gateway.store.members import Members
 from gateway.store.migrations import migrate
 from gateway.store.tenancy import Tenancy
 from gateway.store.usage import UsageDelta, UsageTable
@@ -47,6 +49,7 @@ class Store:
         self.changes = ChangeLog(db)
         self.keys = KeyTable(db, self.changes)
         self.tenancy = Tenancy(db)
+        self.members = Members(db, self.keys)
         self.audit = AuditLog(db)
         self.usage = UsageTable(db)
         self._follow = follow

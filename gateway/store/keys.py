@@ -4,7 +4,10 @@ Every mutation is one write transaction that also appends the changed hashes to 
 (``feed.py``), so other nodes hear of it exactly when it commits. ``create`` counts the owner's
 active keys and inserts under the owner lock, so racing creates (any process, any node) cannot
 pass ``max_active_per_user``; ``rotate`` inserts the new key and retires the old in one
-transaction. ``get_by_hash`` (the request path's cache miss) is one query.
+transaction. ``get_by_hash`` (the request path's cache miss) is one query, the key's principal
+included (``PRINCIPAL``). A ``usr_`` owner must be a member of the key's workspace: ``create``
+checks under the owner lock that ``Members.remove`` also takes, so a key created while its owner
+is removed is either refused or revoked with the others.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway.errors import KeyLimitReached, NotFound, ValidationError
-from gateway.keys.model import KeyPage, KeyRecord, utcnow
+from gateway.errors import KeyLimitReached, MemberNotFound, NotFound, ValidationError
+from gateway.keys.model import MEMBER_ID_PREFIX, KeyPage, KeyRecord, utcnow
 from gateway.store.db import Conn, Db, Row
 from gateway.store.feed import ChangeLog
 from gateway.store.rows import (
@@ -37,6 +40,7 @@ KINDS = {
     "last_used_at": TIMESTAMP,
     "created_at": TIMESTAMP,
     "revoked_at": TIMESTAMP,
+    "disabled_at": TIMESTAMP,
 }
 # update: the fields that may change -> may it be set to null?
 UPDATABLE: dict[str, bool] = {
@@ -52,10 +56,21 @@ UPDATABLE: dict[str, bool] = {
     "revoked_at": True,
     "revoked_by": True,
     "last_used_at": True,
+    "disabled_at": True,
 }
 ACTIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > {now})"
 COUNT_ACTIVE = "SELECT COUNT(*) FROM api_keys WHERE user_id = $1 AND " + ACTIVE.format(now="$2")
 ORDER = "ORDER BY created_at, key_id"  # the stable order of pages (and of the index)
+# Who a key acts for (seed 003 principal_id), read with the key: the owner when it is a member of
+# the key's workspace, else the service principal svc_<first key id of its rotation chain>, the
+# same across rotations and never another key's.
+PRINCIPAL = (
+    "COALESCE((SELECT m.user_id FROM members m WHERE m.user_id = api_keys.user_id"
+    " AND m.workspace_id = api_keys.workspace_id),"
+    " 'svc_' || substr(COALESCE(api_keys.rotated_from, api_keys.key_id), 5))"
+)
+IS_MEMBER = "SELECT COUNT(*) FROM members WHERE user_id = $1 AND workspace_id = $2"
+OWNED = "SELECT key_id, key_hash FROM api_keys WHERE workspace_id = $1 AND user_id = $2 AND {}"
 
 
 class Params:
@@ -74,7 +89,7 @@ class KeyTable:
         self._db = db
         self._dialect = db.dialect
         self._changes = changes
-        self._rows = Rows("api_keys", KeyRecord, KINDS, db.dialect)
+        self._rows = Rows("api_keys", KeyRecord, KINDS, db.dialect, {"principal_id": PRINCIPAL})
         self._by_hash = f"{self._rows.select} WHERE key_hash = $1"  # built once: the hot path
 
     # reads ----------------------------------------------------------------------------------
@@ -126,6 +141,8 @@ class KeyTable:
         now = utcnow()
         async with self._db.transaction() as tx:
             if record.user_id is not None:
+                await self.lock_owner(tx, record.user_id)
+                await self._check_member(tx, record)
                 await self._check_owner_limit(tx, record.user_id, max_active_per_user, now)
             await tx.execute(self._rows.insert, *self._rows.params(record))
             await self._changes.append(tx, [record.key_hash], now)
@@ -150,7 +167,8 @@ class KeyTable:
         not in the future) in one transaction; return (old, new)."""
         now = utcnow()
         async with self._db.transaction() as tx:
-            old = self._rows.read(await self._locked(tx, "*", old_key_id))
+            await self._locked(tx, "key_id", old_key_id)
+            old = await self._must_get(tx, old_key_id)
             retire = retire_changes(old, old_expires_at, revoked_by, now)
             if retire:
                 await self._set(tx, old_key_id, self._columns(retire))
@@ -158,7 +176,33 @@ class KeyTable:
             await self._changes.append(tx, [old.key_hash, new.key_hash], now)
             return await self._must_get(tx, old_key_id), await self._must_get(tx, new.key_id)
 
+    async def revoke_owned(
+        self, tx: Conn, workspace_id: str, user_id: str, revoked_by: str | None, now: datetime
+    ) -> list[KeyRecord]:
+        """In ``tx`` (which holds the owner lock): revoke every active key ``user_id`` owns in
+        the workspace, disabled ones included; log their hashes; return them as revoked."""
+        active = ACTIVE.format(now="$3") + self._dialect.row_lock
+        rows = await tx.fetch(OWNED.format(active), workspace_id, user_id, self._stamp(now))
+        revoke = self._columns({"status": "revoked", "revoked_at": now, "revoked_by": revoked_by})
+        for row in rows:
+            await self._set(tx, row["key_id"], revoke)
+        if rows:
+            await self._changes.append(tx, [row["key_hash"] for row in rows], now)
+        return [await self._must_get(tx, row["key_id"]) for row in rows]
+
+    async def lock_owner(self, tx: Conn, user_id: str) -> None:
+        """Serialize this owner's creates (and a member's removal) across processes."""
+        if self._dialect.owner_lock is not None:
+            await tx.execute(self._dialect.owner_lock, user_id)
+
     # helpers --------------------------------------------------------------------------------
+    async def _check_member(self, tx: Conn, record: KeyRecord) -> None:
+        user_id = record.user_id
+        if user_id is None or not user_id.startswith(MEMBER_ID_PREFIX):
+            return
+        if not await tx.fetchval(IS_MEMBER, user_id, record.workspace_id):
+            raise MemberNotFound(f"member {user_id} not found")
+
     def _stamp(self, value: datetime) -> Any:
         return self._dialect.timestamp(value)
 
@@ -183,8 +227,6 @@ class KeyTable:
     async def _check_owner_limit(
         self, tx: Conn, user_id: str, max_active: int, now: datetime
     ) -> None:
-        if self._dialect.owner_lock is not None:
-            await tx.execute(self._dialect.owner_lock, user_id)
         active = int(await tx.fetchval(COUNT_ACTIVE, user_id, self._stamp(now)))
         if active >= max_active:
             raise KeyLimitReached(f"user already holds {active} active keys (max {max_active})")

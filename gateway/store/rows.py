@@ -30,24 +30,29 @@ MAX_PAGE = 1000  # the most rows one listing returns
 class Rows(Generic[R]):
     """One table's rows as records, in one dialect: ``select`` and ``insert`` name every
     column; ``read`` makes a record of a row, ``params`` the insert's values of a record,
-    ``value`` one column's stored value (for an update)."""
+    ``value`` one column's stored value (for an update). ``derived`` maps the record's fields
+    that are not columns to the SQL expression ``select`` reads them with (never written)."""
 
     def __init__(
-        self, table: str, record: type[R], kinds: Mapping[str, str], dialect: Dialect
+        self, table: str, record: type[R], kinds: Mapping[str, str], dialect: Dialect,
+        derived: Mapping[str, str] | None = None,
     ) -> None:
-        self.columns = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
+        derived = derived or {}
+        self.fields = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
+        self.columns = tuple(name for name in self.fields if name not in derived)
         names = ", ".join(self.columns)
-        self.select = f"SELECT {names} FROM {table}"
+        reads = "".join(f", {expression} AS {name}" for name, expression in derived.items())
+        self.select = f"SELECT {names}{reads} FROM {table}"
         params = ", ".join(f"${i}" for i in range(1, len(self.columns) + 1))
         self.insert = f"INSERT INTO {table} ({names}) VALUES ({params})"
         self._make: Callable[..., R] = record
         readers = _readers(dialect)
         # (position, reader) of the columns not stored as they are: the rest are copied as is
-        self._readers = [(i, readers[kinds[c]]) for i, c in enumerate(self.columns) if c in kinds]
+        self._readers = [(i, readers[kinds[c]]) for i, c in enumerate(self.fields) if c in kinds]
         self._writers = {c: _codec(kinds.get(c), _writers(dialect)) for c in self.columns}
 
     def read(self, row: Row) -> R:
-        values = [row[column] for column in self.columns]
+        values = [row[name] for name in self.fields]
         for i, read in self._readers:
             if values[i] is not None:
                 values[i] = read(values[i])

@@ -26,7 +26,9 @@ PROTECTED = sorted(
 async def test_every_admin_endpoint_rejects_a_missing_key(
     gateway: Gateway, http: aiohttp.ClientSession, method: str, path: str
 ) -> None:
-    url = gateway.admin_url + path.format(workspace_id=gateway.workspace.id, key_id="key_x")
+    url = gateway.admin_url + path.format(
+        workspace_id=gateway.workspace.id, key_id="key_x", user_id="usr_x", user_email="a@b.c"
+    )
     async with http.request(method, url, json={"name": "x"}) as r:
         body = await r.json(content_type=None)
         assert r.status == 401 and body["code"] == "missing_api_key"
