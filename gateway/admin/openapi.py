@@ -114,6 +114,7 @@ KEY_OBJECT: dict[str, Schema] = {
     "expires_at": _OPT_TIME, "last_used_at": _OPT_TIME, "created_at": TIMESTAMP,
     "created_by": _OPT_STRING, "revoked_at": _OPT_TIME, "revoked_by": _OPT_STRING,
     "rotated_from": _OPT_STRING,
+    "subscription_id": {**_OPT_STRING, "description": "the workspace's subscription"},
 }
 TENANT: dict[str, Schema] = {"id": _STRING, "name": _STRING, "workspace_id": _STRING,
                              "created_at": TIMESTAMP}

@@ -119,6 +119,9 @@ class KeyRecord:
     revoked_at: datetime | None = None
     revoked_by: str | None = None
     rotated_from: str | None = None
+    # the workspace's subscription and its plan, read with the key (never stored with it)
+    subscription_id: str | None = None
+    plan: str | None = None
 
     def effective_status(self, now: datetime) -> str:
         if self.status == "revoked":
@@ -160,6 +163,7 @@ class KeyRecord:
             "revoked_at": _iso(self.revoked_at),
             "revoked_by": self.revoked_by,
             "rotated_from": self.rotated_from,
+            "subscription_id": self.subscription_id,
         }
 
 
@@ -176,6 +180,24 @@ class Workspace:
             "name": self.name,
             "default_project_id": self.default_project_id,
             "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """The plan (a name of the config's ``plans``) a workspace is on."""
+
+    subscription_id: str
+    workspace_id: str
+    plan: str
+    started_at: datetime
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "subscription_id": self.subscription_id,
+            "workspace_id": self.workspace_id,
+            "plan": self.plan,
+            "started_at": _iso(self.started_at),
         }
 
 

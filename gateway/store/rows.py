@@ -33,18 +33,23 @@ class Rows(Generic[R]):
     ``value`` one column's stored value (for an update)."""
 
     def __init__(
-        self, table: str, record: type[R], kinds: Mapping[str, str], dialect: Dialect
+        self, table: str, record: type[R], kinds: Mapping[str, str], dialect: Dialect,
+        derived: Mapping[str, str] | None = None,
     ) -> None:
+        """``derived``: fields read from another table (field -> SQL expression), never
+        written: e.g. a key's subscription, read in the same query as the key."""
+        derived = derived or {}
         self.columns = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
-        names = ", ".join(self.columns)
-        self.select = f"SELECT {names} FROM {table}"
-        params = ", ".join(f"${i}" for i in range(1, len(self.columns) + 1))
-        self.insert = f"INSERT INTO {table} ({names}) VALUES ({params})"
+        stored = tuple(c for c in self.columns if c not in derived)
+        selected = ", ".join(f"{derived[c]} AS {c}" if c in derived else c for c in self.columns)
+        self.select = f"SELECT {selected} FROM {table}"
+        params = ", ".join(f"${i}" for i in range(1, len(stored) + 1))
+        self.insert = f"INSERT INTO {table} ({', '.join(stored)}) VALUES ({params})"
         self._make: Callable[..., R] = record
         readers = _readers(dialect)
         # (position, reader) of the columns not stored as they are: the rest are copied as is
         self._readers = [(i, readers[kinds[c]]) for i, c in enumerate(self.columns) if c in kinds]
-        self._writers = {c: _codec(kinds.get(c), _writers(dialect)) for c in self.columns}
+        self._writers = {c: _codec(kinds.get(c), _writers(dialect)) for c in stored}
 
     def read(self, row: Row) -> R:
         values = [row[column] for column in self.columns]

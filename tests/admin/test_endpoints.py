@@ -10,6 +10,7 @@ KEY_FIELDS = {
     "environment", "key_prefix", "hint", "key_hash", "permissions", "scopes",
     "allowed_origins", "rate_limit_override", "concurrency_limit", "status", "expires_at",
     "last_used_at", "created_at", "created_by", "revoked_at", "revoked_by", "rotated_from",
+    "subscription_id",
 }
 
 

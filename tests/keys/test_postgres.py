@@ -79,8 +79,8 @@ async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
     try:
         await conn.execute("DELETE FROM schema_migrations")
         await conn.execute(
-            "DROP TABLE audit_log, key_changes, key_usage, api_keys, namespaces, projects, "
-            "workspaces CASCADE"
+            "DROP TABLE subscriptions, audit_log, key_changes, key_usage, api_keys, namespaces, "
+            "projects, workspaces CASCADE"
         )
     finally:
         await conn.close()
