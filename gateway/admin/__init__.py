@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway.admin import audit, health, keys, openapi, workspaces
+from gateway.admin import audit, health, keys, openapi, subscriptions, workspaces
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
 from gateway.admin.failure import errors_middleware
 from gateway.admin.query import query_allowlist
@@ -34,6 +34,7 @@ __all__ = ["DRAINING", "PUBLIC_PATHS", "ROUTES", "Authenticator", "create_admin_
 
 ROUTES: tuple[Route, ...] = (
     *workspaces.ROUTES,  # workspaces, and their projects and namespaces
+    *subscriptions.ROUTES,  # a workspace's plan and its quota counters
     *keys.ROUTES,
     *audit.ROUTES,
     *openapi.ROUTES,  # the document of this table

@@ -401,7 +401,8 @@ class RedisRateLimiter:
                                       UNDO, quota[5], quota[6]))
         else:
             return
-        self._schedule_send()
+        if self._batch is None:  # out before the refused client hears back: no lingering count
+            self._start_batch()
 
     async def _retry(self, ops: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         """Load the script again, then send those decisions once more (a second NOSCRIPT
