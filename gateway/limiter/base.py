@@ -15,6 +15,7 @@ key-wide budget). Concurrency leases belong to the budget alone.
 from __future__ import annotations
 
 import calendar
+import functools
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
@@ -131,11 +132,16 @@ def periods(now: float) -> tuple[int, int, float, float]:
     """For the UTC time ``now`` (epoch seconds): (day number, month number, seconds to the end
     of the day, seconds to the end of the month). Redis's script computes the same in Lua."""
     day = int(now // DAY)
+    month, month_end = _month_of(day)
+    return day, month, (day + 1) * DAY - now, month_end - now
+
+
+@functools.lru_cache(maxsize=4)
+def _month_of(day: int) -> tuple[int, int]:
+    """(month number, epoch second the month ends) of a day number: once per day, not per call."""
     moment = datetime.fromtimestamp(day * DAY, UTC)
     days_in_month = calendar.monthrange(moment.year, moment.month)[1]
-    day_end = (day + 1) * DAY
-    month_end = (day + days_in_month - moment.day + 1) * DAY
-    return day, moment.year * 12 + moment.month - 1, day_end - now, month_end - now
+    return moment.year * 12 + moment.month - 1, (day + days_in_month - moment.day + 1) * DAY
 
 
 def nearest_quota(ask: QuotaAsk, day: int, month: int, day_reset: float,

@@ -23,13 +23,14 @@ from tests.conftest import Gateway, bearer
 MAX_EXAMPLES = 25
 # Schema-valid bodies these operations rightly refuse, for rules JSON Schema cannot state:
 # expires_at in the future, project_id a project of this workspace, an origin's port in range,
-# a cursor that some earlier page handed out.
+# a cursor that some earlier page handed out, a plan the config declares.
 CANNOT_EXPRESS = {
     (method, path): [checks.positive_data_acceptance]
     for method, path in [
         ("POST", "/admin/v1/workspaces/{workspace_id}/keys"),
         ("GET", "/admin/v1/workspaces/{workspace_id}/keys"),
         ("PATCH", "/admin/v1/keys/{key_id}"),
+        ("PUT", "/admin/v1/workspaces/{workspace_id}/subscription"),
     ]
 }
 SETTINGS = hypothesis.settings(
