@@ -19,6 +19,7 @@ def create_key_service(services: Services) -> KeyService:
         services.config,
         on_change=services.cache.invalidate,
         on_tenancy_change=services.tenancy.invalidate,
+        live_config=lambda: services.config,  # plans change on reload
     )
 
 

@@ -14,6 +14,8 @@ from gateway.config import (
     Config,
     CorsConfig,
     Listen,
+    PlanConfig,
+    QuotaConfig,
     RateLimit,
     load_config,
     parse_config,
@@ -74,6 +76,24 @@ def test_example_config_loads_with_expected_routes() -> None:
 
     assert (public.path, public.auth, public.strip_prefix) == ("/public/", "none", True)
     assert public.permissions == {} and public.resource is None
+
+
+def test_plans_are_read_with_their_names() -> None:
+    config = parse(
+        "plans:\n"
+        "  free: {rate_limit: {requests: 5, window: 1}, quota: {day: 100, month: 2000}}\n"
+        "  pro: {max_concurrent: 50, max_active_keys_per_user: 50}\n"
+        "default_plan: free\n" + yaml.safe_dump(minimal())
+    )
+    free, pro = config.plans["free"], config.plans["pro"]
+    assert free == PlanConfig("free", RateLimit(5, 1.0), QuotaConfig(100, 2000))
+    assert pro == PlanConfig("pro", None, QuotaConfig(), 50, 50)
+    assert config.default_plan == "free"
+
+
+def test_no_plans_by_default() -> None:
+    config = parse_config(minimal(), "t.yaml", {})
+    assert (config.plans, config.default_plan) == ({}, None)
 
 
 def test_example_config_reads_the_pepper_from_the_environment() -> None:
@@ -263,7 +283,7 @@ CASES: dict[str, str] = {
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
         "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
-        "limiter, logging, routes), got []"
+        "limiter, logging, plans, default_plan, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -445,6 +465,18 @@ CASES: dict[str, str] = {
         "DELETE, OPTIONS), got 'FETCH'"
     ),
     "cors_max_age_negative.yaml": "routes[0].cors.max_age: must be an integer >= 0, got -1",
+    "plan_bad_name.yaml": (
+        "plans.Free Tier: must be 1-64 of a-z 0-9 _ . - (starting with a letter or digit), "
+        "got 'Free Tier'"
+    ),
+    "plan_quota_zero.yaml": "plans.free.quota.day: must be an integer >= 1, got 0",
+    "plan_quota_unknown_period.yaml": (
+        "plans.free.quota.week: unknown key (allowed: day, month), got 10"
+    ),
+    "plan_max_active_zero.yaml": (
+        "plans.free.max_active_keys_per_user: must be an integer >= 1, got 0"
+    ),
+    "default_plan_unknown.yaml": "default_plan: must name a plan of 'plans' (free), got 'pro'",
     "cors_bad_header.yaml": (
         "routes[0].cors.allow_headers[0]: must be a header name (an RFC 9110 token), "
         "got 'X Api Key'"

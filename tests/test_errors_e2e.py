@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.errors import LimiterUnavailable
 from gateway.keys.model import utcnow
-from gateway.limiter.base import Decision
+from gateway.limiter.base import Decision, QuotaAsk, QuotaUsage, Window
 from tests.conftest import (
     Gateway,
     GatewayFactory,
@@ -351,14 +351,19 @@ class DownLimiter:
         pass
 
     async def admit(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> Decision:
         raise LimiterUnavailable("down")
 
     def admit_nowait(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> None:
         return None
+
+    async def quota_usage(self, workspace: str) -> QuotaUsage:
+        raise LimiterUnavailable("down")
 
     async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         raise LimiterUnavailable("down")

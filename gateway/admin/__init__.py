@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway.admin import audit, health, keys, members, openapi, workspaces
+from gateway.admin import audit, health, keys, members, openapi, subscriptions, workspaces
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
 from gateway.admin.failure import errors_middleware
 from gateway.admin.query import query_allowlist
@@ -35,6 +35,7 @@ __all__ = ["DRAINING", "PUBLIC_PATHS", "ROUTES", "Authenticator", "create_admin_
 ROUTES: tuple[Route, ...] = (
     *workspaces.ROUTES,  # workspaces, and their projects and namespaces
     *members.ROUTES,
+    *subscriptions.ROUTES,  # a workspace's plan and its quota counters
     *keys.ROUTES,
     *audit.ROUTES,
     *openapi.ROUTES,  # the document of this table

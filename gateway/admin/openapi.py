@@ -35,6 +35,7 @@ from gateway.keys.validation import (
     NAME_PATTERN,
     ORIGIN_PATTERN,
     PLAIN_TEXT_PATTERN,
+    PLAN_MAX,
     RESOURCE_ID_MAX,
     USER_ID_MAX,
 )
@@ -132,6 +133,7 @@ KEY_OBJECT: dict[str, Schema] = {
                      "member's usr_ id, else svc_… (same across rotations); sent upstream as "
                      "X-Principal-Id"},
     "disabled_at": _OPT_TIME,
+    "subscription_id": {**_OPT_STRING, "description": "the workspace's subscription"},
 }
 MEMBER_OBJECT: dict[str, Schema] = {"user_id": _STRING, "email": _STRING, "role": ROLE,
                                     "workspace_id": _STRING, "created_at": TIMESTAMP}
@@ -161,6 +163,21 @@ SCHEMAS: dict[str, Schema] = {
     "Rotate": _body({"grace_period_seconds": _nullable(
         {"type": "integer", "minimum": 0, "maximum": GRACE_MAX})}, []),
     "NamedCreate": _body({"name": NAME}, ["name"]),
+    "SubscriptionPut": _body({"plan": {"type": "string", "minLength": 1,
+                                       "maxLength": PLAN_MAX}}, ["plan"]),
+    "Subscription": _object({
+        "subscription_id": {**_OPT_STRING, "description": "null: on default_plan"},
+        "workspace_id": _STRING, "plan": _OPT_STRING, "started_at": _OPT_TIME,
+    }),
+    "Quota": _object({
+        "workspace_id": _STRING, "plan": _OPT_STRING,
+        "day": ref("QuotaPeriod"), "month": ref("QuotaPeriod"),
+    }),
+    "QuotaPeriod": _object({
+        "limit": {"type": ["integer", "null"], "description": "null: no quota for the period"},
+        "used": {"type": "integer", "minimum": 0, "description": "live: the limiter's counter"},
+        "reset": {"type": "integer", "minimum": 0, "description": "seconds to the period's end"},
+    }),
     "Workspace": _object({"id": _STRING, "name": _STRING, "default_project_id": _STRING,
                           "created_at": TIMESTAMP}),
     "Project": _object(TENANT),

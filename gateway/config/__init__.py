@@ -3,6 +3,7 @@
     model.py    every key: one dataclass field with its parser and its default
     section.py  option() / required() / section(): how a field declares a key, a section is read
     parsers.py  the small typed parsers (integers, choices, addresses, URLs ...)
+    plans.py    the plans mapping and the rule that default_plan names one of them
     routes.py   a route's parsers and the rules that span its keys
     load.py     load_config / parse_config: YAML, ${VAR} interpolation, GATEWAY_* overrides
 """
@@ -17,6 +18,8 @@ from gateway.config.model import KeysConfig as KeysConfig
 from gateway.config.model import KeyStoreConfig as KeyStoreConfig
 from gateway.config.model import LimiterConfig as LimiterConfig
 from gateway.config.model import LoggingConfig as LoggingConfig
+from gateway.config.model import PlanConfig as PlanConfig
+from gateway.config.model import QuotaConfig as QuotaConfig
 from gateway.config.model import RateLimit as RateLimit
 from gateway.config.model import RouteConfig as RouteConfig
 from gateway.config.parsers import Listen as Listen

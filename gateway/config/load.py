@@ -17,6 +17,7 @@ import yaml
 
 from gateway.config.model import Config
 from gateway.config.parsers import Ctx, database_url, join, redis_url
+from gateway.config.plans import default_plan_known
 from gateway.config.section import build, keys_of
 from gateway.errors import ConfigError
 
@@ -48,7 +49,12 @@ def parse_config(data: object, source: str, environ: Mapping[str, str]) -> Confi
     overrides = _env_overrides(ctx)  # replace the file's value, which is then not even read
     raw = {key: value for key, value in top.items() if key not in overrides}
     top = _interpolate_mapping(ctx, raw, "")
-    return build(ctx, Config, top, "", check=_separate_ports, source=source, **overrides)
+    return build(ctx, Config, top, "", check=_top_rules, source=source, **overrides)
+
+
+def _top_rules(ctx: Ctx, top: Mapping[str, object], path: str, config: Config) -> Config:
+    """The rules that span top-level keys."""
+    return default_plan_known(ctx, top, path, _separate_ports(ctx, top, path, config))
 
 
 def _separate_ports(ctx: Ctx, top: Mapping[str, object], path: str, config: Config) -> Config:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from gateway.config import parsers
 from gateway.config.parsers import Listen
+from gateway.config.plans import plan_table
 from gateway.config.routes import (
     cors_rules,
     origin,
@@ -92,6 +93,26 @@ class Defaults:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaConfig:
+    """A workspace's admitted requests per UTC calendar ``day`` / ``month`` (None: no quota)."""
+
+    day: int | None = option(None, parsers.count)
+    month: int | None = option(None, parsers.count)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig:
+    """A plan a workspace subscribes to (README "Plans, subscriptions and quotas"): each field
+    left out falls through to ``defaults`` (``max_active_keys_per_user``: ``keys``')."""
+
+    name: str  # the key of ``plans`` it is declared under (not a key of its own)
+    rate_limit: RateLimit | None = option(None, section(RateLimit))
+    quota: QuotaConfig = subsection(QuotaConfig)
+    max_concurrent: int | None = option(None, parsers.count)
+    max_active_keys_per_user: int | None = option(None, parsers.count)
+
+
+@dataclass(frozen=True, slots=True)
 class CorsConfig:
     """Empty ``allow_methods``: the method asked for; empty ``allow_headers``: those asked for."""
 
@@ -145,4 +166,6 @@ class Config:
     key_store: KeyStoreConfig = subsection(KeyStoreConfig)
     limiter: LimiterConfig = subsection(LimiterConfig)
     logging: LoggingConfig = subsection(LoggingConfig)
+    plans: Mapping[str, PlanConfig] = option({}, plan_table(PlanConfig))
+    default_plan: str | None = option(None, parsers.string)  # for workspaces without one
     routes: tuple[RouteConfig, ...] = required(route_table(RouteConfig), kw_only=True)

@@ -126,6 +126,9 @@ class KeyRecord:
     # Not a column: read with the key (gateway.store.keys.PRINCIPAL), so the request path never
     # asks the store again. The member's user_id, else the svc_ id of the rotation chain.
     principal_id: str = field(default="", compare=False)
+    # the workspace's subscription and its plan, read with the key (never stored with it)
+    subscription_id: str | None = None
+    plan: str | None = None
 
     def effective_status(self, now: datetime) -> str:
         """revoked, then expired (both final), then disabled (reversible), else active."""
@@ -174,6 +177,7 @@ class KeyRecord:
             "internal_id": self.internal_id,
             "principal_id": self.principal_id,
             "disabled_at": _iso(self.disabled_at),
+            "subscription_id": self.subscription_id,
         }
 
 
@@ -190,6 +194,24 @@ class Workspace:
             "name": self.name,
             "default_project_id": self.default_project_id,
             "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """The plan (a name of the config's ``plans``) a workspace is on."""
+
+    subscription_id: str
+    workspace_id: str
+    plan: str
+    started_at: datetime
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "subscription_id": self.subscription_id,
+            "workspace_id": self.workspace_id,
+            "plan": self.plan,
+            "started_at": _iso(self.started_at),
         }
 
 

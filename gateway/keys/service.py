@@ -22,6 +22,7 @@ from gateway.keys.model import (
     KeyUsage,
     Namespace,
     Project,
+    Subscription,
     Workspace,
     display_parts,
     generate_key,
@@ -34,6 +35,7 @@ from gateway.keys.validation import (
     grace_period,
     validate_fields,
     validate_name,
+    validate_plan,
 )
 from gateway.store import Store
 
@@ -57,8 +59,11 @@ class KeyService:
         config: Config,
         on_change: ChangeHook | None = None,
         on_tenancy_change: ChangeHook | None = None,
+        live_config: Callable[[], Config] | None = None,
     ) -> None:
+        """``live_config``: the config in force (plans change on reload); default ``config``."""
         self._store = store
+        self._live_config = live_config or (lambda: config)
         self._config = config
         self._hasher = KeyHasher(config.keys.hash_pepper)
         self._on_change = on_change or (lambda _hash: None)
@@ -100,6 +105,38 @@ class KeyService:
         await self.get_workspace(workspace_id)
         return await self._store.list_namespaces(workspace_id)
 
+    # subscriptions ----------------------------------------------------------------------------
+    async def put_subscription(
+        self, workspace_id: str, body: Any, actor: str | None
+    ) -> Subscription:
+        """Subscribe the workspace to a plan of the config; in force on every node as fast as
+        a revocation (each of its keys goes through the change feed)."""
+        plan = validate_plan(body, self._live_config().plans)
+        await self.get_workspace(workspace_id)
+        subscription, key_hashes = await self._store.subscriptions.put(workspace_id, plan)
+        for key_hash in key_hashes:
+            self._on_change(key_hash)
+        await self._audit(actor, "subscription.update", subscription.subscription_id,
+                          workspace_id, {"plan": plan})
+        return subscription
+
+    async def get_subscription(self, workspace_id: str) -> Subscription | None:
+        """The workspace's subscription; None: it is on ``default_plan`` (if any)."""
+        await self.get_workspace(workspace_id)
+        return await self._store.subscriptions.get(workspace_id)
+
+    async def _max_active_per_user(self, workspace_id: str | None) -> int:
+        """The plan's ``max_active_keys_per_user``, else ``keys.max_active_per_user``."""
+        config = self._live_config()
+        subscription = None
+        if workspace_id is not None and config.plans:
+            subscription = await self._store.subscriptions.get(workspace_id)
+        name = subscription.plan if subscription is not None else config.default_plan
+        plan = config.plans.get(name) if name is not None else None
+        if plan is not None and plan.max_active_keys_per_user is not None:
+            return plan.max_active_keys_per_user
+        return config.keys.max_active_per_user
+
     # keys -------------------------------------------------------------------------------------
     async def create_key(
         self, workspace_id: str | None, body: Any, actor: str | None
@@ -114,7 +151,7 @@ class KeyService:
         plaintext = generate_key(self._config.keys.prefixes[environment])
         record = self._new_record(plaintext, workspace_id, project_id, fields, actor)
         created = await self._store.create_key(
-            record, max_active_per_user=self._config.keys.max_active_per_user
+            record, max_active_per_user=await self._max_active_per_user(workspace_id)
         )
         self._on_change(created.key_hash)
         await self._audit(actor, "key.create", created.key_id, workspace_id,

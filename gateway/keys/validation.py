@@ -4,7 +4,7 @@ at once (``ValidationError.errors``), unknown fields included."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ RESOURCE_ID_MAX = 200
 # Counts are stored in 64-bit integer columns; a cap far above any real limit keeps them there.
 COUNT_MAX = 1_000_000_000
 GRACE_MAX = 31_536_000  # one year
+PLAN_MAX = 64  # as the config's plan names (gateway.config.plans)
 # The shape of an allowed origin, checked before gateway.origins parses it (which also forgives
 # surrounding spaces and an empty query or fragment that the documented schema does not).
 ORIGIN_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://(\*\.)?[^/?#\s@*]+$"
@@ -241,6 +242,7 @@ FIELD_CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "project_id": _project_id,
     "key_type": _one_of(KEY_TYPES),
     "grace_period_seconds": grace_period,
+    "plan": lambda value: _plan(value),
 }
 
 
@@ -278,11 +280,27 @@ NAMED_FIELDS = frozenset({"name"})
 MEMBER_FIELDS = frozenset({"email", "role"})
 ROLE_FIELDS = frozenset({"role"})
 ROTATE_FIELDS = frozenset({"grace_period_seconds"})
+PLAN_FIELDS = frozenset({"plan"})
 
 
 def validate_named(body: Any) -> str:
     """The ``{name}`` body of a workspace, project or namespace create: unknown fields rejected."""
     return str(validate_fields(body, NAMED_FIELDS, required=("name",))["name"])
+
+
+def validate_plan(body: Any, plans: Collection[str]) -> str:
+    """The ``{plan}`` body of a subscription: the name of a plan the config declares."""
+    plan = validate_fields(body, PLAN_FIELDS, required=("plan",))["plan"]
+    if plan not in plans:
+        known = ", ".join(sorted(plans)) or "none are declared"
+        raise ValidationError({"plan": f"unknown plan (plans: {known})"})
+    return str(plan)
+
+
+def _plan(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= PLAN_MAX:
+        raise ValueError(f"must be the name of a plan (a string of 1 to {PLAN_MAX} characters)")
+    return value
 
 
 def validate_rotate(body: Any) -> int:

@@ -5,6 +5,8 @@ stage never knows which it has; backends raise ``LimiterUnavailable`` for their 
 One call decides a request: ``admit`` checks the key's sliding window and, when the route caps
 requests in flight, takes a concurrency lease in the same step (one Redis round trip).
 
+Quotas count a workspace's admitted requests per UTC calendar day and month, in the same call.
+
 Names: a *budget* is what one key spends — the first key of its rotation chain, so a rotated key
 and its successor share everything — and a *scope* splits its rate limit per route ("" for the
 key-wide budget). Concurrency leases belong to the budget alone.
@@ -12,12 +14,52 @@ key-wide budget). Concurrency leases belong to the budget alone.
 
 from __future__ import annotations
 
+import calendar
+import functools
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 
+class Window(NamedTuple):
+    """A second sliding window of the same budget, decided with the first (a route's own
+    ``rate_limit``): ``scope`` names it."""
+
+    scope: str
+    limit: int
+    window: float
+
+
+class QuotaAsk(NamedTuple):
+    """A workspace's quotas this request spends from: admitted requests per UTC calendar day
+    and month (0: no quota for that period; both periods are counted either way)."""
+
+    workspace: str
+    day: int
+    month: int
+
+
+class QuotaState(NamedTuple):
+    """The quota nearest to running out, after this decision (for ``X-Quota-*``)."""
+
+    limit: int
+    remaining: int
+    reset: float  # seconds until its period ends
+
+
+class QuotaUsage(NamedTuple):
+    """A workspace's live counters (the admin API's ``used``) and seconds to each period's end."""
+
+    day: int
+    month: int
+    day_reset: float
+    month_reset: float
+
+
 class Decision(NamedTuple):
-    """One limiter answer (a NamedTuple: made on every request, it must be cheap to build)."""
+    """One limiter answer (a NamedTuple: made on every request, it must be cheap to build).
+    With two windows, ``limit``/``remaining``/``reset`` are those of the one nearer to running
+    out (the one that refused, when refused)."""
 
     allowed: bool
     limit: int
@@ -26,6 +68,8 @@ class Decision(NamedTuple):
     retry_after: float  # seconds a rejected client should wait (0 when allowed)
     lease: str | None = None  # the concurrency slot taken; give it back with ``release``
     busy: bool = False  # refused because every concurrency slot is held (nothing was counted)
+    quota: QuotaState | None = None  # when a quota was asked for and the limiter answered it
+    over_quota: bool = False  # refused by a quota (nothing was counted anywhere)
 
 
 class LimiterStats(NamedTuple):
@@ -41,14 +85,17 @@ class RateLimiter(Protocol):
         ``on_limiter_error`` until it answers."""
 
     def admit(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> Awaitable[Decision]:
-        """Count one request if the window admits it and, when ``max_in_flight`` is set, a
-        concurrency slot is free (then ``lease`` names the slot). A request refused for either
-        reason is not counted."""
+        """Count one request if the window (and ``also``, a second window of the budget)
+        admits it, when ``max_in_flight`` is set a concurrency slot is free (then ``lease``
+        names the slot), and the workspace's ``quota`` is not spent. A request refused for any
+        reason is counted nowhere: not in a window, not as a slot, not in a quota."""
 
     def admit_nowait(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> Decision | None:
         """``admit``'s decision when this limiter can make it without waiting (in-process), else
         None: then call ``admit``. The request path asks this first, so an in-process decision
@@ -56,6 +103,9 @@ class RateLimiter(Protocol):
 
     def peek(self, budget: str, scope: str, limit: int, window: float) -> Awaitable[Decision]:
         """The state of the window without counting anything."""
+
+    def quota_usage(self, workspace: str) -> Awaitable[QuotaUsage]:
+        """The workspace's admitted requests this UTC day and month, without counting."""
 
     def release(self, budget: str, lease: str) -> None:
         """Give back a slot taken by ``admit``. Never waits: a shared limiter sends it in the
@@ -73,3 +123,33 @@ class RateLimiter(Protocol):
 def local_share(limit: int, nodes: int) -> int:
     """This process's part of a limit shared by ``nodes`` processes (never below 1)."""
     return max(1, limit // nodes)
+
+
+DAY = 86_400
+
+
+def periods(now: float) -> tuple[int, int, float, float]:
+    """For the UTC time ``now`` (epoch seconds): (day number, month number, seconds to the end
+    of the day, seconds to the end of the month). Redis's script computes the same in Lua."""
+    day = int(now // DAY)
+    month, month_end = _month_of(day)
+    return day, month, (day + 1) * DAY - now, month_end - now
+
+
+@functools.lru_cache(maxsize=4)
+def _month_of(day: int) -> tuple[int, int]:
+    """(month number, epoch second the month ends) of a day number: once per day, not per call."""
+    moment = datetime.fromtimestamp(day * DAY, UTC)
+    days_in_month = calendar.monthrange(moment.year, moment.month)[1]
+    return moment.year * 12 + moment.month - 1, (day + days_in_month - moment.day + 1) * DAY
+
+
+def nearest_quota(ask: QuotaAsk, day: int, month: int, day_reset: float,
+                  month_reset: float) -> QuotaState | None:
+    """The quota of ``ask`` nearer to running out, given the counts ``day`` and ``month``."""
+    states = []
+    if ask.day:
+        states.append(QuotaState(ask.day, max(0, ask.day - day), day_reset))
+    if ask.month:
+        states.append(QuotaState(ask.month, max(0, ask.month - month), month_reset))
+    return min(states, key=lambda s: (s.remaining, s.reset)) if states else None

@@ -1,6 +1,9 @@
 """In-process limiter: an exact sliding log per bucket, for one node (the embedded default, and
 the ``local`` fallback while Redis is unreachable).
 
+Quotas are two counters per workspace (this UTC day's and month's), checked with everything
+else before anything is counted, so a refused request spends nothing.
+
 Each bucket keeps the admission times of the last ``window`` seconds in a deque, so the count in
 any window never exceeds the limit and a client under its limit is never refused. Memory per
 active bucket is O(limit) floats (8 bytes each); idle buckets are dropped by ``sweep``.
@@ -12,17 +15,29 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from gateway.limiter.base import Decision, LimiterStats
+from gateway.limiter.base import (
+    Decision,
+    LimiterStats,
+    QuotaAsk,
+    QuotaUsage,
+    Window,
+    nearest_quota,
+    periods,
+)
 
 Clock = Callable[[], float]
 LEASE = "local"  # in-process slots are counted, not named
 
 
 class MemoryRateLimiter:
-    def __init__(self, clock: Clock = time.monotonic, sweep_every: int = 10_000) -> None:
+    def __init__(
+        self, clock: Clock = time.monotonic, sweep_every: int = 10_000, wall: Clock = time.time
+    ) -> None:
         self._clock = clock
+        self._wall = wall  # quotas follow the UTC calendar
         self._logs: dict[str, tuple[deque[float], float]] = {}  # bucket -> (log, window)
         self._in_flight: dict[str, int] = {}  # budget -> slots held
+        self._quotas: dict[str, list[int]] = {}  # workspace -> [day, count, month, count]
         self._sweep_every = sweep_every
         self._hits = 0
 
@@ -30,31 +45,78 @@ class MemoryRateLimiter:
         return None  # in-process: nothing to connect to
 
     async def admit(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> Decision:
-        return self.admit_nowait(budget, scope, limit, window, max_in_flight)
+        return self.admit_nowait(budget, scope, limit, window, max_in_flight, also, quota)
 
     def admit_nowait(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> Decision:
+        """Every check first, then every count: one step, as nothing else runs meanwhile."""
         now = self._clock()
         log = self._log(f"{budget}:{scope}", window, now)
         self._hits += 1
         if self._hits % self._sweep_every == 0:
             self.sweep()
         if len(log) >= limit:
-            wait = log[len(log) - limit] + window - now
-            return Decision(False, limit, 0, wait, wait)
-        lease = None
+            return _refused(log, limit, window, now)
+        nearest = (log, limit, window)
+        if also is not None:
+            second = self._log(f"{budget}:{also.scope}", also.window, now)
+            if len(second) >= also.limit:
+                return _refused(second, also.limit, also.window, now)
+            if also.limit - len(second) < limit - len(log):
+                nearest = (second, also.limit, also.window)
+        shown, shown_limit, shown_window = nearest
+        held = 0
         if max_in_flight is not None:
             held = self._in_flight.get(budget, 0)
             if held >= max_in_flight:
-                reset = log[0] + window - now if log else window
-                return Decision(False, limit, limit - len(log), reset, 1.0, None, True)
+                reset = shown[0] + shown_window - now if shown else shown_window
+                remaining = shown_limit - len(shown)
+                return Decision(False, shown_limit, remaining, reset, 1.0, None, True)
+        state = None
+        if quota is not None:
+            counts, ends = self._quota(quota.workspace)
+            over = _over_quota(quota, counts, ends)
+            if over is not None:
+                reset = shown[0] + shown_window - now if shown else shown_window
+                state = nearest_quota(quota, counts[1], counts[3], *ends)
+                remaining = shown_limit - len(shown)
+                return Decision(
+                    False, shown_limit, remaining, reset, over, None, False, state, True
+                )
+            counts[1] += 1
+            counts[3] += 1
+            state = nearest_quota(quota, counts[1], counts[3], *ends)
+        lease = None
+        if max_in_flight is not None:
             self._in_flight[budget] = held + 1
             lease = LEASE
         log.append(now)
-        return Decision(True, limit, limit - len(log), log[0] + window - now, 0.0, lease)
+        if also is not None:
+            self._logs[f"{budget}:{also.scope}"][0].append(now)
+        remaining = shown_limit - len(shown)
+        return Decision(True, shown_limit, remaining, shown[0] + shown_window - now, 0.0, lease,
+                        False, state)
+
+    async def quota_usage(self, workspace: str) -> QuotaUsage:
+        counts, (day_reset, month_reset) = self._quota(workspace)
+        return QuotaUsage(counts[1], counts[3], day_reset, month_reset)
+
+    def _quota(self, workspace: str) -> tuple[list[int], tuple[float, float]]:
+        """The workspace's counters of the current UTC day and month, and their resets."""
+        day, month, day_reset, month_reset = periods(self._wall())
+        counts = self._quotas.get(workspace)
+        if counts is None:
+            counts = self._quotas[workspace] = [day, 0, month, 0]
+        if counts[0] != day:
+            counts[0:2] = [day, 0]
+        if counts[2] != month:
+            counts[2:4] = [month, 0]
+        return counts, (day_reset, month_reset)
 
     async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         now = self._clock()
@@ -76,12 +138,17 @@ class MemoryRateLimiter:
         for bucket, (log, window) in list(self._logs.items()):
             if not log or log[-1] <= now - window:
                 del self._logs[bucket]
+        month = periods(self._wall())[1]
+        for workspace, counts in list(self._quotas.items()):
+            if counts[2] != month:
+                del self._quotas[workspace]
 
     async def ping(self) -> None:
         return None  # in-process: always able to decide
 
     async def close(self) -> None:
         self._logs.clear()
+        self._quotas.clear()
 
     def stats(self) -> LimiterStats | None:
         return None  # decides in-process: no round trips to count
@@ -99,3 +166,18 @@ class MemoryRateLimiter:
         while log and log[0] <= cutoff:
             log.popleft()
         return log
+
+
+def _refused(log: deque[float], limit: int, window: float, now: float) -> Decision:
+    wait = log[len(log) - limit] + window - now
+    return Decision(False, limit, 0, wait, wait)
+
+
+def _over_quota(quota: QuotaAsk, counts: list[int], ends: tuple[float, float]) -> float | None:
+    """Seconds until the spent quota's period ends (the later one if both are), or None."""
+    over = None
+    if quota.day and counts[1] >= quota.day:
+        over = ends[0]
+    if quota.month and counts[3] >= quota.month:
+        over = ends[1]
+    return over

@@ -41,18 +41,33 @@ from typing import Any
 
 from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
-from gateway.limiter.base import Decision, LimiterStats
+from gateway.limiter.base import (
+    Decision,
+    LimiterStats,
+    QuotaAsk,
+    QuotaUsage,
+    Window,
+    nearest_quota,
+)
 from gateway.limiter.resp import ReplyError, RespConnection, encode
 from gateway.periodic import Periodic
 
 log = logging.getLogger("gateway.limiter.redis")
 
-# KEYS[1] the sliding log, KEYS[2] the leases. ARGV[1] mode: a(dmit) | p(eek) | r(enew).
+# KEYS[1] the key's sliding log, KEYS[2] the leases, KEYS[3] a route's own log (KEYS[1] again
+# when there is none). ARGV[1] mode: a(dmit) | p(eek) | r(enew) | u(ndo).
 # admit: ARGV[2] limit, [3] window µs, [4] member id, [5] max in flight (0: none), [6] lease
-# TTL µs, [7..] leases to give back first. Replies {status, count, reset µs}: status 1 admitted
-# (count includes it), 0 over the rate limit, 2 every concurrency slot held.
+# TTL µs, [7] the route's limit (0: none), [8] its window µs, [9..] leases to give back first.
+# Replies {status, count, reset µs, which}: status 1 admitted (count includes it), 0 over a rate
+# limit, 2 every concurrency slot held; which: 0 the key's window, 1 the route's (the refusing
+# one, else the one nearer to running out). undo: ARGV[2] a member admitted before, taken out
+# of both logs and the leases (its request was refused by a quota).
 SCRIPT = b"""
 local mode = ARGV[1]
+if mode == 'u' then
+  for i = 1, 3 do redis.call('ZREM', KEYS[i], ARGV[2]) end
+  return 1
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if mode == 'r' then
@@ -61,35 +76,118 @@ if mode == 'r' then
   redis.call('PEXPIRE', KEYS[2], math.ceil(ttl / 1000))
   return 1
 end
-local limit = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local log = KEYS[1]
-redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-local count = redis.call('ZCARD', log)
-local function reset(nth)
+local function trim(log, window)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  return redis.call('ZCARD', log)
+end
+local function reset(log, window, count, nth)
   if count == 0 then return window end
   return tonumber(redis.call('ZRANGE', log, nth, nth, 'WITHSCORES')[2]) + window - now
 end
-if mode == 'p' then return {1, count, reset(0)} end
+local limit = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local log = KEYS[1]
+local count = trim(log, window)
+if mode == 'p' then return {1, count, reset(log, window, count, 0), 0} end
 local leases = KEYS[2]
-if #ARGV > 6 then redis.call('ZREM', leases, unpack(ARGV, 7)) end
-if count >= limit then return {0, count, reset(count - limit)} end
+if #ARGV > 8 then redis.call('ZREM', leases, unpack(ARGV, 9)) end
+if count >= limit then return {0, count, reset(log, window, count, count - limit), 0} end
+local rlimit, rwindow, rlog, rcount = tonumber(ARGV[7]), tonumber(ARGV[8]), KEYS[3], 0
+if rlimit > 0 then
+  rcount = trim(rlog, rwindow)
+  if rcount >= rlimit then return {0, rcount, reset(rlog, rwindow, rcount, rcount - rlimit), 1} end
+end
+local which = 0
+if rlimit > 0 and rlimit - rcount < limit - count then which = 1 end
+local function answer(status, added)
+  if which == 1 then return {status, rcount + added, reset(rlog, rwindow, rcount + added, 0), 1} end
+  return {status, count + added, reset(log, window, count + added, 0), 0}
+end
 local cap = tonumber(ARGV[5])
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if redis.call('ZCARD', leases) >= cap then return {2, count, reset(0)} end
+  if redis.call('ZCARD', leases) >= cap then return answer(2, 0) end
   local ttl = tonumber(ARGV[6])
   redis.call('ZADD', leases, now + ttl, ARGV[4])
   redis.call('PEXPIRE', leases, math.ceil(ttl / 1000))
 end
 redis.call('ZADD', log, now, ARGV[4])
 redis.call('PEXPIRE', log, math.ceil(window / 1000))
-count = count + 1
-return {1, count, reset(0)}
+if rlimit > 0 then
+  redis.call('ZADD', rlog, now, ARGV[4])
+  redis.call('PEXPIRE', rlog, math.ceil(rwindow / 1000))
+end
+return answer(1, 1)
 """
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
-ADMIT, PEEK, RENEW = b"a", b"p", b"r"
-Op = tuple[bytes, str, str, int, float, int, bytes]  # mode budget scope limit window cap member
+
+# The UTC calendar in Lua (H. Hinnant's civil_from_days): day number -> year, month, day of
+# the month, days in that month. Tested against Python's calendar (tests/limiter/test_redis.py).
+CALENDAR = b"""
+local function civil(day)
+  local z = day + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  local dim = ({31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31})[m]
+  if m == 2 and y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then dim = 29 end
+  return y, m, d, dim
+end
+"""
+# KEYS[1] the workspace's quota hash <prefix>{q:<workspace>}: one field per period, d<day> and
+# m<month>, counted by Redis's own clock. ARGV[1] mode: a(dmit) | p(eek) | u(ndo).
+# admit: ARGV[2] day limit, [3] month limit (0: none); counts both only if neither is spent.
+# Replies {over, day count, month count, ms to day end, ms to month end, day, month}: over 0
+# counted (or peeked), 1 the day's quota is spent, 2 the month's. undo: ARGV[2] day, [3] month
+# of an admit whose request was refused by its rate limit: both counts back down by one.
+QUOTA_SCRIPT = CALENDAR + b"""
+local q, mode = KEYS[1], ARGV[1]
+if mode == 'u' then
+  for _, field in ipairs({'d' .. ARGV[2], 'm' .. ARGV[3]}) do
+    if tonumber(redis.call('HGET', q, field) or '0') > 0 then
+      redis.call('HINCRBY', q, field, -1)
+    end
+  end
+  return 1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local day = math.floor(now / 86400000)
+local y, m, d, dim = civil(day)
+local month = y * 12 + m - 1
+local day_end, month_end = (day + 1) * 86400000, (day + dim - d + 1) * 86400000
+local df, mf = 'd' .. day, 'm' .. month
+local dc = tonumber(redis.call('HGET', q, df) or '0')
+local mc = tonumber(redis.call('HGET', q, mf) or '0')
+local over = 0
+if mode == 'a' then
+  local dl, ml = tonumber(ARGV[2]), tonumber(ARGV[3])
+  if dl > 0 and dc >= dl then over = 1 end
+  if ml > 0 and mc >= ml then over = 2 end
+  if over == 0 then
+    dc = redis.call('HINCRBY', q, df, 1)
+    mc = redis.call('HINCRBY', q, mf, 1)
+    if dc == 1 then  -- the day's first: forget older periods, live a day past the month
+      for _, field in ipairs(redis.call('HKEYS', q)) do
+        if field ~= df and field ~= mf then redis.call('HDEL', q, field) end
+      end
+      redis.call('PEXPIREAT', q, month_end + 86400000)
+    end
+  end
+end
+return {over, dc, mc, day_end - now, month_end - now, day, month}
+"""
+QUOTA_SHA = hashlib.sha1(QUOTA_SCRIPT).hexdigest().encode()
+ADMIT, PEEK, RENEW, UNDO, USAGE = b"a", b"p", b"r", b"u", b"q"
+# mode budget scope limit window cap member, the route's window, the quota
+Op = tuple[bytes, str, str, int, float, int, bytes, Window | None, QuotaAsk | None]
 RATE_LIMIT_REFUSED, ADMITTED, BUSY = 0, 1, 2
 RELEASE_DELAY = 0.002  # seconds a given-back slot waits for a batch to ride along with
 
@@ -107,11 +205,12 @@ class RedisRateLimiter:
         self._renewer = Periodic(options.lease_ttl / 3, self._renew)
         # the batch being gathered in this tick: commands (built at flush) and their future
         self._ops: list[Op] = []
-        self._waiters: list[asyncio.Future[Decision]] = []  # one per op, answered by _answer
-        self._second_tries: set[asyncio.Future[Decision]] = set()  # re-sent after NOSCRIPT
+        self._waiters: list[asyncio.Future[Any]] = []  # one per op, answered by _answer
+        self._second_tries: set[asyncio.Future[Any]] = set()  # re-sent after NOSCRIPT
         self._reloading: set[asyncio.Future[None]] = set()  # _retry tasks (kept referenced)
         self._batch: asyncio.Future[list[Any]] | None = None
         self._releases: dict[str, list[bytes]] = {}  # budget -> leases to give back
+        self._undos: list[bytes] = []  # compensations (commands), sent like releases
         self._release_timer: asyncio.TimerHandle | None = None
         self._held: dict[str, set[bytes]] = {}  # budget -> leases this node holds (renewed)
         self._node = secrets.token_hex(4).encode()  # members are <node>.<sequence>: unique
@@ -132,7 +231,7 @@ class RedisRateLimiter:
                 await self._connected.wait()
 
     async def close(self) -> None:
-        if self._releases and self._conn is not None:  # give slots back before leaving
+        if (self._releases or self._undos) and self._conn is not None:  # give back first
             batch = self._batch or self._start_batch()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await batch
@@ -172,26 +271,33 @@ class RedisRateLimiter:
             self._connected.clear()
             self._held.clear()  # a restarted Redis has none of them; a live one expires them
             self._releases.clear()
+            self._undos.clear()
             log.warning("redis connection lost; reconnecting")
 
     # ---- the contract ------------------------------------------------------------------------
 
     def admit(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> asyncio.Future[Decision]:
         """A future, not a coroutine: answered straight from the batch's replies, so the request
         waiting on it resumes through no limiter frames."""
         self._sequence += 1
         member = b"%b.%x" % (self._node, self._sequence)
-        return self._submit((ADMIT, budget, scope, limit, window, max_in_flight or 0, member))
+        cap = max_in_flight or 0
+        return self._submit((ADMIT, budget, scope, limit, window, cap, member, also, quota))
 
     def admit_nowait(
-        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None = None, quota: QuotaAsk | None = None,
     ) -> None:
         return None  # every decision is Redis's
 
     def peek(self, budget: str, scope: str, limit: int, window: float) -> asyncio.Future[Decision]:
-        return self._submit((PEEK, budget, scope, limit, window, 0, b""))
+        return self._submit((PEEK, budget, scope, limit, window, 0, b"", None, None))
+
+    def quota_usage(self, workspace: str) -> asyncio.Future[QuotaUsage]:
+        return self._submit((USAGE, workspace, "", 0, 0.0, 0, b"", None, None))
 
     def release(self, budget: str, lease: str) -> None:
         member = lease.encode()
@@ -219,15 +325,15 @@ class RedisRateLimiter:
 
     # ---- batching ----------------------------------------------------------------------------
 
-    def _submit(self, op: Op) -> asyncio.Future[Decision]:
+    def _submit(self, op: Op) -> asyncio.Future[Any]:
         """Queue one decision in this tick's batch; its future gets the Decision or
         ``LimiterUnavailable``. A request cancelled while it waits cancels only its own future
         (a slot the script gave it meanwhile is given back by ``_answer``)."""
-        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue(op, waiter)
         return waiter
 
-    def _queue(self, op: Op, waiter: asyncio.Future[Decision]) -> None:
+    def _queue(self, op: Op, waiter: asyncio.Future[Any]) -> None:
         """Into this tick's batch; while there is no connection, fail at once without waiting."""
         if self._conn is None:
             waiter.set_exception(LimiterUnavailable("redis is unreachable"))
@@ -240,7 +346,7 @@ class RedisRateLimiter:
     def _answer(
         self,
         ops: list[Op],
-        waiters: list[asyncio.Future[Decision]],
+        waiters: list[asyncio.Future[Any]],
         batch: asyncio.Future[list[Any]],
     ) -> None:
         """Each waiting request gets its own decision, or the batch's failure."""
@@ -254,26 +360,51 @@ class RedisRateLimiter:
                     waiter.set_exception(LimiterUnavailable(f"redis: {failure}"))
             second_tries.difference_update(waiters)
             return
-        reload: list[tuple[Op, asyncio.Future[Decision]]] = []
-        for op, waiter, reply in zip(ops, waiters, batch.result(), strict=True):
-            if isinstance(reply, ReplyError):
+        reload: list[tuple[Op, asyncio.Future[Any]]] = []
+        replies = iter(batch.result())
+        for op, waiter in zip(ops, waiters, strict=True):
+            reply = next(replies)
+            quota = next(replies) if op[0] == ADMIT and op[8] is not None else None
+            if quota is not None:
+                self._compensate(op, reply, quota)
+            error = next((r for r in (reply, quota) if isinstance(r, ReplyError)), None)
+            if error is not None:
                 if waiter.done():
                     continue
-                if str(reply).startswith("NOSCRIPT") and waiter not in second_tries:
+                if str(error).startswith("NOSCRIPT") and waiter not in second_tries:
                     reload.append((op, waiter))  # Redis restarted or flushed its scripts
                 else:
-                    waiter.set_exception(LimiterUnavailable(f"redis: {reply}"))
+                    waiter.set_exception(LimiterUnavailable(f"redis: {error}"))
             elif waiter.done():  # cancelled while it waited: give back the slot it got
-                if op[0] == ADMIT and op[5] and reply[0] == ADMITTED:
+                if op[0] == ADMIT and op[5] and reply[0] == ADMITTED and _quota_ok(quota):
                     self._give_back(op[1], op[6])
             else:
-                waiter.set_result(self._decision(op, reply))
+                waiter.set_result(self._decision(op, reply, quota))
         if second_tries:
             second_tries.difference_update(waiters)  # answered, failed or cancelled: done
         if reload:
             self._reloading.add(asyncio.ensure_future(self._retry(reload)))
 
-    async def _retry(self, ops: list[tuple[Op, asyncio.Future[Decision]]]) -> None:
+    def _compensate(self, op: Op, reply: Any, quota: Any) -> None:
+        """The rate script and the quota script ran side by side (their keys live in different
+        Cluster slots): when one admitted and the other refused (or failed), take back what the
+        admitting one counted, so a refused request spends nothing."""
+        rate_ok = not isinstance(reply, ReplyError) and reply[0] == ADMITTED
+        quota_ok = not isinstance(quota, ReplyError) and quota[0] == 0
+        if rate_ok and not quota_ok:
+            _, budget, scope, _, _, _, member, also, _ = op
+            self._undos.append(encode(b"EVALSHA", SHA, 3, *self._rate_keys(budget, scope, also),
+                                      UNDO, member))
+        elif quota_ok and not rate_ok:
+            workspace = op[8].workspace  # type: ignore[union-attr]  # a quota op has one
+            self._undos.append(encode(b"EVALSHA", QUOTA_SHA, 1, self._quota_key(workspace),
+                                      UNDO, quota[5], quota[6]))
+        else:
+            return
+        if self._batch is None:  # out before the refused client hears back: no lingering count
+            self._start_batch()
+
+    async def _retry(self, ops: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         """Load the script again, then send those decisions once more (a second NOSCRIPT
         fails them)."""
         try:
@@ -286,25 +417,45 @@ class RedisRateLimiter:
         finally:
             self._reloading.discard(asyncio.current_task())
 
-    def _decision(self, op: Op, reply: list[int]) -> Decision:
-        mode, budget, _scope, limit, _window, cap, member = op
-        status, count, reset_us = reply
+    def _decision(self, op: Op, reply: list[int], quota: list[int] | None) -> Any:
+        mode, budget, _scope, limit, _window, cap, member, also, ask = op
+        if mode == USAGE:
+            return QuotaUsage(reply[1], reply[2], reply[3] / 1000, reply[4] / 1000)
+        status, count, reset_us, which = reply
         reset = reset_us / 1_000_000
+        if which == 1 and also is not None:
+            limit = also.limit
         if mode == PEEK:
             remaining = max(0, limit - count)
             return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
+        state = None
+        if quota is not None and ask is not None:
+            over, day, month, day_end, month_end = quota[:5]
+            if not over and status != ADMITTED:  # counted, and being taken back
+                day, month = day - 1, month - 1
+            state = nearest_quota(ask, day, month, day_end / 1000, month_end / 1000)
+            if over:
+                if status == ADMITTED:
+                    count -= 1  # being taken back (``_compensate``)
+                retry = (day_end if over == 1 else month_end) / 1000
+                return Decision(False, limit, max(0, limit - count), reset, retry, None, False,
+                                state, True)
         if status == ADMITTED:
             lease = None
             if cap:
                 self._held.setdefault(budget, set()).add(member)
                 lease = member.decode()
-            return Decision(True, limit, limit - count, reset, 0.0, lease)
+            return Decision(True, limit, limit - count, reset, 0.0, lease, False, state)
         if status == BUSY:
-            return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True)
-        return Decision(False, limit, 0, reset, reset)
+            return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True, state)
+        return Decision(False, limit, 0, reset, reset, None, False, state)
 
     def _give_back(self, budget: str, member: bytes) -> None:
         self._releases.setdefault(budget, []).append(member)
+        self._schedule_send()
+
+    def _schedule_send(self) -> None:
+        """Releases and compensations go with the next batch, or on their own shortly."""
         if self._batch is None and self._release_timer is None:
             # wait a moment for a batch to ride along with: a client that sends its next
             # request at once has this slot given back inside that request's admit script
@@ -313,7 +464,7 @@ class RedisRateLimiter:
 
     def _release_now(self) -> None:
         self._release_timer = None
-        if self._releases and self._batch is None:
+        if (self._releases or self._undos) and self._batch is None:
             self._start_batch()
 
     def _start_batch(self) -> asyncio.Future[list[Any]]:
@@ -325,8 +476,10 @@ class RedisRateLimiter:
 
     def _flush(self) -> None:
         batch, ops, waiters, releases = self._batch, self._ops, self._waiters, self._releases
+        undos = self._undos
         assert batch is not None
         self._batch, self._ops, self._waiters, self._releases = None, [], [], {}
+        self._undos = []
         if waiters:
             batch.add_done_callback(functools.partial(self._answer, ops, waiters))
         if self._release_timer is not None:  # the releases go now, with this batch
@@ -340,21 +493,27 @@ class RedisRateLimiter:
         sha, lease_ttl = SHA, self._lease_ttl_us
         parts: list[bytes] = []
         carried: list[tuple[int, str, list[bytes]]] = []  # releases inside an admit script
-        for mode, budget, scope, limit, window, cap, member in ops:
-            tag = self._tag(budget)
-            rate_key = tag + b":r:" + scope.encode() if scope else tag + b":r"
+        for mode, budget, scope, limit, window, cap, member, also, quota in ops:
+            if mode == USAGE:
+                parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, self._quota_key(budget), PEEK))
+                continue
             window_us = int(window * 1_000_000)
             args: list[bytes | int] = [
-                b"EVALSHA", sha, 2, rate_key, tag + b":c", mode, limit, window_us
+                b"EVALSHA", sha, 3, *self._rate_keys(budget, scope, also), mode, limit, window_us
             ]
             if mode == ADMIT:
                 args += (member, cap, lease_ttl)
+                args += (also.limit, int(also.window * 1_000_000)) if also else (0, 0)
                 if cap and (given_back := releases.pop(budget, None)):
                     args += given_back
                     carried.append((len(parts), budget, given_back))
             parts.append(encode(*args))
+            if quota is not None:  # its own slot: a script of its own, in the same batch
+                parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, self._quota_key(quota.workspace),
+                                    ADMIT, quota.day, quota.month))
         for budget, members in releases.items():
             parts.append(encode(b"ZREM", self._tag(budget) + b":c", *members))
+        parts += undos
         self.batches += 1
         self.commands += len(parts)
         conn.send(b"".join(parts), len(parts), batch)
@@ -390,6 +549,19 @@ class RedisRateLimiter:
     async def _send_script(self, conn: RespConnection) -> None:
         async with asyncio.timeout(self._timeout):
             await conn.call(encode(b"SCRIPT", b"LOAD", SCRIPT))
+            await conn.call(encode(b"SCRIPT", b"LOAD", QUOTA_SCRIPT))
+
+    def _rate_keys(self, budget: str, scope: str, also: Window | None) -> tuple[bytes, ...]:
+        """The budget's log for ``scope``, its leases, and the log of ``also`` (else the first
+        again): one Cluster slot, the ``{budget}`` tag."""
+        tag = self._tag(budget)
+        rate_key = tag + b":r:" + scope.encode() if scope else tag + b":r"
+        route_key = tag + b":r:" + also.scope.encode() if also is not None else rate_key
+        return rate_key, tag + b":c", route_key
+
+    def _quota_key(self, workspace: str) -> bytes:
+        """``<prefix>{q:<workspace>}``: a workspace's quotas, a Cluster slot of their own."""
+        return b"%b{q:%b}" % (self._prefix, workspace.encode())
 
     def _tag(self, budget: str) -> bytes:
         """``<prefix>{<budget>}``: every Redis key of a budget starts so, one Cluster slot."""
@@ -421,3 +593,8 @@ def _settled(timer: asyncio.TimerHandle, batch: asyncio.Future[list[Any]]) -> No
     if not batch.cancelled():
         batch.exception()
 
+
+
+def _quota_ok(quota: Any) -> bool:
+    """No quota asked, or the quota script counted the request."""
+    return quota is None or (not isinstance(quota, ReplyError) and quota[0] == 0)

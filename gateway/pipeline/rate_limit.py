@@ -1,18 +1,23 @@
-"""Rate limit and concurrency, decided by one limiter call (one Redis round trip):
+"""Rate limit, concurrency and quotas, decided by one limiter call (one Redis round trip):
 
-* a sliding window per key — ``rate_limit_override`` (per minute) if the key has one, else the
-  route's limit, else the default — with ``RateLimit-*`` / ``X-RateLimit-*`` headers on every
-  response and 429 ``rate_limited`` + ``Retry-After`` past the limit. The override and the
-  default are one budget per key across routes; a route with its own ``rate_limit`` has its own
-  budget per key.
+* the key's own budget, a sliding window per key — its ``rate_limit_override`` (per minute),
+  else its plan's ``rate_limit``, else ``defaults.rate_limit`` — shared by every route; and a
+  route with its own ``rate_limit`` adds a second budget per key, in addition. The nearer to
+  running out shows in ``RateLimit-*`` / ``X-RateLimit-*`` on every response; past either, 429
+  ``rate_limited`` + ``Retry-After``.
 * at most N requests in flight per key (the key's ``concurrency_limit``, else the route's
-  ``max_concurrent``, else the default): 429 ``concurrency_limited``. The slot is held until the
-  response has been fully sent or the exchange failed, client disconnects included.
+  ``max_concurrent``, else the plan's, else the default): 429 ``concurrency_limited``. The slot
+  is held until the response has been fully sent or the exchange failed, client disconnects
+  included.
+* the workspace's plan quotas (admitted requests per UTC day and month): 429 ``quota_exceeded``
+  with ``Retry-After`` = seconds until that period ends; ``X-Quota-*`` for the quota nearer to
+  running out.
 
-A request refused for concurrency is not counted against the rate limit. A limiter failure
-follows ``on_limiter_error``: ``open`` admits (no quota headers), ``closed`` answers 503
-``rate_limit_unavailable``, ``local`` enforces each limit in this process divided by the number of
-processes expected to share it (``limiter.expected_nodes`` times ``workers``).
+The plan comes with the cached key (``KeyRecord.plan``, read with it): no store lookup here.
+A request refused for any reason spends nothing. A limiter failure follows ``on_limiter_error``:
+``open`` admits (no limit headers), ``closed`` answers 503 ``rate_limit_unavailable``, ``local``
+enforces each limit (quotas included) in this process divided by the number of processes
+expected to share it (``limiter.expected_nodes`` times ``workers``).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from multidict import istr
 
-from gateway.config import RateLimit, RouteConfig
+from gateway.config import Config, PlanConfig, RouteConfig
 from gateway.errors import (
     CONCURRENCY_LIMITED,
+    QUOTA_EXCEEDED,
     RATE_LIMITED,
     RETRY_SOON,
     GatewayError,
@@ -35,19 +42,57 @@ from gateway.errors import (
 from gateway.exchange import Check, Exchange
 from gateway.keys.model import KeyRecord
 from gateway.keys.usage import UsageRecorder
-from gateway.limiter.base import Decision, RateLimiter, local_share
+from gateway.limiter.base import Decision, QuotaAsk, RateLimiter, Window, local_share
 from gateway.services import Services
 
 log = logging.getLogger("gateway.limiter")
 
 
-def quota_for(key: KeyRecord, route: RouteConfig, default: RateLimit) -> tuple[str, int, float]:
-    """(scope, limit, window) for this key on this route: scope "" is the key-wide budget."""
-    if key.rate_limit_override is not None:
-        return "", key.rate_limit_override, 60.0
-    if route.rate_limit is not None:
-        return route.name, route.rate_limit.requests, route.rate_limit.window
-    return "", default.requests, default.window
+class PlanLimits(NamedTuple):
+    """What a plan (or no plan) means on one route: the key budget, the in-flight cap, the
+    quotas (0: none)."""
+
+    limit: int
+    window: float
+    cap: int | None
+    day: int
+    month: int
+
+
+def plan_limits(plan: PlanConfig | None, route: RouteConfig, config: Config) -> PlanLimits:
+    rate = (plan.rate_limit if plan else None) or config.defaults.rate_limit
+    cap = route.max_concurrent or (plan.max_concurrent if plan else None)
+    quota = plan.quota if plan else None
+    return PlanLimits(
+        rate.requests, rate.window, cap or config.defaults.max_concurrent,
+        (quota.day or 0) if quota else 0, (quota.month or 0) if quota else 0,
+    )
+
+
+class Limits:
+    """One route's limits for any key, precomputed per plan (README "Rate limits")."""
+
+    def __init__(self, route: RouteConfig, config: Config) -> None:
+        self.also = (
+            Window(route.name, route.rate_limit.requests, route.rate_limit.window)
+            if route.rate_limit is not None else None
+        )
+        self._plans = {name: plan_limits(p, route, config) for name, p in config.plans.items()}
+        default = config.plans.get(config.default_plan) if config.default_plan else None
+        self._default = plan_limits(default, route, config)
+
+    def of(self, key: KeyRecord) -> tuple[int, float, int | None, QuotaAsk | None]:
+        """(limit, window, cap, quota) for ``key``: a plan no longer declared falls back to
+        ``default_plan`` (a reload refuses to drop a plan in use; a restart does not)."""
+        plan = self._default if key.plan is None else self._plans.get(key.plan, self._default)
+        if key.rate_limit_override is not None:
+            limit, window = key.rate_limit_override, 60.0
+        else:
+            limit, window = plan.limit, plan.window
+        quota = None
+        if (plan.day or plan.month) and key.workspace_id is not None:
+            quota = QuotaAsk(key.workspace_id, plan.day, plan.month)
+        return limit, window, key.concurrency_limit or plan.cap, quota
 
 
 def budget_of(key: KeyRecord) -> str:
@@ -69,10 +114,16 @@ X_LIMIT, X_REMAINING, X_RESET = (
 )
 
 
+X_QUOTA_LIMIT, X_QUOTA_REMAINING, X_QUOTA_RESET = (
+    istr("X-Quota-Limit"), istr("X-Quota-Remaining"), istr("X-Quota-Reset")
+)
+
+
 def quota_headers(decision: Decision) -> dict[str, str]:
+    """``RateLimit-*`` and ``X-RateLimit-*``, and ``X-Quota-*`` when a quota was decided."""
     limit, remaining = _text(decision.limit), str(decision.remaining)
     reset = _text(max(0, math.ceil(decision.reset)))
-    return {
+    headers: dict[str, str] = {
         LIMIT: limit,
         REMAINING: remaining,
         RESET: reset,
@@ -80,18 +131,25 @@ def quota_headers(decision: Decision) -> dict[str, str]:
         X_REMAINING: remaining,
         X_RESET: reset,
     }
+    quota = decision.quota
+    if quota is not None:
+        headers[X_QUOTA_LIMIT] = _text(quota.limit)
+        headers[X_QUOTA_REMAINING] = str(quota.remaining)
+        headers[X_QUOTA_RESET] = str(max(0, math.ceil(quota.reset)))
+    return headers
 
 
 def peek_headers_for(
     route: RouteConfig, services: Services
 ) -> Callable[[KeyRecord], Awaitable[dict[str, str]]]:
-    """Quota headers without counting, for responses refused before this stage ran."""
-    default = services.config.defaults.rate_limit
+    """Rate-limit headers of the key's own budget without counting, for responses refused
+    before this stage ran."""
+    limits = Limits(route, services.config)
 
     async def peek(key: KeyRecord) -> dict[str, str]:
-        scope, limit, window = quota_for(key, route, default)
+        limit, window, _, _ = limits.of(key)
         try:
-            return quota_headers(await services.limiter.peek(budget_of(key), scope, limit, window))
+            return quota_headers(await services.limiter.peek(budget_of(key), "", limit, window))
         except LimiterUnavailable:
             return {}
 
@@ -106,7 +164,7 @@ def apply(
     cap: int | None,
     usage: UsageRecorder,
 ) -> None:
-    """Quota headers on the response; the slot given back once it is sent; 429 if refused."""
+    """Limit headers on the response; the slot given back once it is sent; 429 if refused."""
     exchange.response_headers.update(quota_headers(decision))
     if decision.lease is not None:
         exchange.on_done(functools.partial(decider.release, budget, decision.lease))
@@ -120,6 +178,9 @@ def apply(
         assert exchange.key is not None  # authenticate runs first on every auth route
         usage.rate_limited(exchange.key.key_id)
         retry = str(max(1, math.ceil(decision.retry_after)))
+        if decision.over_quota:
+            raise GatewayError(QUOTA_EXCEEDED, "the workspace's plan quota is spent",
+                               {"Retry-After": retry})
         raise GatewayError(RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry})
 
 
@@ -127,37 +188,43 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
         return None
     config = services.config
-    default = config.defaults.rate_limit
-    route_cap = route.max_concurrent or config.defaults.max_concurrent
+    limits = Limits(route, config)
+    also = limits.also
     policy = route.on_limiter_error or config.defaults.on_limiter_error
     nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
+    local_also = also._replace(limit=local_share(also.limit, nodes)) if also else None
     limiter = services.limiter
     local = services.local_limiter
     usage = services.usage
     metrics = services.metrics
 
     async def degraded(
-        budget: str, scope: str, limit: int, window: float, cap: int | None
+        budget: str, limit: int, window: float, cap: int | None, quota: QuotaAsk | None
     ) -> tuple[Decision | None, RateLimiter]:
         """The limiter failed and on_limiter_error is ``open`` or ``local``."""
         if policy == "local":  # this process's share of each limit
             local_cap = None if cap is None else local_share(cap, nodes)
             share = local_share(limit, nodes)
-            return await local.admit(budget, scope, share, window, local_cap), local
+            if quota is not None:
+                quota = quota._replace(day=quota.day and local_share(quota.day, nodes),
+                                       month=quota.month and local_share(quota.month, nodes))
+            decision = await local.admit(budget, "", share, window, local_cap, local_also, quota)
+            return decision, local
         return None, local  # open: admit without a quota to report
 
     async def decide(
-        exchange: Exchange, budget: str, scope: str, limit: int, window: float, cap: int | None
+        exchange: Exchange, budget: str, limit: int, window: float, cap: int | None,
+        quota: QuotaAsk | None,
     ) -> None:
         decision: Decision | None
         decider: RateLimiter = limiter
         try:
-            decision = await limiter.admit(budget, scope, limit, window, cap)
+            decision = await limiter.admit(budget, "", limit, window, cap, also, quota)
         except LimiterUnavailable:
             metrics.count_limiter_error(policy)
             if policy == "closed":
                 raise  # 503 rate_limit_unavailable, Retry-After: 1 (gateway.errors)
-            decision, decider = await degraded(budget, scope, limit, window, cap)
+            decision, decider = await degraded(budget, limit, window, cap, quota)
         if decision is not None:
             apply(exchange, decision, decider, budget, cap, usage)
 
@@ -165,11 +232,10 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
         budget = budget_of(key)
-        scope, limit, window = quota_for(key, route, default)
-        cap = key.concurrency_limit or route_cap
-        decision = limiter.admit_nowait(budget, scope, limit, window, cap)
+        limit, window, cap, quota = limits.of(key)
+        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota)
         if decision is None:  # a shared limiter: the driver awaits its answer
-            return decide(exchange, budget, scope, limit, window, cap)
+            return decide(exchange, budget, limit, window, cap, quota)
         apply(exchange, decision, limiter, budget, cap, usage)
         return None
 

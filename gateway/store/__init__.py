@@ -5,6 +5,7 @@
           ├─ members   Members      members           members.py
           ├─ audit     AuditLog     audit_log         audit.py
           ├─ usage     UsageTable   key_usage         usage.py
+          ├─ subscriptions  Subscriptions  subscriptions  subscriptions.py
           └─ changes   ChangeLog    key_changes       feed.py
                all on one Db (db.py): PostgresDb (postgres.py) or SqliteDb (sqlite.py),
                whose Dialect (dialect.py) says what their SQL differs in.
@@ -24,6 +25,7 @@ from gateway.store.feed import ChangeLog, KeyChange
 from gateway.store.keys import KeyTable
 from gateway.store.members import Members
 from gateway.store.migrations import migrate
+from gateway.store.subscriptions import Subscriptions
 from gateway.store.tenancy import Tenancy
 from gateway.store.usage import UsageDelta, UsageTable
 
@@ -52,6 +54,7 @@ class Store:
         self.members = Members(db, self.keys)
         self.audit = AuditLog(db)
         self.usage = UsageTable(db)
+        self.subscriptions = Subscriptions(db, self.changes)
         self._follow = follow
         # The flat names the callers (KeyService, the caches, the usage recorder, the admin
         # API) used before the split, bound to the table that owns each.

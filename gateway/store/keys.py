@@ -58,6 +58,12 @@ UPDATABLE: dict[str, bool] = {
     "last_used_at": True,
     "disabled_at": True,
 }
+# the key's plan comes with it, in the same one query (a workspace has at most one row)
+_OF_WORKSPACE = "FROM subscriptions s WHERE s.workspace_id = api_keys.workspace_id"
+SUBSCRIPTION = {
+    "subscription_id": f"(SELECT s.subscription_id {_OF_WORKSPACE})",
+    "plan": f"(SELECT s.plan {_OF_WORKSPACE})",
+}
 ACTIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > {now})"
 COUNT_ACTIVE = "SELECT COUNT(*) FROM api_keys WHERE user_id = $1 AND " + ACTIVE.format(now="$2")
 ORDER = "ORDER BY created_at, key_id"  # the stable order of pages (and of the index)
@@ -89,7 +95,8 @@ class KeyTable:
         self._db = db
         self._dialect = db.dialect
         self._changes = changes
-        self._rows = Rows("api_keys", KeyRecord, KINDS, db.dialect, {"principal_id": PRINCIPAL})
+        derived = {"principal_id": PRINCIPAL, **SUBSCRIPTION}
+        self._rows = Rows("api_keys", KeyRecord, KINDS, db.dialect, derived)
         self._by_hash = f"{self._rows.select} WHERE key_hash = $1"  # built once: the hot path
 
     # reads ----------------------------------------------------------------------------------
@@ -216,10 +223,10 @@ class KeyTable:
         return record
 
     async def _locked(self, tx: Conn, columns: str, key_id: str) -> Row:
-        """The key's row, locked until ``tx`` ends; ``NotFound`` for an unknown key."""
-        row = await tx.fetchrow(
-            f"SELECT {columns} FROM api_keys WHERE key_id = $1{self._dialect.row_lock}", key_id
-        )
+        """The key's row (``*``: as a record reads it), locked until ``tx`` ends; ``NotFound``
+        for an unknown key."""
+        select = self._rows.select if columns == "*" else f"SELECT {columns} FROM api_keys"
+        row = await tx.fetchrow(f"{select} WHERE key_id = $1{self._dialect.row_lock}", key_id)
         if row is None:
             raise NotFound(f"key {key_id} not found")
         return row

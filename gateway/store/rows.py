@@ -37,6 +37,8 @@ class Rows(Generic[R]):
         self, table: str, record: type[R], kinds: Mapping[str, str], dialect: Dialect,
         derived: Mapping[str, str] | None = None,
     ) -> None:
+        """``derived``: fields read from another table or an expression (field -> SQL), never
+        written: e.g. a key's principal and subscription, read in the same query as the key."""
         derived = derived or {}
         self.fields = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
         self.columns = tuple(name for name in self.fields if name not in derived)

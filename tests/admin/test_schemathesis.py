@@ -24,7 +24,8 @@ MAX_EXAMPLES = 25
 # Schema-valid bodies these operations rightly refuse, for rules JSON Schema cannot state:
 # expires_at in the future, project_id a project of this workspace, an origin's port in range,
 # a cursor that some earlier page handed out, a member's email unique in its workspace, a key's
-# owner a member (who a fuzzed DELETE may have removed), a key not yet revoked.
+# owner a member (who a fuzzed DELETE may have removed), a key not yet revoked, a plan the
+# config declares.
 CANNOT_EXPRESS = {
     (method, path): [checks.positive_data_acceptance]
     for method, path in [
@@ -36,6 +37,7 @@ CANNOT_EXPRESS = {
         ("POST", "/admin/v1/organizations/users/{user_email}/api-keys"),
         ("POST", "/admin/v1/keys/{key_id}/enable"),
         ("POST", "/admin/v1/keys/{key_id}/disable"),
+        ("PUT", "/admin/v1/workspaces/{workspace_id}/subscription"),
     ]
 }
 SETTINGS = hypothesis.settings(

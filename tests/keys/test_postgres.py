@@ -79,7 +79,8 @@ async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
     try:
         await conn.execute("DELETE FROM schema_migrations")
         await conn.execute(
-            "DROP TABLE members, audit_log, key_changes, key_usage, api_keys, namespaces, "
+            "DROP TABLE members, subscriptions, audit_log, key_changes, key_usage, api_keys, "
+            "namespaces, "
             "projects, workspaces CASCADE"
         )
     finally:

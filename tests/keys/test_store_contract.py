@@ -718,3 +718,46 @@ async def test_sqlite_in_memory() -> None:
         assert await store.get_workspace(workspace.id) == workspace
     finally:
         await store.close()
+
+
+# --- subscriptions ------------------------------------------------------------------------------
+
+
+async def test_subscription_put_get_and_the_key_reads_its_plan(
+    store: Store, make_key: MakeKey, workspace: Workspace
+) -> None:
+    key = await store.create_key(make_key(), max_active_per_user=10)
+    assert (key.subscription_id, key.plan) == (None, None)
+    assert await store.subscriptions.get(workspace.id) is None
+    since = await store.last_change_seq()
+
+    sub, hashes = await store.subscriptions.put(workspace.id, "free")
+    assert sub.subscription_id.startswith("sub_") and sub.plan == "free"
+    assert (sub.workspace_id, is_utc(sub.started_at)) == (workspace.id, True)
+    assert hashes == [key.key_hash]
+    assert [c.key_hash for c in await store.changes_since(since)] == [key.key_hash]
+    assert await store.subscriptions.get(workspace.id) == sub
+    cached = await store.get_key_by_hash(key.key_hash)
+    assert (cached.subscription_id, cached.plan) == (sub.subscription_id, "free")
+    assert (await store.get_key(key.key_id)).plan == "free"
+    assert [k.plan for k in (await store.list_keys(workspace.id)).results] == ["free"]
+
+    same, _ = await store.subscriptions.put(workspace.id, "free")
+    assert same == sub  # the same plan again: nothing starts anew
+    pro, _ = await store.subscriptions.put(workspace.id, "pro")
+    assert (pro.subscription_id, pro.plan) == (sub.subscription_id, "pro")
+    assert pro.started_at >= sub.started_at
+    assert (await store.get_key_by_hash(key.key_hash)).plan == "pro"
+
+
+async def test_subscription_of_unknown_workspace_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await store.subscriptions.put("ws_missing", "free")
+
+
+async def test_subscriptions_using_plans(store: Store) -> None:
+    one = await store.create_workspace("one")
+    two = await store.create_workspace("two")
+    await store.subscriptions.put(one.id, "free")
+    await store.subscriptions.put(two.id, "free")
+    assert await store.subscriptions.using(["free", "pro"]) == {"free": sorted([one.id, two.id])}

@@ -5,14 +5,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.config import RateLimit, RouteConfig
+from gateway.config import parse_config
 from gateway.errors import GatewayError
 from gateway.http import bearer_token, pick_request_id
 from gateway.keys.model import KeyRecord, Scope
-from gateway.limiter.base import Decision
+from gateway.limiter.base import Decision, QuotaAsk, Window
 from gateway.pipeline.authenticate import check_status
 from gateway.pipeline.authorize import expand, missing_permission, scope_allows
-from gateway.pipeline.rate_limit import budget_of, quota_for, quota_headers
+from gateway.pipeline.rate_limit import Limits, budget_of, quota_headers
 
 
 def key(**changes: object) -> KeyRecord:
@@ -81,13 +81,27 @@ def test_scope_allows() -> None:
     assert scope_allows(key(), "whatever", None)  # no scopes: every resource
 
 
-def test_quota_selection() -> None:
-    default = RateLimit(100, 60)
-    plain = RouteConfig("plain", "/p/", ("http://u",))
-    limited = RouteConfig("limited", "/l/", ("http://u",), rate_limit=RateLimit(5, 10))
-    assert quota_for(key(), plain, default) == ("", 100, 60)
-    assert quota_for(key(), limited, default) == ("limited", 5, 10)
-    assert quota_for(key(rate_limit_override=7), limited, default) == ("", 7, 60.0)
+def test_which_limit() -> None:
+    config = parse_config({
+        "defaults": {"rate_limit": {"requests": 100, "window": 60}, "max_concurrent": 10},
+        "plans": {"free": {"rate_limit": {"requests": 5, "window": 1}, "quota": {"day": 50},
+                           "max_concurrent": 2},
+                  "pro": {"quota": {"month": 900}}},
+        "default_plan": "free",
+        "routes": [{"name": "plain", "path": "/p/", "upstream": "http://u"},
+                   {"name": "limited", "path": "/l/", "upstream": "http://u",
+                    "rate_limit": {"requests": 7, "window": 10}, "max_concurrent": 3}],
+    }, "t.yaml", {})
+    plain, limited = (Limits(route, config) for route in config.routes)
+    assert plain.also is None and limited.also == Window("limited", 7, 10.0)
+    ws = {"workspace_id": "ws_1"}
+    assert plain.of(key(**ws)) == (5, 1.0, 2, QuotaAsk("ws_1", 50, 0))  # the default plan
+    assert plain.of(key(plan="pro", **ws)) == (100, 60.0, 10, QuotaAsk("ws_1", 0, 900))
+    assert plain.of(key(plan="gone", **ws))[0] == 5  # a plan no longer declared: the default
+    assert limited.of(key(**ws))[2] == 3  # the route's max_concurrent over the plan's
+    override = key(rate_limit_override=9, concurrency_limit=4, **ws)
+    assert limited.of(override) == (9, 60.0, 4, QuotaAsk("ws_1", 50, 0))
+    assert plain.of(key(workspace_id=None))[3] is None  # no workspace: no quota
     assert budget_of(key()) == "key_1"
     assert budget_of(key(rotated_from="key_0")) == "key_0"
 
