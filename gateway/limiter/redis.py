@@ -122,7 +122,9 @@ return answer(1, 1)
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
 
 # The UTC calendar in Lua (H. Hinnant's civil_from_days): day number -> year, month, day of
-# the month, days in that month. Tested against Python's calendar (tests/limiter/test_redis.py).
+# the month, days in that month; ``periods``: epoch ms -> day number, month number, the epoch ms
+# the day and the month end (base.periods in Python). Compared with it on real Redis for month
+# ends, leap days and year ends (tests/limiter/test_redis.py).
 CALENDAR = b"""
 local function civil(day)
   local z = day + 719468
@@ -139,6 +141,11 @@ local function civil(day)
   local dim = ({31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31})[m]
   if m == 2 and y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then dim = 29 end
   return y, m, d, dim
+end
+local function periods(now)
+  local day = math.floor(now / 86400000)
+  local y, m, d, dim = civil(day)
+  return day, y * 12 + m - 1, (day + 1) * 86400000, (day + dim - d + 1) * 86400000
 end
 """
 # KEYS[1] the workspace's quota hash <prefix>{q:<workspace>}: one field per period, d<day> and
@@ -159,10 +166,7 @@ if mode == 'u' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local day = math.floor(now / 86400000)
-local y, m, d, dim = civil(day)
-local month = y * 12 + m - 1
-local day_end, month_end = (day + 1) * 86400000, (day + dim - d + 1) * 86400000
+local day, month, day_end, month_end = periods(now)
 local df, mf = 'd' .. day, 'm' .. month
 local dc = tonumber(redis.call('HGET', q, df) or '0')
 local mc = tonumber(redis.call('HGET', q, mf) or '0')
