@@ -1,8 +1,8 @@
 """Shared limits in Redis: every gateway process and node spends one budget per key.
 
 The algorithm is an exact sliding log, as in ``memory.py``, kept in Redis sorted sets and decided
-by ONE Lua script per request (EVALSHA, reloaded on NOSCRIPT), so there is never a
-read-modify-write across round trips:
+by ONE Lua script per request (EVALSHA, reloaded on NOSCRIPT; a second one, in the same batch,
+when the request spends a quota), so there is never a read-modify-write across round trips:
 
 * the log ``<prefix>{<budget>}:r[:<route>]`` holds one member per admitted request, scored by
   Redis's own clock (``TIME``, in µs) so every node judges against the same time; members older
@@ -16,6 +16,19 @@ read-modify-write across round trips:
   its own every ``lease_ttl / 3`` so long streams keep theirs.
 * every key expires (PEXPIRE) one window / one lease TTL after its last write, and the ``{budget}``
   hash tag keeps a key's log and leases in one Redis Cluster slot.
+* quotas live in ``<prefix>{q:<workspace>}``, a hash with one counter per period (``d<day>``,
+  ``m<month>``, UTC by Redis's ``TIME``; ``CALENDAR`` turns ms into those periods and their
+  ends). ``QUOTA_SCRIPT`` checks both quotas and counts the request in both only when neither is
+  spent; the day's first count drops older fields and sets the hash to expire a day after the
+  month ends.
+
+Check and compensate: a workspace's quota hash and a key's logs sit in different Cluster slots,
+so one script cannot decide both. The rate script and the quota script go side by side in the
+same batch, each checking and counting on its own. When one admits and the other refuses (or
+fails), ``_compensate`` queues an undo of the admitting one (``u`` mode: the member out of the
+logs and leases, or both quota counts down by one), sent in a batch started at once, before the
+refused client hears back. Meanwhile a concurrent request may see the count one higher than it
+ends up: it errs towards refusing, never past a limit.
 
 Throughput: the decisions requested within one event-loop tick go out as one pipelined batch
 over one connection (``resp.py``) and come back together: one write and one read per batch.
