@@ -1,17 +1,19 @@
 """SIGHUP: re-read the config file and put it in force without dropping a connection.
 
 What changes live: ``routes`` (upstreams, limits, permissions, CORS ...), ``permissions``,
-``defaults`` and ``drain_timeout``. The ``Reloader`` builds a new ``Pipeline`` from the new
-config and the process's open store, cache and limiter, and swaps it in: new requests get it,
-requests already running finish on the old one. A route whose upstream targets did not change
-keeps its pool (and its warm connections); pools that only older pipelines use are closed once
-the requests on those pipelines are done.
+``defaults``, ``plans``, ``default_plan`` and ``drain_timeout``. The ``Reloader`` builds a new
+``Pipeline`` from the new config and the process's open store, cache and limiter, and swaps it
+in: new requests get it, requests already running finish on the old one. A route whose upstream
+targets did not change keeps its pool (and its warm connections); pools that only older
+pipelines use are closed once the requests on those pipelines are done.
 
 Everything else was opened or bound once at start-up (``listen``, ``admin_listen``, ``workers``,
 ``database``, ``redis``, ``keys``, ``key_cache``, ``key_store`` and any section added later): a
 change there is logged as needing a restart, and the running value stays in force.
 
 An invalid file changes nothing: one error naming the file, the field and the value is logged.
+So does a file that removes (or renames) a plan some workspace's subscription still uses: one
+error names each such plan and its workspaces (asked of the key store only when a plan is gone).
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ import logging
 from dataclasses import fields, replace
 
 from gateway.config import Config, RouteConfig, load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.pipeline import Pipeline, PipelineHolder
-from gateway.services import Services
+from gateway.services import Services, open_store
+from gateway.store import Store
 from gateway.upstream import UpstreamGroup
 
 log = logging.getLogger("gateway.reload")
 
 # Config fields a reload puts in force; every other field needs a restart (safe by default).
-LIVE = frozenset({"source", "routes", "implies", "defaults", "drain_timeout"})
+LIVE = frozenset(
+    {"source", "routes", "implies", "defaults", "plans", "default_plan", "drain_timeout"}
+)
+REJECTED = "reload rejected, the running config stays in force: "
+SHOWN_WORKSPACES = 10  # named per plan in the log line; the rest are counted
 
 
 def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -55,6 +62,34 @@ def read_new_config(running: Config) -> Config | None:
     return config
 
 
+async def plans_in_use(running: Config, new: Config, store: Store | None = None) -> str | None:
+    """None when ``new`` keeps every plan a subscription uses; else the error to log (one line:
+    each plan ``new`` drops that workspaces still use, and those workspaces). The store is
+    asked only when a plan is gone; ``store`` None: one is opened from ``running`` for it (the
+    supervisor has none open)."""
+    gone = [name for name in running.plans if name not in new.plans]
+    if not gone:
+        return None
+    try:
+        if store is not None:
+            used = await store.subscriptions.using(gone)
+        else:
+            async with open_store(running) as opened:
+                used = await opened.subscriptions.using(gone)
+    except (StoreUnavailable, ConfigError) as exc:
+        return (f"{REJECTED}{new.source}: plans: cannot tell whether the removed plans "
+                f"{', '.join(gone)} are still subscribed to ({exc})")
+    if not used:
+        return None
+    parts = []
+    for plan, workspaces in used.items():
+        shown = ", ".join(workspaces[:SHOWN_WORKSPACES])
+        more = len(workspaces) - SHOWN_WORKSPACES
+        parts.append(f"plans.{plan} is removed but workspaces still subscribe to it: {shown}"
+                     + (f" and {more} more" if more > 0 else ""))
+    return f"{REJECTED}{new.source}: " + "; ".join(parts)
+
+
 def _snapshot(
     services: Services, config: Config, upstreams: dict[str, UpstreamGroup] | None = None
 ) -> Services:
@@ -77,19 +112,35 @@ class Reloader:
         self._swapped_out: list[Pipeline] = []  # those that may still run requests
         self._made: set[UpstreamGroup] = set()  # pools made here (open_services closes its own)
         self._retiring: set[asyncio.Task[None]] = set()
+        self._reloads: set[asyncio.Task[bool]] = set()
+        self._reloading = asyncio.Lock()  # one reload at a time, in the order asked
         self._closed = False
 
     @property
     def config(self) -> Config:
         return self.services.config
 
-    def reload(self) -> bool:
-        """Read the config file again and put it in force (SIGHUP); False when it is invalid."""
-        config = None if self._closed else read_new_config(self.config)
-        if config is None:
-            return False
-        self.apply(config)
-        return True
+    def on_sighup(self) -> None:
+        """The SIGHUP handler: reload in a task of its own (it may ask the key store)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Read the config file again and put it in force; False when it is invalid or drops
+        a plan still subscribed to (one error logged, the running config stays)."""
+        async with self._reloading:
+            config = None if self._closed else read_new_config(self.config)
+            if config is None:
+                return False
+            refused = await plans_in_use(self.config, config, self.services.store)
+            if refused is not None:
+                log.error("%s", refused)
+                return False
+            if self._closed:
+                return False
+            self.apply(config)
+            return True
 
     def apply(self, config: Config) -> None:
         """Put ``config`` in force for new requests, its restart-only fields kept as running
@@ -141,7 +192,7 @@ class Reloader:
     async def close(self) -> None:
         """At shutdown, once the proxy has drained: close every pool made here."""
         self._closed = True
-        for task in list(self._retiring):
+        for task in [*self._retiring, *self._reloads]:
             task.cancel()
         for group in list(self._made):
             await group.close()

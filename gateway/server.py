@@ -68,7 +68,7 @@ async def serve(config: Config, *, parent: Connection | None = None) -> None:
         try:
             await listen(proxy_runner, admin_runner, config, reuse_port=parent is not None)
             if parent is None:
-                accept_sighup(loop, reloader.reload)
+                accept_sighup(loop, reloader.on_sighup)
             else:
                 follow_parent(loop, parent, reloader, stop)
             # Everything alive now lives as long as the process: keep it out of the cyclic GC.

@@ -45,7 +45,7 @@ from prometheus_client import multiprocess
 from gateway.config import Config
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logs import configure_logging
-from gateway.reload import read_new_config
+from gateway.reload import plans_in_use, read_new_config
 from gateway.server import install_uvloop, serve
 from gateway.services import open_store
 
@@ -202,6 +202,11 @@ class Supervisor:
         (a worker still starting applies it once it listens)."""
         config = read_new_config(self.config)  # an invalid file: one error, and no more
         if config is None:
+            return
+        # a removed plan: the store is asked (opened for it, briefly) whether one is in use
+        refused = asyncio.run(plans_in_use(self.config, config))
+        if refused is not None:
+            log.error("%s", refused)
             return
         self.config = config  # what workers started from now on get
         for slot in self.slots:

@@ -561,3 +561,22 @@ def test_every_value_of_the_example_replaced_by_garbage() -> None:
                 assert str(exc).startswith("x.yaml: ") and "\n" not in str(exc)
             checked += 1
     assert checked > 500
+
+
+def test_the_examples_commented_plans_parse_when_uncommented() -> None:
+    """The ``plans:`` and ``default_plan:`` lines of config/gateway.yaml, uncommented."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# plans:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    block.append(next(line[2:] for line in lines if line.startswith("# default_plan:")))
+    config = parse_config({**yaml.safe_load("\n".join(block)), **minimal()}, "t.yaml", {})
+    assert list(config.plans) == ["free", "pro"] and config.default_plan == "free"
+    free, pro = config.plans["free"], config.plans["pro"]
+    assert (free.rate_limit, free.quota.day, free.quota.month, free.max_concurrent) == (
+        RateLimit(100, 60.0), 1000, 20000, 10
+    )
+    assert (pro.quota.day, pro.quota.month, pro.max_active_keys_per_user) == (None, 1000000, 50)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway.app import create_proxy_server
+from gateway.app import create_key_service, create_proxy_server
 from gateway.config import load_config, parse_config
 from gateway.errors import UpstreamError
-from gateway.reload import Reloader, keep_restart_only
+from gateway.reload import Reloader, keep_restart_only, plans_in_use
 from gateway.services import Services, open_services
 from gateway.upstream import UpstreamGroup
 from tests.conftest import Tagged, start_site
@@ -99,7 +99,7 @@ async def test_new_requests_get_the_new_config_in_flight_ones_finish_on_the_old(
     await first.holding.wait()
 
     running.rewrite(routes=[route("r", "/r/", second.url), route("n", "/n/", second.url)])
-    assert running.reloader.reload()
+    assert await running.reloader.reload()
     assert await text(http, f"{running.url}/r/x") == (200, "second /r/x")
     assert await text(http, f"{running.url}/n/x") == (200, "second /n/x")
     assert running.services.upstreams["r"] is not old_group
@@ -121,7 +121,7 @@ async def test_a_route_whose_upstream_did_not_change_keeps_its_pool(
 ) -> None:
     group = running.services.upstreams["r"]
     running.rewrite(routes=[route("r", "/r/", first.url), route("n", "/n/", second.url)])
-    assert running.reloader.reload()
+    assert await running.reloader.reload()
     assert running.services.upstreams["r"] is group
     assert await text(http, f"{running.url}/r/x") == (200, "first /r/x")
     assert await text(http, f"{running.url}/n/x") == (200, "second /n/x")
@@ -135,7 +135,7 @@ async def test_an_invalid_file_changes_nothing_and_logs_one_error(
 ) -> None:
     running.rewrite(routes=[route("r", "/r/", "ftp://nowhere")])
     with caplog.at_level(logging.WARNING, logger="gateway.reload"):
-        assert not running.reloader.reload()
+        assert not await running.reloader.reload()
     (record,) = caplog.records
     assert record.levelno == logging.ERROR
     assert f"{running.path}: routes[0].upstream" in record.getMessage()
@@ -150,9 +150,104 @@ async def test_a_restart_only_change_is_logged_and_the_rest_applies(
     listen = running.services.config.listen
     running.rewrite(listen="127.0.0.1:3", routes=[route("r", "/r/", second.url)])
     with caplog.at_level(logging.WARNING, logger="gateway.reload"):
-        assert running.reloader.reload()
+        assert await running.reloader.reload()
     assert [r.getMessage() for r in caplog.records] == [
         f"reload: listen changed in {running.path}; it takes effect at the next restart"
     ]
     assert running.services.config.listen == listen
     assert await text(http, f"{running.url}/r/x") == (200, "second /r/x")
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def limit_of(http: aiohttp.ClientSession, url: str, key: str) -> str:
+    async with http.get(url, headers={"Authorization": f"Bearer {key}"}) as response:
+        assert response.status == 200, await response.text()
+        return response.headers["X-RateLimit-Limit"]
+
+
+async def test_plans_and_default_plan_are_reloaded(
+    running: Running, first: Tagged, http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keyed = {"name": "k", "path": "/k/", "upstream": first.url}
+    plans = {"free": {"rate_limit": {"requests": 50, "window": 60}},
+             "pro": {"rate_limit": {"requests": 70, "window": 60}}}
+    running.rewrite(routes=[*running.data["routes"], keyed], plans=plans, default_plan="free")
+    assert await running.reloader.reload()
+    keys = create_key_service(running.services)
+    workspace = await keys.create_workspace("w", "test")
+    _, key = await keys.create_key(workspace.id, {"name": "k"}, "test")
+    url = f"{running.url}/k/x"
+    assert await limit_of(http, url, key) == "50"
+
+    with caplog.at_level(logging.WARNING, logger="gateway.reload"):
+        running.rewrite(plans=plans, default_plan="pro")
+        assert await running.reloader.reload()
+        assert await limit_of(http, url, key) == "70"  # the new default plan
+        running.rewrite(plans={**plans, "free": {"rate_limit": {"requests": 60, "window": 60}}},
+                        default_plan="free")
+        assert await running.reloader.reload()
+        assert await limit_of(http, url, key) == "60"  # the plan's new limit
+        await keys.put_subscription(workspace.id, {"plan": "pro"}, "test")
+        assert await limit_of(http, url, key) == "70"  # a plan the reload added: in force
+    assert warnings(caplog) == []  # nothing "takes effect at the next restart"
+    assert running.services.config.default_plan == "free"
+
+
+async def test_a_reload_removing_a_plan_in_use_keeps_the_running_config(
+    running: Running, first: Tagged, http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keyed = {"name": "k", "path": "/k/", "upstream": first.url}
+    plans = {"free": {"rate_limit": {"requests": 50, "window": 60}},
+             "pro": {"rate_limit": {"requests": 70, "window": 60}},
+             "old": {}}
+    running.rewrite(routes=[*running.data["routes"], keyed], plans=plans, default_plan="free")
+    assert await running.reloader.reload()
+    keys = create_key_service(running.services)
+    users = [await keys.create_workspace(name, "test") for name in ("a", "b", "c")]
+    for workspace in users[:2]:
+        await keys.put_subscription(workspace.id, {"plan": "pro"}, "test")
+    _, key = await keys.create_key(users[0].id, {"name": "k"}, "test")
+    running_config = running.services.config
+
+    # "pro" renamed to "team": refused, one line naming the plan and its two workspaces
+    renamed = {"free": plans["free"], "team": plans["pro"]}
+    running.rewrite(plans=renamed)
+    with caplog.at_level(logging.WARNING):
+        assert not await running.reloader.reload()
+    (record,) = warnings(caplog)
+    assert record.levelno == logging.ERROR
+    expected = ", ".join(sorted(w.id for w in users[:2]))
+    assert record.getMessage() == (
+        "reload rejected, the running config stays in force: "
+        f"{running.path}: plans.pro is removed but workspaces still subscribe to it: {expected}"
+    )
+    assert running.services.config is running_config
+    assert await limit_of(http, f"{running.url}/k/x", key) == "70"
+
+    # a plan nobody subscribes to may go
+    caplog.clear()
+    running.rewrite(plans={"free": plans["free"], "pro": plans["pro"]})
+    with caplog.at_level(logging.WARNING):
+        assert await running.reloader.reload()
+    assert warnings(caplog) == []
+    assert list(running.services.config.plans) == ["free", "pro"]
+
+
+async def test_the_supervisor_check_opens_the_store_itself(running: Running) -> None:
+    """With workers, the supervisor (no store open) asks ``plans_in_use`` with none."""
+    running.rewrite(plans={"free": {}, "pro": {}})
+    assert await running.reloader.reload()
+    keys = create_key_service(running.services)
+    workspace = await keys.create_workspace("w", "test")
+    await keys.put_subscription(workspace.id, {"plan": "pro"}, "test")
+    old = running.services.config
+    assert await plans_in_use(old, replace(old, plans={"pro": old.plans["pro"]})) is None
+    message = await plans_in_use(old, replace(old, plans={"free": old.plans["free"]}))
+    assert message is not None and message.endswith(
+        f"plans.pro is removed but workspaces still subscribe to it: {workspace.id}"
+    )

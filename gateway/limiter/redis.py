@@ -1,8 +1,8 @@
 """Shared limits in Redis: every gateway process and node spends one budget per key.
 
 The algorithm is an exact sliding log, as in ``memory.py``, kept in Redis sorted sets and decided
-by ONE Lua script per request (EVALSHA, reloaded on NOSCRIPT), so there is never a
-read-modify-write across round trips:
+by ONE Lua script per request (EVALSHA, reloaded on NOSCRIPT; a second one, in the same batch,
+when the request spends a quota), so there is never a read-modify-write across round trips:
 
 * the log ``<prefix>{<budget>}:r[:<route>]`` holds one member per admitted request, scored by
   Redis's own clock (``TIME``, in µs) so every node judges against the same time; members older
@@ -16,6 +16,19 @@ read-modify-write across round trips:
   its own every ``lease_ttl / 3`` so long streams keep theirs.
 * every key expires (PEXPIRE) one window / one lease TTL after its last write, and the ``{budget}``
   hash tag keeps a key's log and leases in one Redis Cluster slot.
+* quotas live in ``<prefix>{q:<workspace>}``, a hash with one counter per period (``d<day>``,
+  ``m<month>``, UTC by Redis's ``TIME``; ``CALENDAR`` turns ms into those periods and their
+  ends). ``QUOTA_SCRIPT`` checks both quotas and counts the request in both only when neither is
+  spent; the day's first count drops older fields and sets the hash to expire a day after the
+  month ends.
+
+Check and compensate: a workspace's quota hash and a key's logs sit in different Cluster slots,
+so one script cannot decide both. The rate script and the quota script go side by side in the
+same batch, each checking and counting on its own. When one admits and the other refuses (or
+fails), ``_compensate`` queues an undo of the admitting one (``u`` mode: the member out of the
+logs and leases, or both quota counts down by one), sent in a batch started at once, before the
+refused client hears back. Meanwhile a concurrent request may see the count one higher than it
+ends up: it errs towards refusing, never past a limit.
 
 Throughput: the decisions requested within one event-loop tick go out as one pipelined batch
 over one connection (``resp.py``) and come back together: one write and one read per batch.
@@ -122,7 +135,9 @@ return answer(1, 1)
 SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
 
 # The UTC calendar in Lua (H. Hinnant's civil_from_days): day number -> year, month, day of
-# the month, days in that month. Tested against Python's calendar (tests/limiter/test_redis.py).
+# the month, days in that month; ``periods``: epoch ms -> day number, month number, the epoch ms
+# the day and the month end (base.periods in Python). Compared with it on real Redis for month
+# ends, leap days and year ends (tests/limiter/test_redis.py).
 CALENDAR = b"""
 local function civil(day)
   local z = day + 719468
@@ -139,6 +154,11 @@ local function civil(day)
   local dim = ({31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31})[m]
   if m == 2 and y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then dim = 29 end
   return y, m, d, dim
+end
+local function periods(now)
+  local day = math.floor(now / 86400000)
+  local y, m, d, dim = civil(day)
+  return day, y * 12 + m - 1, (day + 1) * 86400000, (day + dim - d + 1) * 86400000
 end
 """
 # KEYS[1] the workspace's quota hash <prefix>{q:<workspace>}: one field per period, d<day> and
@@ -159,10 +179,7 @@ if mode == 'u' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local day = math.floor(now / 86400000)
-local y, m, d, dim = civil(day)
-local month = y * 12 + m - 1
-local day_end, month_end = (day + 1) * 86400000, (day + dim - d + 1) * 86400000
+local day, month, day_end, month_end = periods(now)
 local df, mf = 'd' .. day, 'm' .. month
 local dc = tonumber(redis.call('HGET', q, df) or '0')
 local mc = tonumber(redis.call('HGET', q, mf) or '0')

@@ -5,12 +5,20 @@ A change is in force on every node as fast as a revocation: ``put`` appends the 
 key of the workspace to the change log in its own transaction, so each node drops those keys
 from its cache and reads them again — with the new plan, which ``KeyTable.get_by_hash`` reads in
 the same one query as the key.
+
+``put`` first locks the workspace's row (Postgres: FOR UPDATE; SQLite's write transaction
+excludes every other writer anyway). A key insert shares that row through its foreign key
+(FOR KEY SHARE), so the two serialize: a change waits for a key being created and then logs its
+hash too, and a key created meanwhile waits for the change and is read with the new plan.
+Without it a key committed between the change's read of the hashes and its commit missed the
+change log, and a node could cache it with the old plan until the cache TTL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gateway.errors import NotFound
 from gateway.keys.model import Subscription, new_id, utcnow
 from gateway.store.db import Db
 from gateway.store.feed import ChangeLog
@@ -43,7 +51,10 @@ class Subscriptions:
         stale (they are in the change log already)."""
         now = utcnow()
         stamp = self._db.dialect.timestamp(now)
+        lock = f"SELECT id FROM workspaces WHERE id = $1{self._db.dialect.row_lock}"
         async with self._db.transaction() as tx:
+            if await tx.fetchval(lock, workspace_id) is None:
+                raise NotFound(f"workspace {workspace_id} not found")
             await tx.execute(UPSERT, new_id("sub"), workspace_id, plan, stamp)
             row = await tx.fetchrow(f"{self._rows.select} WHERE workspace_id = $1", workspace_id)
             hashes = [str(r[0]) for r in await tx.fetch(KEY_HASHES, workspace_id)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -188,3 +189,59 @@ async def test_every_call_is_bounded_by_the_command_timeout(pg_url: str) -> None
         assert await store.get_key("key_x") is None  # and it recovers
     finally:
         await store.close()
+
+
+async def test_a_key_created_during_a_subscription_change_gets_the_new_plan(pg_url: str) -> None:
+    """Two nodes: a key insert and a subscription change on the same workspace serialize
+    (the change locks the workspace row the key's foreign key shares). Else the change could
+    miss the key (its hash not in the change log) while another node caches it with the old
+    plan until the cache TTL."""
+    node_a, node_b = postgres_store(pg_url, KeyStoreConfig()), postgres_store(pg_url,
+                                                                            KeyStoreConfig())
+    await node_a.open()
+    await node_b.open()
+    try:
+        workspace = await node_a.create_workspace("acme")
+        await node_b.subscriptions.put(workspace.id, "free")
+
+        async def paused(store: Any) -> tuple[asyncio.Event, asyncio.Event]:
+            """The store's next change-log append (its transaction's last write) waits."""
+            reached, go_on = asyncio.Event(), asyncio.Event()
+            append = store.changes.append
+
+            async def pause(tx: Any, hashes: Any, now: Any) -> None:
+                await append(tx, hashes, now)
+                store.changes.append = append
+                reached.set()
+                await go_on.wait()
+
+            store.changes.append = pause
+            return reached, go_on
+
+        # a key being created (inserted, not committed): the change waits, then logs it too
+        reached, go_on = await paused(node_a)
+        record = make_record(workspace.id)
+        create = asyncio.ensure_future(node_a.create_key(record, max_active_per_user=10))
+        await reached.wait()
+        put = asyncio.ensure_future(node_b.subscriptions.put(workspace.id, "pro"))
+        await asyncio.sleep(0.2)
+        assert not put.done()
+        go_on.set()
+        await create
+        _, hashes = await put
+        assert record.key_hash in hashes
+
+        # a change being made: the key's insert waits for it, so every read has the new plan
+        reached, go_on = await paused(node_b)
+        put = asyncio.ensure_future(node_b.subscriptions.put(workspace.id, "team"))
+        await reached.wait()
+        later = make_record(workspace.id)
+        create = asyncio.ensure_future(node_a.create_key(later, max_active_per_user=10))
+        await asyncio.sleep(0.2)
+        assert not create.done()
+        go_on.set()
+        await put
+        assert (await create).plan == "team"
+    finally:
+        await node_a.close()
+        await node_b.close()

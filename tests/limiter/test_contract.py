@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from gateway.limiter.base import QuotaAsk, Window, periods
 from tests.limiter.conftest import OpenLimiter
 
 
@@ -119,3 +121,84 @@ async def test_admit_nowait_decides_like_admit_or_defers_to_it(open_limiter: Ope
     assert (await limiter.admit("key_a", "", 2, 10, None)).remaining == 0
     refused = limiter.admit_nowait("key_a", "", 2, 10, None)
     assert refused is not None and not refused.allowed and not refused.busy
+
+
+# ---- a second window (a route's own rate_limit) and quotas ---------------------------------
+
+
+async def test_a_request_must_fit_both_windows_and_a_refusal_spends_neither(
+    open_limiter: OpenLimiter,
+) -> None:
+    limiter = await open_limiter()
+    route = Window("route_x", 2, 10)
+    first = await limiter.admit("key_a", "", 3, 10, None, route)
+    assert first.allowed and (first.limit, first.remaining) == (2, 1)  # the nearer one shown
+    second = await limiter.admit("key_a", "", 3, 10, None, route)
+    assert second.allowed and (second.limit, second.remaining) == (2, 0)
+    by_route = await limiter.admit("key_a", "", 3, 10, None, route)
+    assert not by_route.allowed and not by_route.busy and not by_route.over_quota
+    assert by_route.limit == 2 and 9 < by_route.retry_after <= 10
+    assert (await limiter.peek("key_a", "", 3, 10)).remaining == 1  # the key's: 2 spent
+    assert (await limiter.admit("key_a", "", 3, 10, None)).remaining == 0  # another route
+    other = Window("route_y", 5, 10)
+    by_key = await limiter.admit("key_a", "", 3, 10, None, other)
+    assert not by_key.allowed and by_key.limit == 3 and 9 < by_key.retry_after <= 10
+    assert (await limiter.peek("key_a", "route_y", 5, 10)).remaining == 5  # not spent
+
+
+async def test_a_quota_counts_a_workspaces_admitted_requests_over_its_keys(
+    open_limiter: OpenLimiter,
+) -> None:
+    limiter = await open_limiter()
+    ask = QuotaAsk("ws_q", 2, 0)
+    _, _, to_day_end, to_month_end = periods(time.time())
+    first = await limiter.admit("key_a", "", 10, 60, None, quota=ask)
+    assert first.allowed and first.quota is not None
+    assert (first.quota.limit, first.quota.remaining) == (2, 1)
+    assert abs(first.quota.reset - to_day_end) < 2
+    assert (await limiter.admit("key_b", "", 10, 60, None, quota=ask)).allowed  # same workspace
+    over = await limiter.admit("key_a", "", 10, 60, None, quota=ask)
+    assert not over.allowed and over.over_quota and not over.busy
+    assert abs(over.retry_after - to_day_end) < 2
+    assert over.quota is not None and over.quota.remaining == 0
+    assert over.remaining == 9  # the refused request is not in the window
+    assert (await limiter.peek("key_a", "", 10, 60)).remaining == 9
+    usage = await limiter.quota_usage("ws_q")
+    assert (usage.day, usage.month) == (2, 2) and abs(usage.day_reset - to_day_end) < 2
+    assert (await limiter.quota_usage("ws_other")).day == 0
+    # both periods: the one nearer to running out shows; a spent month refuses to its end
+    both = QuotaAsk("ws_m", 5, 2)
+    shown = await limiter.admit("key_c", "", 10, 60, None, quota=both)
+    assert shown.quota is not None and (shown.quota.limit, shown.quota.remaining) == (2, 1)
+    assert abs(shown.quota.reset - to_month_end) < 2
+    await limiter.admit("key_c", "", 10, 60, None, quota=both)
+    month_over = await limiter.admit("key_c", "", 10, 60, None, quota=both)
+    assert month_over.over_quota and abs(month_over.retry_after - to_month_end) < 2
+
+
+async def test_no_refusal_spends_quota_and_a_quota_refusal_spends_no_window_nor_slot(
+    open_limiter: OpenLimiter,
+) -> None:
+    limiter = await open_limiter()
+    ask = QuotaAsk("ws_r", 100, 1000)
+    assert (await limiter.admit("key_a", "", 1, 60, None, quota=ask)).allowed
+    rate = await limiter.admit("key_a", "", 1, 60, None, quota=ask)
+    assert not rate.allowed and not rate.over_quota
+    held = await limiter.admit("key_b", "", 10, 60, 1, quota=ask)
+    assert held.allowed and held.lease
+    busy = await limiter.admit("key_b", "", 10, 60, 1, quota=ask)
+    assert busy.busy
+    route = Window("route_x", 1, 60)
+    assert (await limiter.admit("key_c", "", 10, 60, None, route, ask)).allowed
+    assert not (await limiter.admit("key_c", "", 10, 60, None, route, ask)).allowed
+    usage = await limiter.quota_usage("ws_r")
+    assert (usage.day, usage.month) == (3, 3)  # the three admitted only
+
+    spent = QuotaAsk("ws_s", 1, 0)
+    assert (await limiter.admit("key_d", "", 5, 60, None, quota=spent)).allowed
+    refused = await limiter.admit("key_d", "", 5, 60, 1, Window("route_y", 5, 60), spent)
+    assert refused.over_quota and refused.lease is None
+    assert (await limiter.peek("key_d", "", 5, 60)).remaining == 4
+    assert (await limiter.peek("key_d", "route_y", 5, 60)).remaining == 5
+    assert (await limiter.admit("key_d", "", 5, 60, 1)).allowed  # the slot is free
+    assert (await limiter.quota_usage("ws_s")).day == 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import calendar
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -11,7 +13,8 @@ from redis.crc import key_slot
 
 from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
-from gateway.limiter.redis import RedisRateLimiter
+from gateway.limiter.base import periods
+from gateway.limiter.redis import CALENDAR, RedisRateLimiter
 from tests.limiter.conftest import REDIS_URL, PrivateRedis, require_redis
 
 
@@ -254,3 +257,52 @@ async def test_a_cancelled_request_neither_fails_its_batch_nor_keeps_its_slot(
             break
         await asyncio.sleep(0.01)
     assert decision.allowed
+
+
+def calendar_moments() -> list[int]:
+    """Epoch ms at the edges of days, months and years: each month's first and last ms of
+    1970, 1999-2001 (2000: leap by 400), 2023-2024 (2024: leap) and 2100 (not leap), and the
+    last ms of every day around each February's end."""
+    moments: list[int] = [0, int(time.time() * 1000)]
+    for year in (1970, 1999, 2000, 2001, 2023, 2024, 2100):
+        for month in range(1, 13):
+            start = datetime(year, month, 1, tzinfo=UTC)
+            moments += [_ms(start), _ms(start) - 1, _ms(start) + 86_400_000 - 1]
+        for day in range(26, 30):  # Feb 26 .. Feb 28/29 .. Mar 1: each day's last ms
+            moments.append(_ms(datetime(year, 2, 1, tzinfo=UTC)) + day * 86_400_000 - 1)
+    return sorted(m for m in moments if m >= 0)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1000
+
+
+PERIODS = CALENDAR + b"""
+local out = {}
+for i = 1, #ARGV do
+  local day, month, day_end, month_end = periods(tonumber(ARGV[i]))
+  for _, v in ipairs({day, month, day_end, month_end}) do out[#out + 1] = v end
+end
+return out
+"""
+
+
+def test_the_quota_calendar_in_lua_agrees_with_python(redis_client: redis.Redis) -> None:
+    """The quota script's ``periods`` (CALENDAR), run on real Redis, against ``base.periods``
+    (and ``calendar``): the day and month numbers and where each ends, to the ms."""
+    moments = calendar_moments()
+    flat = redis_client.eval(PERIODS, 0, *moments)
+    assert len(flat) == 4 * len(moments)
+    for i, now in enumerate(moments):
+        day, month, day_end, month_end = flat[4 * i: 4 * i + 4]
+        p_day, p_month, p_day_reset, p_month_reset = periods(now / 1000)
+        moment = datetime.fromtimestamp(now / 1000, UTC)
+        assert (day, month) == (p_day, p_month) == (
+            now // 86_400_000, moment.year * 12 + moment.month - 1
+        ), moment
+        assert day_end - now == round(p_day_reset * 1000), moment
+        assert month_end - now == round(p_month_reset * 1000), moment
+        last = calendar.monthrange(moment.year, moment.month)[1]
+        assert datetime.fromtimestamp(month_end / 1000, UTC) == (
+            datetime(moment.year, moment.month, last, tzinfo=UTC) + timedelta(days=1)
+        ), moment
