@@ -146,10 +146,15 @@ def _month_of(day: int) -> tuple[int, int]:
 
 def nearest_quota(ask: QuotaAsk, day: int, month: int, day_reset: float,
                   month_reset: float) -> QuotaState | None:
-    """The quota of ``ask`` nearer to running out, given the counts ``day`` and ``month``."""
-    states = []
+    """The quota of ``ask`` nearer to running out, given the counts ``day`` and ``month``
+    (on a tie, the one that resets sooner: the day). Straight-line: it runs per request."""
     if ask.day:
-        states.append(QuotaState(ask.day, max(0, ask.day - day), day_reset))
+        day_left = ask.day - day if day < ask.day else 0
+        if ask.month:
+            month_left = ask.month - month if month < ask.month else 0
+            if month_left < day_left:
+                return QuotaState(ask.month, month_left, month_reset)
+        return QuotaState(ask.day, day_left, day_reset)
     if ask.month:
-        states.append(QuotaState(ask.month, max(0, ask.month - month), month_reset))
-    return min(states, key=lambda s: (s.remaining, s.reset)) if states else None
+        return QuotaState(ask.month, ask.month - month if month < ask.month else 0, month_reset)
+    return None

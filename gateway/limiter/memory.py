@@ -38,6 +38,8 @@ class MemoryRateLimiter:
         self._logs: dict[str, tuple[deque[float], float]] = {}  # bucket -> (log, window)
         self._in_flight: dict[str, int] = {}  # budget -> slots held
         self._quotas: dict[str, list[int]] = {}  # workspace -> [day, count, month, count]
+        # the current UTC day and month, and the epoch seconds they end: recomputed once a day
+        self._period: tuple[int, int, float, float] = (-1, -1, 0.0, 0.0)
         self._sweep_every = sweep_every
         self._hits = 0
 
@@ -108,7 +110,12 @@ class MemoryRateLimiter:
 
     def _quota(self, workspace: str) -> tuple[list[int], tuple[float, float]]:
         """The workspace's counters of the current UTC day and month, and their resets."""
-        day, month, day_reset, month_reset = periods(self._wall())
+        now = self._wall()
+        day, month, day_end, month_end = self._period
+        if now >= day_end:
+            day, month, day_left, month_left = periods(now)
+            day_end, month_end = now + day_left, now + month_left
+            self._period = (day, month, day_end, month_end)
         counts = self._quotas.get(workspace)
         if counts is None:
             counts = self._quotas[workspace] = [day, 0, month, 0]
@@ -116,7 +123,7 @@ class MemoryRateLimiter:
             counts[0:2] = [day, 0]
         if counts[2] != month:
             counts[2:4] = [month, 0]
-        return counts, (day_reset, month_reset)
+        return counts, (day_end - now, month_end - now)
 
     async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         now = self._clock()

@@ -80,6 +80,9 @@ class Limits:
         self._plans = {name: plan_limits(p, route, config) for name, p in config.plans.items()}
         default = config.plans.get(config.default_plan) if config.default_plan else None
         self._default = plan_limits(default, route, config)
+        # (workspace, day, month) -> its QuotaAsk, made once rather than per request; as many
+        # entries as workspaces with a quota (the pipeline, and this, is rebuilt on reload)
+        self._asks: dict[tuple[str, int, int], QuotaAsk] = {}
 
     def of(self, key: KeyRecord) -> tuple[int, float, int | None, QuotaAsk | None]:
         """(limit, window, cap, quota) for ``key``: a plan no longer declared falls back to
@@ -91,7 +94,10 @@ class Limits:
             limit, window = plan.limit, plan.window
         quota = None
         if (plan.day or plan.month) and key.workspace_id is not None:
-            quota = QuotaAsk(key.workspace_id, plan.day, plan.month)
+            name = (key.workspace_id, plan.day, plan.month)
+            quota = self._asks.get(name)
+            if quota is None:
+                quota = self._asks[name] = QuotaAsk(*name)
         return limit, window, key.concurrency_limit or plan.cap, quota
 
 
