@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import BAD_REQUEST, GatewayError
+from gateway.http import SERVER_NAME
 from gateway.metrics import NO_ROUTE, Metrics
 from gateway.problem import problem_response
 
@@ -43,6 +44,7 @@ class ProxyRequestHandler(web.RequestHandler):
         self._metrics.count_error(BAD_REQUEST.code)
         self._metrics.observe_request(NO_ROUTE, "OTHER", 400, 0.0)
         response = problem_response(NOT_HTTP, None)  # no request id: the request never got one
+        response.headers["Server"] = SERVER_NAME
         response.force_close()
         return response
 

@@ -49,6 +49,7 @@ IDENTITY = frozenset(
         "x-api-key-id",
         "x-api-key-permissions",
         "x-user-id",
+        "x-principal-id",  # set by no gateway version yet, trusted by upstreams that read it
         "x-request-id",
         "x-forwarded-for",
         "x-forwarded-proto",
@@ -56,9 +57,17 @@ IDENTITY = frozenset(
         "forwarded",
     }
 )
+# headers some frameworks read as another method, path or client address (README "Security and
+# reliability"): a client's copy would let it pick what the upstream authorizes
+REWRITES = frozenset(
+    {"x-http-method-override", "x-method-override", "x-original-url", "x-rewrite-url", "x-real-ip"}
+)
 # set by the gateway or by the upstream client's framing, never copied from the client
-NOT_FORWARDED = HOP_BY_HOP | IDENTITY | {"authorization", "host", "content-length", "expect"}
-NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-request-id"}
+NOT_FORWARDED = (
+    HOP_BY_HOP | IDENTITY | REWRITES | {"authorization", "host", "content-length", "expect"}
+)
+# the gateway's own version banner is not sent either (gateway.pipeline.request_id)
+NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-request-id", "server"}
 SMALL_BODY = 64 * 1024  # read whole and answered in one write below this size
 CLIENT_CHECK = 0.25  # seconds between checks that the client is still connected
 
@@ -114,13 +123,22 @@ def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
     return headers
 
 
-def returned_headers(upstream: UpstreamResponse, exchange: Exchange) -> CIMultiDict[str]:
+def returned_headers(
+    upstream: UpstreamResponse, exchange: Exchange, owns_cors: bool = False
+) -> CIMultiDict[str]:
+    """The upstream's response headers by rule; on a route with ``cors`` the gateway owns every
+    ``Access-Control-*`` header, so an origin outside its list never gets an allow header."""
     drop = NOT_RETURNED
     named = [v for k, v in upstream.headers if canonical(k) == "connection"]
     if named:
         drop = drop | connection_named(named)
     headers: CIMultiDict[str] = CIMultiDict(
-        [(name, value) for name, value in upstream.headers if canonical(name) not in drop]
+        [
+            (name, value)
+            for name, value in upstream.headers
+            if canonical(name) not in drop
+            and not (owns_cors and canonical(name).startswith("access-control-"))
+        ]
     )
     own = exchange.response_headers
     upstream_vary = headers.getall("Vary", ()) if "Vary" in own else ()
@@ -236,9 +254,11 @@ class ClientWatch:
             self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK, self._sweep)
 
 
-async def respond(exchange: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
+async def respond(
+    exchange: Exchange, upstream: UpstreamResponse, owns_cors: bool = False
+) -> web.StreamResponse:
     request = exchange.request
-    headers = returned_headers(upstream, exchange)
+    headers = returned_headers(upstream, exchange, owns_cors)
     length = upstream.content_length
     if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
         body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
@@ -268,6 +288,7 @@ def build(route: RouteConfig, services: Services) -> Handler:
     usage = services.usage
     limit = route.max_body_bytes
     timeout = route.timeout
+    owns_cors = route.cors is not None
 
     watcher = ClientWatch()
     upstream_latency = services.metrics.upstream_latency(route.name)
@@ -293,7 +314,7 @@ def build(route: RouteConfig, services: Services) -> Handler:
             if exchange.key is not None:
                 usage.used(exchange.key.key_id)
             try:
-                return await respond(exchange, upstream)
+                return await respond(exchange, upstream, owns_cors)
             finally:
                 upstream.release()
         except asyncio.CancelledError:

@@ -1,4 +1,5 @@
-"""Routing: refuse malformed requests (400), normalise the path, pick the route (404)."""
+"""Routing: refuse malformed requests (400), normalise the path, pick the route (404); the
+query loses any parameter that carries an API key."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from aiohttp import web
 
 from gateway.errors import BAD_REQUEST, ROUTE_NOT_FOUND, GatewayError
 from gateway.exchange import Exchange
+from gateway.http import without_keys
 from gateway.routing import BadPath, RouteTable, normalize_path
 from gateway.services import Services
 
@@ -22,6 +24,7 @@ def check_header_names(request: web.Request) -> None:
 
 def build(services: Services) -> Callable[[Exchange], None]:
     table = RouteTable(services.config.routes)
+    prefixes = services.prefixes
 
     def route(exchange: Exchange) -> None:
         request = exchange.request
@@ -34,7 +37,8 @@ def build(services: Services) -> Callable[[Exchange], None]:
         if found is None:
             raise GatewayError(ROUTE_NOT_FOUND, "no route matches this path")
         exchange.path = normalized.path
-        exchange.query = normalized.query
+        # a key in the query string is never forwarded; without a header it is a 401 (http.py)
+        exchange.query = without_keys(normalized.query, prefixes) if normalized.query else ""
         exchange.match = found
 
     return route
