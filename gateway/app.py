@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway.admin import create_admin_app
 from gateway.keys.service import KeyService
 from gateway.pipeline import PipelineHolder, build_pipeline
-from gateway.proxy_server import PARSER_LIMITS, ProxyServer
+from gateway.proxy_server import ProxyServer, parser_limits
 from gateway.services import Services
 
 
@@ -33,7 +33,7 @@ def create_proxy_server(services: Services, holder: PipelineHolder | None = None
         auto_decompress=False,
         access_log=None,
         keepalive_timeout=75,
-        **PARSER_LIMITS,  # SPEC §13: 8 KiB lines, 100 headers (431/414 in proxy_server)
+        **parser_limits(services.config.limits),  # 414/431 (gateway/proxy_server.py)
     )
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import _ErrInfo
 
+from gateway.config import LimitsConfig
 from gateway.errors import BAD_REQUEST, HEADERS_TOO_LARGE, URI_TOO_LONG, GatewayError
 from gateway.http import SERVER_NAME, new_request_id
 from gateway.metrics import NO_ROUTE, Metrics
@@ -31,38 +32,36 @@ log = logging.getLogger("gateway.error")
 
 _SERVER_OPTIONS = frozenset({"request_factory", "handler_cancellation", "loop"})  # not a handler's
 NOT_HTTP = GatewayError(BAD_REQUEST, "the request is not valid HTTP/1.1")
-# SPEC §13 defaults. aiohttp counts a header's name and value without ": " and CRLF, so 8190
-# is an 8 KiB header line; the target gets 8192, and that difference is how a LineTooLong
-# tells which limit it passed. Headers in all: at most MAX_HEADERS fields, MAX_HEADER_BYTES
-# (gateway.pipeline.match counts those bytes).
-MAX_TARGET = 8192
-MAX_FIELD = 8190
-MAX_HEADERS = 100
-MAX_HEADER_BYTES = 64 * 1024
-PARSER_LIMITS = {"max_line_size": MAX_TARGET, "max_field_size": MAX_FIELD,
-                 "max_headers": MAX_HEADERS}
-URI_TOO_LONG_ERROR = GatewayError(URI_TOO_LONG, f"the request target exceeds {MAX_TARGET} bytes")
-HEADERS_TOO_LARGE_ERROR = GatewayError(
-    HEADERS_TOO_LARGE,
-    f"a header line exceeds {MAX_FIELD + 2} bytes, or there are more than {MAX_HEADERS} headers",
-)
+PARSER_OPTIONS = ("max_line_size", "max_field_size", "max_headers")
 
 
-def parser_failure(exc: BaseException | None) -> GatewayError:
-    """What a parser error means to the client."""
+def parser_limits(limits: LimitsConfig) -> dict[str, int]:
+    """aiohttp's parser options for the SPEC §13 limits. aiohttp counts a header's name and
+    value without ": " and CRLF, so a header line of N bytes is a field of N - 2; a LineTooLong
+    tells which limit it passed by the limit it names, so the target's is kept distinct."""
+    field = limits.max_header_line_bytes - 2
+    target = limits.max_target_bytes if limits.max_target_bytes != field else field + 1
+    return {"max_line_size": target, "max_field_size": field, "max_headers": limits.max_headers}
+
+
+def parser_failure(exc: BaseException | None, options: dict[str, int]) -> GatewayError:
+    """What a parser error means to the client (``options``: from ``parser_limits``)."""
     if isinstance(exc, LineTooLong):
-        return URI_TOO_LONG_ERROR if exc.args[1] == MAX_TARGET else HEADERS_TOO_LARGE_ERROR
+        if exc.args[1] == options.get("max_line_size"):
+            return GatewayError(URI_TOO_LONG, "the request target is too long")
+        return GatewayError(HEADERS_TOO_LARGE, "a header line is too long")
     if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
-        return HEADERS_TOO_LARGE_ERROR
+        return GatewayError(HEADERS_TOO_LARGE, "too many headers")
     return NOT_HTTP
 
 
 class ProxyRequestHandler(web.RequestHandler):
-    __slots__ = ("_metrics",)
+    __slots__ = ("_metrics", "_parser_options")
 
     def __init__(self, manager: web.Server, *, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._metrics = metrics
+        self._parser_options = {k: kwargs[k] for k in PARSER_OPTIONS if k in kwargs}
 
     def handle_error(
         self,
@@ -74,7 +73,7 @@ class ProxyRequestHandler(web.RequestHandler):
         if status != 400 or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         log.debug("malformed request from %s: %s", request.remote, type(exc).__name__)
-        failure = parser_failure(exc)
+        failure = parser_failure(exc, self._parser_options)
         self._metrics.count_error(failure.kind.code)
         self._metrics.observe_request(NO_ROUTE, "OTHER", failure.kind.status, 0.0)
         request_id = new_request_id()  # the client's X-Request-Id is in the unparsed head

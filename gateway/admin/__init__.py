@@ -52,7 +52,7 @@ def create_admin_app(
         errors_middleware,
         authentication(authenticators or (bearer_admin_key(services),), PUBLIC_PATHS),
         query_allowlist(ROUTES, PUBLIC_PATHS),
-    ])
+    ], client_max_size=services.config.limits.admin_max_body_bytes)
     app.on_response_prepare.append(hide_server)
     app[SERVICES] = services
     app[KEY_SERVICE] = key_service

@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from gateway.admin.route import Handler
-from gateway.admin.state import REQUEST_ID
+from gateway.admin.state import REQUEST_ID, SERVICES
 from gateway.errors import (
     BODY_TOO_LARGE,
     INTERNAL,
@@ -28,10 +28,10 @@ from gateway.problem import problem_response
 
 log = logging.getLogger("gateway.admin")
 
-# README "Security and reliability": an admin body over this is refused from its Content-Length
-# before a byte of it is read (aiohttp's client_max_size, the same figure, stops a chunked one)
-MAX_BODY = 1024 * 1024
-TOO_LARGE = GatewayError(BODY_TOO_LARGE, f"the request body exceeds {MAX_BODY} bytes")
+# README "Security and reliability": an admin body over ``limits.admin_max_body_bytes`` is
+# refused from its Content-Length before a byte of it is read (aiohttp's client_max_size, set to
+# the same figure in create_admin_app, stops a chunked one)
+TOO_LARGE = GatewayError(BODY_TOO_LARGE, "the request body is too large")
 
 
 def admin_failure(exc: Exception) -> GatewayFailure | None:
@@ -55,7 +55,7 @@ def admin_failure(exc: Exception) -> GatewayFailure | None:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_ID] = request_id = pick_request_id(request)
     try:
-        if (request.content_length or 0) > MAX_BODY:
+        if (request.content_length or 0) > request.app[SERVICES].config.limits.admin_max_body_bytes:
             raise TOO_LARGE
         response = await handler(request)
     except Exception as exc:

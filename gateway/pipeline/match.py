@@ -10,31 +10,31 @@ from aiohttp import web
 from gateway.errors import BAD_REQUEST, HEADERS_TOO_LARGE, ROUTE_NOT_FOUND, GatewayError
 from gateway.exchange import Exchange
 from gateway.http import without_keys
-from gateway.proxy_server import MAX_HEADER_BYTES
 from gateway.routing import BadPath, RouteTable, normalize_path
 from gateway.services import Services
 
 
-def check_header_names(request: web.Request) -> None:
+def check_headers(request: web.Request, max_bytes: int) -> None:
     """Header names with ``_`` are refused: proxies disagree on whether ``X_User_Id`` means
     ``X-User-Id``, which is how identity headers get smuggled past a gateway. The headers in
-    all are at most MAX_HEADER_BYTES (each line's limit is the parser's: proxy_server)."""
+    all are at most ``max_bytes`` (each line's limit is the parser's: proxy_server)."""
     size = 0
     for name, value in request.raw_headers:
         if b"_" in name:
             raise GatewayError(BAD_REQUEST, "header names may not contain '_'")
         size += len(name) + len(value) + 4  # ": " and CRLF
-    if size > MAX_HEADER_BYTES:
-        raise GatewayError(HEADERS_TOO_LARGE, f"the headers exceed {MAX_HEADER_BYTES} bytes")
+    if size > max_bytes:
+        raise GatewayError(HEADERS_TOO_LARGE, f"the headers exceed {max_bytes} bytes")
 
 
 def build(services: Services) -> Callable[[Exchange], None]:
     table = RouteTable(services.config.routes)
     prefixes = services.prefixes
+    max_header_bytes = services.config.limits.max_header_bytes
 
     def route(exchange: Exchange) -> None:
         request = exchange.request
-        check_header_names(request)
+        check_headers(request, max_header_bytes)
         try:
             normalized = normalize_path(request.raw_path)
             found = table.resolve(normalized)

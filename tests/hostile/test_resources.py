@@ -15,8 +15,8 @@ import time
 import aiohttp
 
 from gateway.keys.model import generate_key
-from tests.conftest import Gateway, bearer
-from tests.hostile.conftest import Answer, bounded, send_raw
+from tests.conftest import Gateway, GatewayFactory, bearer
+from tests.hostile.conftest import UNLIMITED, Answer, bounded, hostile_routes, send_raw
 from tests.hostile.figures import FIGURES, record
 from tests.hostile.upstream import StrictUpstream
 
@@ -56,6 +56,34 @@ async def test_oversized_heads_get_problem_json(hostile: Gateway, strict: Strict
            f"answered with problem+json 414/431/400 and closed, {len(strict.received)} forwarded")
     assert wrong == [], {n: (answers[n].status, answers[n].body[:80]) for n in wrong}
     assert strict.received == []
+
+
+async def test_limits_are_configurable(
+    make_gateway: GatewayFactory, strict: StrictUpstream
+) -> None:
+    limits = {"max_target_bytes": 1000, "max_header_line_bytes": 500, "max_headers": 10,
+              "max_header_bytes": 2048, "admin_max_body_bytes": 100}
+    gateway = await make_gateway(routes=hostile_routes(strict.url), defaults=UNLIMITED,
+                                 limits=limits)
+    key = await gateway.key()
+    at_limit = "X-A: " + "a" * (500 - len("X-A: ")) + "\r\n"
+    cases = [
+        (head(key, target="/api/ai/" + "a" * 900), 200),
+        (head(key, target="/api/ai/" + "a" * 1000), 414),
+        (head(key, at_limit), 200),
+        (head(key, "X-A: " + "a" * 500 + "\r\n"), 431),
+        (head(key, "".join(f"X-H{i}: v\r\n" for i in range(9))), 431),  # 11 with Host, Auth
+        (head(key, "".join(f"X-H{i}: {'a' * 400}\r\n" for i in range(6))), 431),  # > 2048
+    ]
+    for payload, status in cases:
+        assert (await send_raw(gateway.port, payload)).status == status, payload[:60]
+    admin = await gateway.admin_key()
+    admin_port = int(gateway.admin_url.rsplit(":", 1)[1])
+    body = b'{"name": "' + b"a" * 100 + b'"}'
+    answer = await send_raw(admin_port, (
+        f"POST /admin/v1/workspaces HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {admin}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    assert answer.status == 413 and json.loads(answer.body)["code"] == "body_too_large"
 
 
 async def test_bodies_past_the_limit(hostile: Gateway, strict: StrictUpstream) -> None:
