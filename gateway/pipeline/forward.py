@@ -4,8 +4,9 @@ timeout); after it, the only honest signal left is an aborted message.
 
 Header rules (README "The request path"): hop-by-hop headers (RFC 9110 §7.6.1) and every
 header named in ``Connection`` are dropped both ways; the client's ``Authorization`` never
-leaves; every client copy of the identity headers is dropped (names compared lower-cased,
-``_`` read as ``-``) and the gateway's own are set. The forwarded path is the normalised path
+leaves; every client copy of the identity headers (names compared lower-cased, ``_`` read as
+``-``) and of any ``X-Forwarded-*`` (``-Port``, ``-Prefix`` …, which some frameworks trust) is
+dropped, and the gateway's own are set. The forwarded path is the normalised path
 that was authorized.
 """
 
@@ -92,7 +93,9 @@ def outbound_headers(exchange: Exchange) -> list[tuple[str, str]]:
     if "Connection" in request.headers:
         drop = drop | connection_named(request.headers.getall("Connection"))
     headers = [
-        (name, value) for name, value in request.headers.items() if canonical(name) not in drop
+        (name, value)
+        for name, value in request.headers.items()
+        if canonical(name) not in drop and not canonical(name).startswith("x-forwarded-")
     ]
     headers.extend(identity_headers(exchange))
     return headers

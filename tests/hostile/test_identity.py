@@ -20,7 +20,8 @@ from tests.hostile.upstream import StrictUpstream
 
 IDENTITY = ("X-Workspace-Id", "X-Project-Id", "X-Namespace-Id", "X-Namespace", "X-Api-Key-Id",
             "X-Api-Key-Permissions", "X-User-Id", "X-Principal-Id", "X-Forwarded-For",
-            "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+            "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Forwarded-Prefix",
+            "X-Forwarded-Scheme", "X-Forwarded-Server", "Forwarded")
 FORGED = "forged-by-client"
 
 
