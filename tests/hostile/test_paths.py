@@ -124,3 +124,18 @@ async def test_override_and_rewrite_headers_are_dropped(
     names = {name for name, _ in strict.received[-1].headers}
     assert names.isdisjoint({"x-original-url", "x-rewrite-url", "x-http-method-override",
                              "x-method-override", "x-real-ip"})
+
+
+async def test_host_and_absolute_form_do_not_pick_the_destination(
+    hostile: Gateway, strict: StrictUpstream
+) -> None:
+    key = await hostile.key()
+    own_host = strict.url.removeprefix("http://")
+    for target, host in (("/api/ai/x", "evil.example"), ("http://evil.example/api/ai/x", "gw"),
+                         ("http://evil.example:1/api/ai/x", "evil.example:1")):
+        answer = await send_raw(hostile.port, (f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
+                                               f"Authorization: Bearer {key}\r\n\r\n").encode())
+        assert answer.status in (200, 400), target
+        if answer.status == 200:
+            assert strict.received[-1].all("host") == [own_host]
+            assert strict.received[-1].target == "/api/ai/x"
