@@ -21,7 +21,7 @@ SERVER_NAME = "gateway"
 
 _QUERY_KEY_NAMES = ("api_key", "apikey", "key", "access_token", "token")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_WORD = re.compile(r"[A-Za-z0-9_]{20,}")  # long enough to be a key (prefix + 32 characters)
+_WORD = re.compile(r"[A-Za-z0-9_]{20,}")  # anything shorter cannot hold a key
 _counter = 0
 _node = os.urandom(4).hex()
 

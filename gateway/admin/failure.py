@@ -31,7 +31,8 @@ log = logging.getLogger("gateway.admin")
 # README "Security and reliability": an admin body over ``limits.admin_max_body_bytes`` is
 # refused from its Content-Length before a byte of it is read (aiohttp's client_max_size, set to
 # the same figure in create_admin_app, stops a chunked one)
-TOO_LARGE = GatewayError(BODY_TOO_LARGE, "the request body is too large")
+def too_large() -> GatewayError:
+    return GatewayError(BODY_TOO_LARGE, "the request body is too large")
 
 
 def admin_failure(exc: Exception) -> GatewayFailure | None:
@@ -41,7 +42,7 @@ def admin_failure(exc: Exception) -> GatewayFailure | None:
     if failure is not None:
         return failure
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return TOO_LARGE
+        return too_large()
     if isinstance(exc, web.HTTPNotFound):
         return GatewayError(NOT_FOUND, "no such admin endpoint")
     if isinstance(exc, web.HTTPMethodNotAllowed):
@@ -56,7 +57,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     request[REQUEST_ID] = request_id = pick_request_id(request)
     try:
         if (request.content_length or 0) > request.app[SERVICES].config.limits.admin_max_body_bytes:
-            raise TOO_LARGE
+            raise too_large()
         response = await handler(request)
     except Exception as exc:
         failure = admin_failure(exc)
