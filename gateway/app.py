@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway.admin import create_admin_app
 from gateway.keys.service import KeyService
 from gateway.pipeline import PipelineHolder, build_pipeline
-from gateway.proxy_server import ProxyServer
+from gateway.proxy_server import ProxyServer, parser_limits
 from gateway.services import Services
 
 
@@ -34,6 +34,7 @@ def create_proxy_server(services: Services, holder: PipelineHolder | None = None
         auto_decompress=False,
         access_log=None,
         keepalive_timeout=75,
+        **parser_limits(services.config.limits),  # 414/431 (gateway/proxy_server.py)
     )
 
 

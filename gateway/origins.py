@@ -1,18 +1,21 @@
 """Origin matching for CORS and per-key ``allowed_origins`` (README "The request path", step 4).
 
 A pattern is an exact ``scheme://host[:port]`` or ``scheme://*.domain[:port]``; the wildcard
-matches one or more labels under ``domain`` — never the bare domain, never a look-alike such as
-``evil-example.com``. Scheme and host compare case-insensitively, default ports are implied,
+matches one or more DNS labels (letters, digits, ``-``) under ``domain`` — never the bare domain,
+never a look-alike such as ``evil-example.com``, ``evil.com\\.example.com`` or a literal
+``*.example.com``. Scheme and host compare case-insensitively, default ports are implied,
 ``null`` and malformed origins never match. ``*`` (route CORS only) matches any real origin.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_LABELS = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*")  # what a wildcard may stand for
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,10 @@ class OriginPattern:
         if origin.scheme != self.scheme or origin.port != self.port:
             return False
         if self.wildcard:
-            return origin.host.endswith(self.host) and len(origin.host) > len(self.host)
+            host = origin.host
+            return host.endswith(self.host) and bool(
+                _LABELS.fullmatch(host, 0, len(host) - len(self.host))
+            )
         return origin.host == self.host
 
 

@@ -3,20 +3,27 @@
 ``normalize_path`` turns the raw request path into the one form that is both authorized and
 forwarded: encoded unreserved characters decoded and other escapes upper-cased (RFC 3986
 §6.2.2), dot segments removed (§5.2.4). Encoded ``/``, ``\\`` and NUL are refused outright, so
-no later decoder can turn one path into another. ``RouteTable.match`` picks the longest prefix;
-a path whose dot segments climbed out of the prefix it lands in is refused (``PathEscape``).
+no later decoder can turn one path into another; so are ``;``-parameters (``..;`` is ``..`` to
+Tomcat), overlong UTF-8, and any escape that a decoder reading more into the path (decoding
+again, NFKC, ``\\`` as ``/``) would turn into a dot segment or a separator. A fragment is cut.
+``RouteTable.match`` picks the longest prefix; a path whose dot segments climbed out of the
+prefix it lands in is refused (``PathEscape``).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from gateway.config import RouteConfig
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _FORBIDDEN_ESCAPES = ("%2F", "%5C", "%00")
+# overlong UTF-8 (C0, C1, E0 80-9F, F0 80-8F): never valid, only ever a disguised "." or "/"
+_OVERLONG = re.compile(r"%C[01]|%E0%[89][0-9A-F]|%F0%8[0-9A-F]", re.IGNORECASE)
 _HEX = frozenset("0123456789abcdefABCDEF")
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -33,17 +40,38 @@ class NormalizedPath:
 
 
 def normalize_path(raw: str) -> NormalizedPath:
-    path, _, query = raw.partition("?")
+    path, _, query = raw.partition("#")[0].partition("?")  # a fragment is never forwarded
     if not path.startswith("/"):
         raise BadPath("the request target must be an absolute path")
     if "\\" in path or ("%" in path and any(e in path.upper() for e in _FORBIDDEN_ESCAPES)):
         raise BadPath("encoded slashes, backslashes and NUL are not allowed in the path")
-    if "%" in path:
+    if ";" in path:
+        raise BadPath("';' parameters are not allowed in the path")
+    if "%" in path or not path.isascii():
         path = _normalize_escapes(path)
+        if not _reads_the_same(path):
+            raise BadPath("the path hides dot segments or separators in its escapes")
     if "." not in path:
         return NormalizedPath(path, query, path.count("/"))
     resolved, min_depth = _remove_dot_segments(path)
     return NormalizedPath(resolved, query, min_depth)
+
+
+def _reads_the_same(path: str) -> bool:
+    """No decoder reading more into ``path`` (decoding again, NFKC, ``\\`` as ``/``, cutting
+    ``;``-parameters) finds a dot segment, separator or NUL the gateway did not see."""
+    if _OVERLONG.search(path):
+        return False
+    lenient = path
+    for _ in range(3):
+        lenient = unquote(lenient, errors="replace")
+    lenient = unicodedata.normalize("NFKC", lenient).replace("\\", "/")
+    segments, seen = lenient.split("/"), path.split("/")
+    if "\x00" in lenient or len(segments) != len(seen):
+        return False
+    dots = (".", "..")
+    pairs = zip(segments, seen, strict=True)
+    return not any(s.partition(";")[0] in dots and t not in dots for s, t in pairs)
 
 
 def _normalize_escapes(path: str) -> str:

@@ -283,7 +283,7 @@ CASES: dict[str, str] = {
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
         "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
-        "limiter, logging, plans, default_plan, routes), got []"
+        "limiter, logging, limits, plans, default_plan, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -349,6 +349,7 @@ CASES: dict[str, str] = {
     ),
     "logging_format_bad.yaml": "logging.format: must be one of json, text, got 'xml'",
     "key_cache_ttl_zero.yaml": "key_cache.ttl: must be a number > 0, got 0",
+    "limits_target_too_small.yaml": "limits.max_target_bytes: must be an integer >= 256, got 10",
     "key_store_timeout_zero.yaml": "key_store.timeout: must be a number > 0, got 0",
     "redis_bad_option.yaml": (
         "redis: is not a Redis URL redis-py accepts (Invalid value for 'socket_timeout' in "

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.admin import audit, health, keys, members, openapi, subscriptions, workspaces
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
-from gateway.admin.failure import errors_middleware
+from gateway.admin.failure import errors_middleware, hide_server
 from gateway.admin.query import query_allowlist
 from gateway.admin.route import Route
 from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES
@@ -54,7 +54,8 @@ def create_admin_app(
         errors_middleware,
         authentication(authenticators or (bearer_admin_key(services),), PUBLIC_PATHS),
         query_allowlist(ROUTES, PUBLIC_PATHS),
-    ])
+    ], client_max_size=services.config.limits.admin_max_body_bytes)
+    app.on_response_prepare.append(hide_server)
     app[SERVICES] = services
     app[KEY_SERVICE] = key_service
     app[OPENAPI] = openapi.build_openapi(ROUTES)

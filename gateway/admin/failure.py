@@ -13,8 +13,9 @@ import logging
 from aiohttp import web
 
 from gateway.admin.route import Handler
-from gateway.admin.state import REQUEST_ID
+from gateway.admin.state import REQUEST_ID, SERVICES
 from gateway.errors import (
+    BODY_TOO_LARGE,
     INTERNAL,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
@@ -22,10 +23,16 @@ from gateway.errors import (
     GatewayFailure,
     as_failure,
 )
-from gateway.http import pick_request_id
+from gateway.http import SERVER_NAME, pick_request_id
 from gateway.problem import problem_response
 
 log = logging.getLogger("gateway.admin")
+
+# README "Security and reliability": an admin body over ``limits.admin_max_body_bytes`` is
+# refused from its Content-Length before a byte of it is read (aiohttp's client_max_size, set to
+# the same figure in create_admin_app, stops a chunked one)
+def too_large() -> GatewayError:
+    return GatewayError(BODY_TOO_LARGE, "the request body is too large")
 
 
 def admin_failure(exc: Exception) -> GatewayFailure | None:
@@ -34,6 +41,8 @@ def admin_failure(exc: Exception) -> GatewayFailure | None:
     failure = as_failure(exc)
     if failure is not None:
         return failure
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return too_large()
     if isinstance(exc, web.HTTPNotFound):
         return GatewayError(NOT_FOUND, "no such admin endpoint")
     if isinstance(exc, web.HTTPMethodNotAllowed):
@@ -47,12 +56,22 @@ def admin_failure(exc: Exception) -> GatewayFailure | None:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_ID] = request_id = pick_request_id(request)
     try:
+        if (request.content_length or 0) > request.app[SERVICES].config.limits.admin_max_body_bytes:
+            raise too_large()
         response = await handler(request)
     except Exception as exc:
         failure = admin_failure(exc)
         if failure is None:
             log.exception("admin handler failed")
             failure = INTERNAL
-        return problem_response(failure, request_id, {"X-Request-Id": request_id})
+        response = problem_response(failure, request_id, {"X-Request-Id": request_id})
+        if failure.kind is BODY_TOO_LARGE:
+            response.force_close()  # the body is left unread: the connection cannot go on
+        return response
     response.headers["X-Request-Id"] = request_id
     return response
+
+
+async def hide_server(request: web.Request, response: web.StreamResponse) -> None:
+    """No version banner (aiohttp's default names itself and Python)."""
+    response.headers["Server"] = SERVER_NAME

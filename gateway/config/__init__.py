@@ -17,6 +17,7 @@ from gateway.config.model import KeyCacheConfig as KeyCacheConfig
 from gateway.config.model import KeysConfig as KeysConfig
 from gateway.config.model import KeyStoreConfig as KeyStoreConfig
 from gateway.config.model import LimiterConfig as LimiterConfig
+from gateway.config.model import LimitsConfig as LimitsConfig
 from gateway.config.model import LoggingConfig as LoggingConfig
 from gateway.config.model import PlanConfig as PlanConfig
 from gateway.config.model import QuotaConfig as QuotaConfig

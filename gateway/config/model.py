@@ -86,6 +86,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Request limits (README "Security and reliability"); the parser's (the first
+    three) take effect at start, the others on reload too."""
+
+    max_target_bytes: int = option(8192, parsers.integer(256))  # past it: 414 uri_too_long
+    max_header_line_bytes: int = option(8192, parsers.integer(256))  # 431 headers_too_large
+    max_headers: int = option(100, parsers.integer(1, 10_000))  # 431
+    max_header_bytes: int = option(64 * 1024, parsers.integer(1024))  # all of them: 431
+    admin_max_body_bytes: int = option(1024 * 1024, parsers.integer(1))  # 413 body_too_large
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     rate_limit: RateLimit = option(RateLimit(100, 60.0), section(RateLimit))
     max_concurrent: int | None = option(10, parsers.nullable(parsers.count))
@@ -166,6 +178,7 @@ class Config:
     key_store: KeyStoreConfig = subsection(KeyStoreConfig)
     limiter: LimiterConfig = subsection(LimiterConfig)
     logging: LoggingConfig = subsection(LoggingConfig)
+    limits: LimitsConfig = subsection(LimitsConfig)
     plans: Mapping[str, PlanConfig] = option({}, plan_table(PlanConfig))
     default_plan: str | None = option(None, parsers.string)  # for workspaces without one
     routes: tuple[RouteConfig, ...] = required(route_table(RouteConfig), kw_only=True)

@@ -10,12 +10,11 @@ from gateway.errors import (
     DISABLED_API_KEY,
     EXPIRED_API_KEY,
     INSUFFICIENT_PERMISSIONS,
-    INVALID_API_KEY,
     REVOKED_API_KEY,
     GatewayError,
 )
 from gateway.exchange import Check, Exchange
-from gateway.http import bearer_token
+from gateway.http import bearer_token, invalid_key
 from gateway.keys.cache import MISS
 from gateway.keys.model import KeyRecord, is_well_formed, utcnow
 from gateway.pipeline import rate_limit
@@ -47,7 +46,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
 
     def accept(exchange: Exchange, record: KeyRecord | None) -> None:
         if record is None:
-            raise GatewayError(INVALID_API_KEY, "unknown API key")
+            raise invalid_key()  # unknown: reads as a malformed one does
         check_status(record)
         exchange.key = record
         # a later refusal still reports the key's quota (README "The request path"), without
@@ -61,7 +60,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     def authenticate(exchange: Exchange) -> Awaitable[None] | None:
         token = bearer_token(exchange.request)
         if not is_well_formed(token, prefixes):
-            raise GatewayError(INVALID_API_KEY, "the API key is malformed")
+            raise invalid_key()  # malformed or a bad checksum
         key_hash = hasher(token)
         record = cache.get_nowait(key_hash)
         if record is MISS:

@@ -55,6 +55,15 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
         peek, key, headers = exchange.peek_quota, exchange.key, exchange.response_headers
         if peek is not None and key is not None and "RateLimit-Limit" not in headers:
             headers.update(await peek(key))
-        return problem_response(failure, exchange.request_id, exchange.response_headers)
+        response = problem_response(failure, exchange.request_id, exchange.response_headers)
+        if must_close(failure, exchange.request):
+            response.force_close()
+        return response
 
     return handle_error
+
+
+def must_close(failure: GatewayFailure, request: web.BaseRequest) -> bool:
+    """A malformed request, or one whose body was left unread, ends its connection: whatever
+    follows on it cannot be trusted to start a new request (RFC 9112 §6.3, §9.6)."""
+    return failure.kind.status in (400, 413, 414, 431) or not request.content.at_eof()

@@ -4,8 +4,9 @@ timeout); after it, the only honest signal left is an aborted message.
 
 Header rules (README "The request path"): hop-by-hop headers (RFC 9110 §7.6.1) and every
 header named in ``Connection`` are dropped both ways; the client's ``Authorization`` never
-leaves; every client copy of the identity headers is dropped (names compared lower-cased,
-``_`` read as ``-``) and the gateway's own are set. The forwarded path is the normalised path
+leaves; every client copy of the identity headers (names compared lower-cased, ``_`` read as
+``-``) and of any ``X-Forwarded-*`` (``-Port``, ``-Prefix`` …, which some frameworks trust) is
+dropped, and the gateway's own are set. The forwarded path is the normalised path
 that was authorized.
 """
 
@@ -57,9 +58,17 @@ IDENTITY = frozenset(
         "forwarded",
     }
 )
+# headers some frameworks read as another method, path or client address (README "Security and
+# reliability"): a client's copy would let it pick what the upstream authorizes
+REWRITES = frozenset(
+    {"x-http-method-override", "x-method-override", "x-original-url", "x-rewrite-url", "x-real-ip"}
+)
 # set by the gateway or by the upstream client's framing, never copied from the client
-NOT_FORWARDED = HOP_BY_HOP | IDENTITY | {"authorization", "host", "content-length", "expect"}
-NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-request-id"}
+NOT_FORWARDED = (
+    HOP_BY_HOP | IDENTITY | REWRITES | {"authorization", "host", "content-length", "expect"}
+)
+# the gateway's own version banner is not sent either (gateway.pipeline.request_id)
+NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-request-id", "server"}
 SMALL_BODY = 64 * 1024  # read whole and answered in one write below this size
 CLIENT_CHECK = 0.25  # seconds between checks that the client is still connected
 
@@ -84,7 +93,9 @@ def outbound_headers(exchange: Exchange) -> list[tuple[str, str]]:
     if "Connection" in request.headers:
         drop = drop | connection_named(request.headers.getall("Connection"))
     headers = [
-        (name, value) for name, value in request.headers.items() if canonical(name) not in drop
+        (name, value)
+        for name, value in request.headers.items()
+        if canonical(name) not in drop and not canonical(name).startswith("x-forwarded-")
     ]
     headers.extend(identity_headers(exchange))
     return headers
@@ -117,13 +128,22 @@ def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
     return headers
 
 
-def returned_headers(upstream: UpstreamResponse, exchange: Exchange) -> CIMultiDict[str]:
+def returned_headers(
+    upstream: UpstreamResponse, exchange: Exchange, owns_cors: bool = False
+) -> CIMultiDict[str]:
+    """The upstream's response headers by rule; on a route with ``cors`` the gateway owns every
+    ``Access-Control-*`` header, so an origin outside its list never gets an allow header."""
     drop = NOT_RETURNED
     named = [v for k, v in upstream.headers if canonical(k) == "connection"]
     if named:
         drop = drop | connection_named(named)
     headers: CIMultiDict[str] = CIMultiDict(
-        [(name, value) for name, value in upstream.headers if canonical(name) not in drop]
+        [
+            (name, value)
+            for name, value in upstream.headers
+            if canonical(name) not in drop
+            and not (owns_cors and canonical(name).startswith("access-control-"))
+        ]
     )
     own = exchange.response_headers
     upstream_vary = headers.getall("Vary", ()) if "Vary" in own else ()
@@ -239,9 +259,11 @@ class ClientWatch:
             self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK, self._sweep)
 
 
-async def respond(exchange: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
+async def respond(
+    exchange: Exchange, upstream: UpstreamResponse, owns_cors: bool = False
+) -> web.StreamResponse:
     request = exchange.request
-    headers = returned_headers(upstream, exchange)
+    headers = returned_headers(upstream, exchange, owns_cors)
     length = upstream.content_length
     if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
         body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
@@ -271,6 +293,7 @@ def build(route: RouteConfig, services: Services) -> Handler:
     usage = services.usage
     limit = route.max_body_bytes
     timeout = route.timeout
+    owns_cors = route.cors is not None
 
     watcher = ClientWatch()
     upstream_latency = services.metrics.upstream_latency(route.name)
@@ -296,7 +319,7 @@ def build(route: RouteConfig, services: Services) -> Handler:
             if exchange.key is not None:
                 usage.used(exchange.key.key_id)
             try:
-                return await respond(exchange, upstream)
+                return await respond(exchange, upstream, owns_cors)
             finally:
                 upstream.release()
         except asyncio.CancelledError:

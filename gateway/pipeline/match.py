@@ -1,4 +1,5 @@
-"""Routing: refuse malformed requests (400), normalise the path, pick the route (404)."""
+"""Routing: refuse malformed requests (400), normalise the path, pick the route (404); the
+query loses any parameter that carries an API key."""
 
 from __future__ import annotations
 
@@ -6,26 +7,34 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.errors import BAD_REQUEST, ROUTE_NOT_FOUND, GatewayError
+from gateway.errors import BAD_REQUEST, HEADERS_TOO_LARGE, ROUTE_NOT_FOUND, GatewayError
 from gateway.exchange import Exchange
+from gateway.http import without_keys
 from gateway.routing import BadPath, RouteTable, normalize_path
 from gateway.services import Services
 
 
-def check_header_names(request: web.Request) -> None:
+def check_headers(request: web.Request, max_bytes: int) -> None:
     """Header names with ``_`` are refused: proxies disagree on whether ``X_User_Id`` means
-    ``X-User-Id``, which is how identity headers get smuggled past a gateway."""
-    for name, _ in request.raw_headers:
+    ``X-User-Id``, which is how identity headers get smuggled past a gateway. The headers in
+    all are at most ``max_bytes`` (each line's limit is the parser's: proxy_server)."""
+    size = 0
+    for name, value in request.raw_headers:
         if b"_" in name:
             raise GatewayError(BAD_REQUEST, "header names may not contain '_'")
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    if size > max_bytes:
+        raise GatewayError(HEADERS_TOO_LARGE, f"the headers exceed {max_bytes} bytes")
 
 
 def build(services: Services) -> Callable[[Exchange], None]:
     table = RouteTable(services.config.routes)
+    prefixes = services.prefixes
+    max_header_bytes = services.config.limits.max_header_bytes
 
     def route(exchange: Exchange) -> None:
         request = exchange.request
-        check_header_names(request)
+        check_headers(request, max_header_bytes)
         try:
             normalized = normalize_path(request.raw_path)
             found = table.resolve(normalized)
@@ -34,7 +43,8 @@ def build(services: Services) -> Callable[[Exchange], None]:
         if found is None:
             raise GatewayError(ROUTE_NOT_FOUND, "no route matches this path")
         exchange.path = normalized.path
-        exchange.query = normalized.query
+        # a key in the query string is never forwarded; without a header it is a 401 (http.py)
+        exchange.query = without_keys(normalized.query, prefixes) if normalized.query else ""
         exchange.match = found
 
     return route

@@ -1,6 +1,9 @@
 """Tenancy: ``X-Project-Id`` selects a project of the key's workspace (default: the key's
 project, else the workspace default); ``X-Namespace`` (name or ``ns_…`` id), else
-``?namespace=``, selects a namespace of the workspace."""
+``?namespace=``, selects a namespace of the workspace. A selector given twice (two headers, two
+query values, or a header and a query value that disagree) is refused, 400 ``validation_error``:
+the one authorised and the one the upstream reads could differ (README "Security and
+reliability")."""
 
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ from multidict import istr
 
 from gateway.config import RouteConfig
 from gateway.errors import (
-    BAD_REQUEST,
     NAMESPACE_NOT_FOUND,
     PROJECT_NOT_FOUND,
+    VALIDATION_ERROR,
     GatewayError,
     StoreUnavailable,
 )
@@ -29,7 +32,19 @@ def single_header(request: web.Request, name: str) -> str | None:
         return None
     values = request.headers.getall(name)
     if len(values) > 1:
-        raise GatewayError(BAD_REQUEST, f"at most one {name} header is allowed")
+        raise GatewayError(VALIDATION_ERROR, f"at most one {name} header is allowed")
+    return values[0].strip()
+
+
+def namespace_selector(request: web.Request, header: str | None) -> str | None:
+    """The namespace asked for: the header, else ``?namespace=``; never two different ones."""
+    values = request.query.getall("namespace", ())
+    if len(values) > 1:
+        raise GatewayError(VALIDATION_ERROR, "at most one namespace query parameter is allowed")
+    if not values:
+        return header
+    if header is not None and header != values[0].strip():
+        raise GatewayError(VALIDATION_ERROR, "X-Namespace and ?namespace= disagree")
     return values[0].strip()
 
 
@@ -83,8 +98,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         request = exchange.request
         wanted_project = single_header(request, PROJECT_HEADER)
         namespace_ref = single_header(request, NAMESPACE_HEADER)
-        if namespace_ref is None and exchange.query:  # parse the query only when there is one
-            namespace_ref = request.query.get("namespace")
+        if exchange.query:  # parse the query only when there is one
+            namespace_ref = namespace_selector(request, namespace_ref)
         if wanted_project is None and namespace_ref is None and key.project_id is not None:
             exchange.project_id = key.project_id  # the common case: no lookup, no waiting
             return None
