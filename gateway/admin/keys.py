@@ -3,6 +3,8 @@ update, disable, enable, revoke, rotate, usage (README "Admin API")."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from gateway.admin.handler import (
@@ -19,7 +21,8 @@ from gateway.admin.route import BAD, READ, WRITE, Route, query_param, returns
 from gateway.admin.state import KEY_SERVICE
 from gateway.admin.workspaces import WORKSPACE
 from gateway.errors import NotFound, ValidationError
-from gateway.keys.model import utcnow
+from gateway.keys.model import KeyRecord, utcnow
+from gateway.keys.service import KeyService
 from gateway.keys.validation import validate_rotate
 
 WORKSPACE_KEYS = WORKSPACE + "/keys"
@@ -107,25 +110,24 @@ async def update_key(request: web.Request) -> web.Response:
     return json_response(record.to_public(utcnow()))
 
 
-async def revoke_key(request: web.Request) -> web.Response:
-    record = await request.app[KEY_SERVICE].revoke_key(
-        request.match_info["key_id"], actor(request), caller_workspace(request)
-    )
-    return json_response(record.to_public(utcnow()))
+KeyChange = Callable[[KeyService, str, str | None, str | None], Awaitable[KeyRecord]]
 
 
-async def disable_key(request: web.Request) -> web.Response:
-    record = await request.app[KEY_SERVICE].disable_key(
-        request.match_info["key_id"], actor(request), caller_workspace(request)
-    )
-    return json_response(record.to_public(utcnow()))
+def key_change(apply: KeyChange) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of a body-less change to one key (revoke, disable, enable): the
+    ``KeyService`` method ``apply``, answered with the key object."""
+
+    async def change(request: web.Request) -> web.Response:
+        record = await apply(request.app[KEY_SERVICE], request.match_info["key_id"],
+                             actor(request), caller_workspace(request))
+        return json_response(record.to_public(utcnow()))
+
+    return change
 
 
-async def enable_key(request: web.Request) -> web.Response:
-    record = await request.app[KEY_SERVICE].enable_key(
-        request.match_info["key_id"], actor(request), caller_workspace(request)
-    )
-    return json_response(record.to_public(utcnow()))
+revoke_key = key_change(KeyService.revoke_key)
+disable_key = key_change(KeyService.disable_key)
+enable_key = key_change(KeyService.enable_key)
 
 
 async def rotate_key(request: web.Request) -> web.Response:
