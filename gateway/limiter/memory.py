@@ -19,6 +19,7 @@ from gateway.limiter.base import (
     Decision,
     LimiterStats,
     QuotaAsk,
+    QuotaState,
     QuotaUsage,
     Window,
     nearest_quota,
@@ -81,18 +82,13 @@ class MemoryRateLimiter:
                 return Decision(False, shown_limit, remaining, reset, 1.0, None, True)
         state = None
         if quota is not None:
-            counts, ends = self._quota(quota.workspace)
-            over = _over_quota(quota, counts, ends)
-            if over is not None:
+            state, over = self._spend(quota)
+            if over:
                 reset = shown[0] + shown_window - now if shown else shown_window
-                state = nearest_quota(quota, counts[1], counts[3], *ends)
                 remaining = shown_limit - len(shown)
                 return Decision(
                     False, shown_limit, remaining, reset, over, None, False, state, True
                 )
-            counts[1] += 1
-            counts[3] += 1
-            state = nearest_quota(quota, counts[1], counts[3], *ends)
         lease = None
         if max_in_flight is not None:
             self._in_flight[budget] = held + 1
@@ -124,6 +120,22 @@ class MemoryRateLimiter:
         if counts[2] != month:
             counts[2:4] = [month, 0]
         return counts, (day_end - now, month_end - now)
+
+    def _spend(self, quota: QuotaAsk) -> tuple[QuotaState | None, float]:
+        """Count one request against the workspace's day and month unless either is spent:
+        (the quota nearer to running out, 0.0), or with nothing counted, the seconds until the
+        spent period ends (the later one if both are)."""
+        counts, (day_reset, month_reset) = self._quota(quota.workspace)
+        day, month = counts[1], counts[3]
+        over = 0.0
+        if quota.day and day >= quota.day:
+            over = day_reset
+        if quota.month and month >= quota.month:
+            over = month_reset
+        if not over:
+            day = counts[1] = day + 1
+            month = counts[3] = month + 1
+        return nearest_quota(quota, day, month, day_reset, month_reset), over
 
     async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
         now = self._clock()
@@ -178,13 +190,3 @@ class MemoryRateLimiter:
 def _refused(log: deque[float], limit: int, window: float, now: float) -> Decision:
     wait = log[len(log) - limit] + window - now
     return Decision(False, limit, 0, wait, wait)
-
-
-def _over_quota(quota: QuotaAsk, counts: list[int], ends: tuple[float, float]) -> float | None:
-    """Seconds until the spent quota's period ends (the later one if both are), or None."""
-    over = None
-    if quota.day and counts[1] >= quota.day:
-        over = ends[0]
-    if quota.month and counts[3] >= quota.month:
-        over = ends[1]
-    return over
