@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from gateway.config import Config, KeyStoreConfig
+from gateway.config import Config, KeyStoreConfig, LimiterConfig
 from gateway.errors import ConfigError
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import KeyHasher
@@ -27,10 +28,20 @@ from gateway.store.postgres import postgres_store
 from gateway.store.sqlite import sqlite_store
 from gateway.upstream import UpstreamGroup
 
+Section = TypeVar("Section")  # a backend's config section
+Backend = TypeVar("Backend")
+
+# The backends by URL scheme: ``database`` picks the key store (it brings its change feed),
+# ``redis`` the shared limiter; no ``redis`` is the in-process limiter.
 STORES: dict[str, Callable[[str, KeyStoreConfig], Store]] = {
     "sqlite": sqlite_store,
     "postgresql": postgres_store,
     "postgres": postgres_store,
+}
+LIMITERS: dict[str, Callable[[str, LimiterConfig], RateLimiter]] = {
+    "redis": RedisRateLimiter,
+    "rediss": RedisRateLimiter,
+    "unix": RedisRateLimiter,
 }
 
 
@@ -50,21 +61,31 @@ class Services:
     access_log: AccessLog | None = None  # None: logging.access_log is off
 
 
-def create_store(config: Config) -> Store:
-    scheme = config.database.partition(":")[0]
-    factory = STORES.get(scheme)
+def backend(
+    registry: dict[str, Callable[[str, Section], Backend]], config: Config, key: str, url: str,
+    what: str,
+) -> Callable[[str, Section], Backend]:
+    """The factory ``registry`` holds for the scheme of ``url``, the value of config ``key``."""
+    scheme = url.partition(":")[0]
+    factory = registry.get(scheme)
     if factory is None:
         raise ConfigError(
-            f"{config.source}: database: the {scheme} key store is not available in this "
-            f"version (supported: {', '.join(sorted(STORES))}), got {config.database!r}"
+            f"{config.source}: {key}: the {scheme} {what} is not available in this "
+            f"version (supported: {', '.join(sorted(registry))}), got {url!r}"
         )
+    return factory
+
+
+def create_store(config: Config) -> Store:
+    factory = backend(STORES, config, "database", config.database, "key store")
     return factory(config.database, config.key_store)
 
 
 def create_limiter(config: Config) -> RateLimiter:
     if config.redis is None:
         return MemoryRateLimiter()
-    return RedisRateLimiter(config.redis, config.limiter)
+    factory = backend(LIMITERS, config, "redis", config.redis, "limiter")
+    return factory(config.redis, config.limiter)
 
 
 @contextlib.asynccontextmanager
