@@ -176,6 +176,10 @@ class Metrics:
             "gateway_store_errors", "Key-store calls that failed, by operation (key_lookup, "
             "tenancy).", ("operation",), registry=registry,
         )
+        self.usage_dropped = Counter(
+            "gateway_usage_dropped", "Requests whose usage was never written: the key store was "
+            "still down at shutdown (README \"Security and reliability\").", registry=registry,
+        )
         self.key_cache_lookups = Counter(
             "gateway_key_cache_lookups", "Key-cache lookups, by result (hit, negative_hit: a "
             "known-unknown key, miss: the store was asked).", ("result",), registry=registry,

@@ -19,7 +19,10 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import _ErrInfo
 
 from gateway.config import LimitsConfig
@@ -55,8 +58,27 @@ def parser_failure(exc: BaseException | None, options: dict[str, int]) -> Gatewa
     return NOT_HTTP
 
 
+class ProxyRequest(web.BaseRequest):
+    """A request whose response says ``Connection: close`` once its connection is closing (the
+    drain, README "Graceful shutdown"): aiohttp closes such a connection after the response but
+    still announces keep-alive, so a keep-alive client would send its next request into a
+    connection that closes unanswered."""
+
+    @property
+    def keep_alive(self) -> bool:
+        protocol = self._protocol
+        closing = isinstance(protocol, ProxyRequestHandler) and protocol.closing
+        return not closing and not self._message.should_close
+
+
 class ProxyRequestHandler(web.RequestHandler):
     __slots__ = ("_metrics", "_parser_options")
+
+    @property
+    def closing(self) -> bool:
+        """No request after the current one: the server is draining (``Server.pre_shutdown``
+        closes each connection) or shut down."""
+        return self._close or self._force_close
 
     def __init__(self, manager: web.Server, *, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -109,3 +131,13 @@ class ProxyServer(web.Server):
     def __call__(self) -> web.RequestHandler:
         # called by the event loop for each new connection
         return ProxyRequestHandler(self, loop=asyncio.get_running_loop(), **self._handler_options)
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return ProxyRequest(message, payload, protocol, writer, task, self._loop)

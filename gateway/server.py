@@ -6,10 +6,11 @@ runs N processes that each run ``serve``.
 Signals, in ``serve``:
 
 - SIGTERM / SIGINT: drain. ``/readyz`` turns 503 at once; the public listener closes, so new
-  connections are refused; idle keep-alive connections are closed; requests in flight (long
-  streams too) get ``drain_timeout`` seconds to finish, then whatever still runs is cut off.
-  The admin listener stays up meanwhile (``/readyz``, ``/metrics``). Then the services close in
-  reverse, which flushes the usage written behind.
+  connections are refused; idle keep-alive connections are closed, busy ones after a response
+  that says ``Connection: close``; requests in flight (long streams too) get ``drain_timeout``
+  less ``closing_reserve`` seconds to finish, then whatever still runs is cut off. The last
+  usage flush gets what is left of ``drain_timeout``, so the whole drain fits in it. The admin
+  listener stays up meanwhile (``/readyz``, ``/metrics``). Then the services close in reverse.
 - SIGHUP: reload the config file (``gateway.reload``). A worker ignores it: its supervisor
   reads the file and sends it the result (``follow_parent``).
 """
@@ -35,6 +36,7 @@ from gateway.services import open_services
 
 log = logging.getLogger("gateway.server")
 ADMIN_SHUTDOWN_TIMEOUT = 5.0  # seconds admin requests get once the proxy has drained
+CUT_OFF_TIMEOUT = 0.1  # seconds the handlers still running after the drain get to end, cancelled
 
 
 def install_uvloop() -> None:
@@ -59,7 +61,7 @@ async def serve(config: Config, *, parent: Connection | None = None) -> None:
         proxy_runner = web.ServerRunner(
             create_proxy_server(services, reloader.holder),
             handle_signals=False,
-            shutdown_timeout=config.drain_timeout,
+            shutdown_timeout=CUT_OFF_TIMEOUT,  # ``drain`` has closed every connection
         )
         admin_runner = web.AppRunner(admin, handle_signals=False, access_log=None,
                                      shutdown_timeout=ADMIN_SHUTDOWN_TIMEOUT)
@@ -78,7 +80,9 @@ async def serve(config: Config, *, parent: Connection | None = None) -> None:
             await stop.wait()
             admin[DRAINING].set()
             stop_reloading(loop, parent)
-            await drain(proxy_runner, reloader.config.drain_timeout)
+            left = await drain(proxy_runner, reloader.config.drain_timeout)
+            # the last usage flush, in what is left of drain_timeout (README "Graceful shutdown")
+            await services.usage.stop(timeout=left)
         finally:
             await proxy_runner.cleanup()
             await admin_runner.cleanup()
@@ -140,19 +144,43 @@ def hold_sighup() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
 
-async def drain(runner: web.ServerRunner, timeout: float) -> None:
-    """Close the listener and idle connections; give requests in flight ``timeout`` seconds."""
+def closing_reserve(timeout: float) -> float:
+    """The part of ``drain_timeout`` kept for cutting off what still runs and closing the
+    services (the last usage flush): a tenth, at most 2 s."""
+    return min(2.0, timeout / 10)
+
+
+async def drain(runner: web.ServerRunner, timeout: float) -> float:
+    """Close the listener and idle connections; give requests in flight ``timeout`` minus
+    ``closing_reserve`` seconds, then cut off what still runs. Returns the seconds left of
+    ``timeout``, for closing the services: the whole shutdown fits in ``drain_timeout``."""
     server = runner.server
     assert server is not None  # set up in serve
     started = time.monotonic()
+    grace = timeout - closing_reserve(timeout)
     # One loop turn before each step: connections the kernel completed before the signal are
     # accepted (closing the listener would reset them), then requests that already arrived on
     # open connections are read, so they are served rather than cut.
     await asyncio.sleep(0)
     for site in list(runner.sites):
         await site.stop()  # new connections are refused from here
-    log.info("draining %d connections for up to %g s", len(server.connections), timeout)
+    log.info("draining %d connections for up to %g s", len(server.connections), grace)
     await asyncio.sleep(0)
-    server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their response
-    await server.shutdown(timeout)  # waits for each handler, cancels it after ``timeout``
+    # Idle keep-alive connections close now, busy ones after their response, which says
+    # ``Connection: close`` (gateway.proxy_server.ProxyRequest).
+    server.pre_shutdown()
+    # aiohttp's own ``Server.shutdown(t)`` waits t for each handler, then cancels it and waits
+    # t again: up to twice the timeout. Here the wait is bounded once, then the rest is cut.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, grace - (time.monotonic() - started))):
+            await asyncio.gather(*(conn.shutdown(grace) for conn in server.connections))
+    left = server.connections
+    if left:
+        log.warning("cutting off %d connections still busy after %g s", len(left), grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CUT_OFF_TIMEOUT):
+                await asyncio.gather(*(conn.shutdown(CUT_OFF_TIMEOUT / 2) for conn in left))
+        for conn in server.connections:
+            conn.force_close()
     log.info("drained in %.2f s", time.monotonic() - started)
+    return max(0.0, timeout - (time.monotonic() - started))

@@ -112,7 +112,7 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         feed = store.change_feed(cache, poll_interval=poll, metrics=metrics)
         await feed.start()
         stack.push_async_callback(feed.stop)
-        usage = UsageRecorder(store)
+        usage = UsageRecorder(store, metrics=metrics)
         usage.start()
         stack.push_async_callback(usage.stop)
         upstreams = {r.name: UpstreamGroup(r.upstreams) for r in config.routes}

@@ -32,6 +32,7 @@ def test_every_metric_is_declared_even_before_it_counts() -> None:
         "gateway_limiter_round_trips": "counter",
         "gateway_limiter_commands": "counter",
         "gateway_store_errors": "counter",
+        "gateway_usage_dropped": "counter",
         "gateway_key_cache_lookups": "counter",
         "gateway_key_cache_stale_served": "counter",
         "gateway_key_cache_entries": "gauge",

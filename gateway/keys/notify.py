@@ -9,9 +9,18 @@ the store's pool) that listens and drops each named hash from the local cache.
 If that connection is lost (or cannot be made), a missed message must not keep a revoked key
 alive: until the listener is back, every cached entry's life is capped at ``fallback_ttl``
 (5 s by default) — re-applied on every reconnect attempt, so entries loaded meanwhile are capped
-too — and the node reconnects with a short backoff (``max_backoff``, 1 s). When it is back, the
-whole cache is dropped once, since messages sent while it was away are gone. A keep-alive query
-every ``keepalive`` seconds notices a connection that died silently.
+too — and the node reconnects with a short backoff (``max_backoff``, 1 s). A keep-alive query
+every ``keepalive`` seconds notices a connection that died silently; it also reads the change
+log's last ``seq``, the listener's mark.
+
+When it is back (listening again first), the messages sent while it was away are gone, so the
+listener catches up from the change log (``key_changes``) instead of dropping the whole cache,
+which would send every request of a busy node to a database that just came back: it evicts each
+hash logged after its mark (``seq`` above it) or less than ``CATCH_UP_SLACK`` (10 s) before
+the mark was taken (``changed_at``: a sequence number may commit out of order, and a change's
+time is its writer's clock). The whole cache is dropped only when catching up is not possible:
+no mark yet, a gap longer than the change log keeps rows (``retention``, the store's
+``CHANGE_RETENTION``, less the slack), or the catch-up query failing.
 
 The Postgres store also keeps the ``key_changes`` table, so ``ChangeFeedPoller`` works against it
 too; the gateway uses this listener and keeps the poller for SQLite.
@@ -23,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs
@@ -34,6 +44,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.invalidation")
 
 NOTIFY_CHANNEL = "gateway_keys"
+# seconds before the mark that a catch-up also evicts: a change's seq may commit after a higher
+# one (its transaction, bounded by key_store.timeout, still ran), and its changed_at is its
+# writer's clock (skew against the database's, which times the mark)
+CATCH_UP_SLACK = 10.0
+# The change log's last seq (gateway.store.feed; pruning never moves it back) and the time.
+_MARK = (
+    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END, "
+    "extract(epoch FROM clock_timestamp())::float8 FROM key_changes_seq_seq"
+)
+_CATCH_UP = "SELECT DISTINCT key_hash FROM key_changes WHERE seq > $1 OR changed_at >= $2"
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -50,8 +70,12 @@ class ChangeFeedListener:
         min_backoff: float = 0.05,
         max_backoff: float = 1.0,
         metrics: Metrics | None = None,
+        retention: float = 3600.0,
+        catch_up_slack: float = CATCH_UP_SLACK,
     ) -> None:
+        self._slack = catch_up_slack
         self._url = url
+        self._retention = retention  # seconds the change log keeps a row
         self._cache = cache
         self._metrics = metrics
         self._fallback_ttl = fallback_ttl
@@ -65,6 +89,9 @@ class ChangeFeedListener:
         self.connected = False
         self.notifications = 0
         self.reconnects = 0
+        self.caught_up = 0  # hashes evicted by catching up after a reconnect
+        # (last seq, the database's clock, time.time()) read while listening
+        self._mark: tuple[int, float, float] | None = None
 
     async def start(self) -> None:
         """Listen now if Postgres answers (so nothing committed after start is missed);
@@ -73,6 +100,8 @@ class ChangeFeedListener:
             await self._connect()
         except _ERRORS as exc:
             self._down(exc)
+        else:
+            self._mark = await self._read_mark()
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -101,6 +130,34 @@ class ChangeFeedListener:
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn
         self.connected = True
+
+    async def _read_mark(self) -> tuple[int, float, float] | None:
+        """The change log's last seq now, read on the listening connection (None: no answer)."""
+        try:
+            row = await self._conn.fetchrow(_MARK, timeout=self._connect_timeout)
+        except _ERRORS:
+            return None
+        return int(row[0]), float(row[1]), time.time()
+
+    async def _catch_up(self, mark: tuple[int, float, float] | None) -> None:
+        """Evict what changed while the listener was away (see the module docstring)."""
+        seq, at, taken = mark if mark is not None else (0, 0.0, 0.0)
+        if mark is None or time.time() - taken > self._retention - self._slack:
+            self._cache.invalidate_all()
+            log.warning("key change listener reconnected; cache dropped (no catch-up mark)")
+            return
+        since = datetime.fromtimestamp(at - self._slack, UTC)
+        try:
+            rows = await self._conn.fetch(_CATCH_UP, seq, since, timeout=self._connect_timeout)
+        except _ERRORS as exc:
+            self._cache.invalidate_all()
+            log.warning("key change listener reconnected; cache dropped (catch-up failed: %s)",
+                        type(exc).__name__)
+            return
+        for row in rows:
+            self._cache.invalidate(row[0])
+        self.caught_up += len(rows)
+        log.warning("key change listener reconnected; caught up on %d changed keys", len(rows))
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
@@ -140,10 +197,10 @@ class ChangeFeedListener:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), timeout=self._keepalive)
                 return
-            try:
-                await self._conn.execute("SELECT 1", timeout=self._connect_timeout)
-            except _ERRORS:
+            mark = await self._read_mark()
+            if mark is None:
                 return
+            self._mark = mark
 
     async def _run(self) -> None:
         backoff = self._min_backoff
@@ -162,5 +219,6 @@ class ChangeFeedListener:
                     continue
                 self.reconnects += 1
                 backoff = self._min_backoff
-                self._cache.invalidate_all()  # what was sent while away is lost
-                log.warning("key change listener reconnected; cache dropped")
+                mark = await self._read_mark()  # listening already: nothing after it is missed
+                await self._catch_up(self._mark)  # what was sent while away is lost
+                self._mark = mark if mark is not None else self._mark

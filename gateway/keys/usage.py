@@ -1,8 +1,15 @@
 """Usage written behind: counted in memory on the request path, flushed in one batch
-(``Store.record_usage``) every ``interval`` seconds and on shutdown."""
+(``Store.record_usage``) every ``interval`` seconds and on shutdown.
+
+While the store is down the counts stay in memory and are merged into the next attempt, so an
+outage loses nothing as long as the process outlives it. The last flush, on shutdown, gets what
+is left of ``drain_timeout``; if the store is still down (or slower than that), those counts are
+dropped: logged one line per key (``usage_dropped``, enough to replay them by hand) and counted
+in ``gateway_usage_dropped_total`` (README "Security and reliability")."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -13,14 +20,17 @@ from gateway.periodic import Periodic
 from gateway.store.usage import UsageDelta
 
 if TYPE_CHECKING:
+    from gateway.metrics import Metrics
     from gateway.store import Store
 
 log = logging.getLogger("gateway.usage")
 
 
 class UsageRecorder:
-    def __init__(self, store: Store, interval: float = 1.0) -> None:
+    def __init__(self, store: Store, interval: float = 1.0, metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
+        self.dropped = 0  # requests whose usage could not be written on shutdown
         self._pending: dict[str, list[int]] = {}  # key_id -> [requests, rate_limited]
         self._last_used: dict[str, float] = {}  # key_id -> time.time(), converted at flush
         self._periodic = Periodic(interval, self._flush_or_retry)
@@ -40,13 +50,30 @@ class UsageRecorder:
     def start(self) -> None:
         self._periodic.start()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """The last flush, within ``timeout`` seconds (None: no bound). Twice is harmless."""
         await self._periodic.stop()
+        pending, last_used = self._pending, self._last_used
         try:
-            await self.flush()
-        except StoreUnavailable:
-            log.error("usage of %d keys could not be written: key store unavailable",
-                      len(self._pending))
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except (StoreUnavailable, TimeoutError) as exc:
+            self._pending, self._last_used = {}, {}
+            self._drop(pending, last_used, "key store unavailable"
+                       if isinstance(exc, StoreUnavailable) else f"no answer within {timeout} s")
+
+    def _drop(self, pending: dict[str, list[int]], last_used: dict[str, float],
+              reason: str) -> None:
+        requests = sum(counts[0] for counts in pending.values())
+        self.dropped += requests
+        if self._metrics is not None:
+            self._metrics.usage_dropped.inc(requests)
+        log.error("usage of %d requests (%d keys) could not be written: %s",
+                  requests, len(pending), reason)
+        for key_id, (count, limited) in pending.items():
+            log.error("usage_dropped", extra={"key_id": key_id, "requests": count,
+                                              "rate_limited": limited,
+                                              "last_used": last_used.get(key_id)})
 
     async def flush(self) -> None:
         if not self._pending:

@@ -28,6 +28,7 @@ from gateway.keys.notify import NOTIFY_CHANNEL, ChangeFeedListener
 from gateway.store import Store
 from gateway.store.db import Conn, Row, Statements
 from gateway.store.dialect import Batch
+from gateway.store.feed import CHANGE_RETENTION
 from gateway.store.rows import utc
 
 if TYPE_CHECKING:
@@ -277,6 +278,7 @@ def postgres_store(url: str, options: KeyStoreConfig) -> Store:
     def listen(
         store: Store, cache: KeyCache, *, poll_interval: float, metrics: Metrics | None
     ) -> ChangeFeed:
-        return ChangeFeedListener(url, cache, connect_timeout=db.connect_timeout, metrics=metrics)
+        return ChangeFeedListener(url, cache, connect_timeout=db.connect_timeout, metrics=metrics,
+                                  retention=CHANGE_RETENTION.total_seconds())
 
     return Store(db, follow=listen)

@@ -4,7 +4,8 @@ gateway and started again. The machine's shared server is never touched.
 While it is down: keys already cached keep working (stale window: ``key_cache.stale_if_error``
 past the ttl, itself capped at 5 s once the change listener is lost); an uncached key is 503
 ``auth_unavailable`` (never 401); ``/readyz`` is 503; no request waits longer than the store's
-command timeout. Once it is back, service resumes by itself within 2 s.
+command timeout; the admin API is 503 ``store_unavailable``. Once it is back, service resumes
+by itself within 2 s.
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ async def test_outage_and_recovery(
                 worst = max(worst, elapsed)
                 status, _, elapsed = await timed_get(session, f"{node.admin_url}/readyz")
                 assert status == 503
+                worst = max(worst, elapsed)
+                status, body, elapsed = await timed_get(  # the admin API: 503, never 401
+                    session, f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys", auth
+                )
+                assert status == 503 and body is not None, (status, body)
+                assert body["code"] == "store_unavailable", body
                 worst = max(worst, elapsed)
             assert worst < COMMAND_TIMEOUT + 0.5, worst
 

@@ -1,5 +1,6 @@
 """ChangeFeedListener: a committed key change evicts the cached entry; a lost listener caps the
-cache ttl, reconnects, and drops the whole cache once it is back."""
+cache ttl, reconnects, and catches up from the change log once it is back (the rest of the
+cache stays)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
     clock = [1000.0]
     cache = KeyCache(reader, KeyCacheConfig(ttl=60.0), clock=lambda: clock[0])
     invalidator = ChangeFeedListener(
-        pg_url, cache, connect_timeout=CONNECT_TIMEOUT, min_backoff=0.01, max_backoff=0.05
+        pg_url, cache, connect_timeout=CONNECT_TIMEOUT, min_backoff=0.01, max_backoff=0.05,
+        keepalive=0.05, catch_up_slack=0.0,
     )
     await invalidator.start()
     try:
@@ -50,19 +52,12 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
         cached = await cache.get(key.key_hash)
         assert cached is not None and cached.status == "revoked"
 
-        # the listener's connection dies: ttl capped at 5 s, then reconnect drops everything
-        admin = await asyncpg.connect(pg_url)
-        try:
-            killed = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'gateway-listener' AND datname = current_database()"
-            )
-        finally:
-            await admin.close()
-        assert killed == 1
+        # the listener's connection dies: ttl capped at 5 s, then it reconnects
+        await asyncio.sleep(0.2)  # keep-alives have read the change log's mark
+        assert await kill_listener(pg_url) == 1
         await until(lambda: invalidator.reconnects == 1)
         assert invalidator.connected
-        assert len(cache) == 0  # dropped on reconnect
+        assert len(cache) == 1  # nothing changed meanwhile: nothing dropped
 
         # while down, entries live at most fallback_ttl
         await cache.get(key.key_hash)
@@ -75,6 +70,58 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
         await cache.get(other.key_hash)
         await writer.update_key(other.key_id, {"name": "renamed"})
         await until(lambda: other.key_hash not in cache._positive)
+    finally:
+        await invalidator.stop()
+        await reader.close()
+        await writer.close()
+
+
+async def kill_listener(pg_url: str) -> int:
+    """Terminate this database's listener connections (only this test's database)."""
+    admin = await asyncpg.connect(pg_url)
+    try:
+        return int(await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'gateway-listener' AND datname = current_database()"
+        ))
+    finally:
+        await admin.close()
+
+
+async def test_a_reconnect_catches_up_on_missed_changes_and_keeps_the_rest(
+    pg_url: str, unused_tcp_port: int
+) -> None:
+    """A change committed while the listener is away is caught up from the change log; the
+    other cached keys stay cached (no cold start against a database that just came back)."""
+    writer = postgres_store(pg_url, KeyStoreConfig())
+    reader = postgres_store(pg_url, KeyStoreConfig())
+    await writer.open()
+    await reader.open()
+    cache = KeyCache(reader, KeyCacheConfig(ttl=60.0))
+    invalidator = ChangeFeedListener(
+        pg_url, cache, connect_timeout=CONNECT_TIMEOUT, keepalive=0.1, min_backoff=0.05,
+        max_backoff=0.2, catch_up_slack=0.2,
+    )
+    await invalidator.start()
+    try:
+        ws = await writer.create_workspace("w")
+        keys = [await writer.create_key(make_record(ws.id), max_active_per_user=10)
+                for _ in range(5)]
+        for key in keys:
+            await cache.get(key.key_hash)
+        await asyncio.sleep(0.5)  # keep-alives read the change log's mark, 0.2 s past the keys
+        invalidator._url = f"postgresql://127.0.0.1:{unused_tcp_port}/x"  # it cannot come back
+        assert await kill_listener(pg_url) == 1
+        await until(lambda: not invalidator.connected)
+        # committed while nobody listens: its message is lost
+        await writer.update_key(keys[0].key_id, {"status": "revoked", "revoked_at": utcnow()})
+        invalidator._url = pg_url  # now it can
+        await until(lambda: invalidator.reconnects == 1)
+        assert invalidator.caught_up == 1
+        assert keys[0].key_hash not in cache._positive  # caught up: evicted
+        assert all(k.key_hash in cache._positive for k in keys[1:])  # the rest stays cached
+        revoked = await cache.get(keys[0].key_hash)
+        assert revoked is not None and revoked.status == "revoked"
     finally:
         await invalidator.stop()
         await reader.close()
