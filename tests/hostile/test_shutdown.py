@@ -30,6 +30,7 @@ from tests.conftest import start_site
 from tests.gateway_process import GatewayProcess, raw_get, route
 from tests.hostile.conftest import read_answer
 from tests.hostile.figures import record
+from tests.test_server import endless
 
 CLIENTS = 8
 UPSTREAM_DELAY = 0.1  # each request is busy this long upstream
@@ -40,15 +41,6 @@ MARGIN = 0.6  # process start-up of the interpreter's exit, the loop's signal ha
 async def delayed(request: web.Request) -> web.Response:
     await asyncio.sleep(UPSTREAM_DELAY)
     return web.Response(text="done\n")
-
-
-async def endless(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse()
-    await response.prepare(request)
-    for _ in range(600):
-        await response.write(b"tick\n")
-        await asyncio.sleep(0.05)
-    return response
 
 
 @pytest.fixture
