@@ -114,7 +114,7 @@ class QuotaConfig:
 
 @dataclass(frozen=True, slots=True)
 class PlanConfig:
-    """A plan a workspace subscribes to (README "Plans, subscriptions and quotas"): each field
+    """A plan a workspace subscribes to (README "Rate limits"): each field
     left out falls through to ``defaults`` (``max_active_keys_per_user``: ``keys``')."""
 
     name: str  # the key of ``plans`` it is declared under (not a key of its own)
