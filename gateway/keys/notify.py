@@ -217,8 +217,8 @@ class ChangeFeedListener:
                 except _ERRORS:
                     backoff = min(backoff * 2, self._max_backoff)
                     continue
-                self.reconnects += 1
                 backoff = self._min_backoff
                 mark = await self._read_mark()  # listening already: nothing after it is missed
                 await self._catch_up(self._mark)  # what was sent while away is lost
                 self._mark = mark if mark is not None else self._mark
+                self.reconnects += 1  # counted once caught up: then the cache is trustworthy

@@ -5,6 +5,7 @@ cache stays)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import asyncpg  # type: ignore[import-untyped]
@@ -109,7 +110,10 @@ async def test_a_reconnect_catches_up_on_missed_changes_and_keeps_the_rest(
                 for _ in range(5)]
         for key in keys:
             await cache.get(key.key_hash)
-        await asyncio.sleep(0.5)  # keep-alives read the change log's mark, 0.2 s past the keys
+        created = time.time()
+        # keep-alives read the change log's mark (the database's clock, this host's): wait for
+        # one past the keys' creation plus the catch-up slack, so only later changes catch up
+        await until(lambda: invalidator._mark is not None and invalidator._mark[1] > created + 0.3)
         invalidator._url = f"postgresql://127.0.0.1:{unused_tcp_port}/x"  # it cannot come back
         assert await kill_listener(pg_url) == 1
         await until(lambda: not invalidator.connected)
