@@ -66,7 +66,7 @@ def gateway(cfg: Path, *args: str) -> list[str]:
 
 
 def cli(repo: Path, cfg: Path, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONHASHSEED": "0"}  # same dict layouts
     done = subprocess.run(gateway(cfg, *args), cwd=repo, env=env, capture_output=True,
                           text=True, timeout=120, check=True)
     return done.stdout
@@ -131,7 +131,7 @@ def main() -> int:
             data = with_plan(data)
         cfg = directory / "gateway.yaml"
         cfg.write_text(json.dumps(data))
-        env = {**os.environ, "PYTHONPATH": str(repo)}
+        env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONHASHSEED": "0"}  # same dict layouts
         echo = subprocess.Popen(
             [sys.executable, "-m", "gateway", "echo-upstream", "--listen", f"{HOST}:{upstream}"],
             cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
