@@ -93,6 +93,10 @@ class GatewayProcess:
         assert done.returncode == 0, done.stderr.decode(errors="replace")
         return done.stdout.decode()
 
+    def admin_key(self) -> str:
+        """A new operator admin key's plaintext (``admin-key create`` also migrates)."""
+        return self.command("admin-key", "create", "--name", "t").strip().splitlines()[-1]
+
     @property
     def pid(self) -> int:
         assert self.process is not None
@@ -121,6 +125,13 @@ class GatewayProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"gateway not ready:\n{self.log_text()}")
             await asyncio.sleep(0.05)
+
+    @staticmethod
+    async def start_all(nodes: list[GatewayProcess], session: aiohttp.ClientSession) -> None:
+        """Start every node, then wait until each is ready."""
+        for node in nodes:
+            node.start()
+        await asyncio.gather(*(node.wait_ready(session) for node in nodes))
 
     async def wait_exit(self, timeout: float) -> int:
         assert self.process is not None

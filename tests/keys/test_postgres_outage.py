@@ -107,7 +107,7 @@ async def test_outage_and_recovery(
         defaults={"rate_limit": {"requests": 100000, "window": 60}, "max_concurrent": 100},
     )
     try:
-        token = node.command("admin-key", "create", "--name", "t").strip().splitlines()[-1]
+        token = node.admin_key()
         node.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await node.wait_ready(session)

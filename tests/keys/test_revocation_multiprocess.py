@@ -111,11 +111,9 @@ async def three_nodes(pg_url: str, tmp_path: Path, upstream: Upstream) -> AsyncI
         for i in range(3)
     ]
     try:
-        token = nodes[0].command("admin-key", "create", "--name", "t").strip().splitlines()[-1]
-        for node in nodes:  # the command above migrated the empty database
-            node.start()
+        token = nodes[0].admin_key()  # it also migrates the empty database
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            await asyncio.gather(*(node.wait_ready(session) for node in nodes))
+            await GatewayProcess.start_all(nodes, session)
             auth = bearer(token)
             async with session.post(
                 f"{nodes[0].admin_url}/admin/v1/workspaces", json={"name": "rev"}, headers=auth

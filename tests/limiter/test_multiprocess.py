@@ -63,11 +63,9 @@ async def test_two_processes_never_admit_more_than_the_limit(
     database = f"sqlite:///{tmp_path}/gateway.db"
     nodes = [node(tmp_path / f"node{i}", database, upstream_port, redis_prefix) for i in range(2)]
     try:
-        token = nodes[0].command("admin-key", "create", "--name", "t").strip().splitlines()[-1]
-        for gateway in nodes:
-            gateway.start()
+        token = nodes[0].admin_key()
         async with aiohttp.ClientSession() as admin:
-            await asyncio.gather(*(gateway.wait_ready(admin) for gateway in nodes))
+            await GatewayProcess.start_all(nodes, admin)
             heavy, light = [await create_key(admin, nodes[0], token, n) for n in "hl"]
         statuses = await offer_load(nodes, heavy, light)
     finally:

@@ -61,11 +61,9 @@ async def test_quota_across_two_nodes_and_subscription_changes(
         for i in range(2)
     ]
     try:
-        token = nodes[0].command("admin-key", "create", "--name", "t").strip().splitlines()[-1]
-        for gateway in nodes:
-            gateway.start()
+        token = nodes[0].admin_key()
         async with aiohttp.ClientSession() as session:
-            await asyncio.gather(*(gateway.wait_ready(session) for gateway in nodes))
+            await GatewayProcess.start_all(nodes, session)
             admin = Admin(session, nodes[0], token)
             await scenario(session, admin, nodes)
     finally:
