@@ -374,9 +374,19 @@ CASES: dict[str, str] = {
     ),
     "route_unknown_key.yaml": (
         "routes[0].upstreams: unknown key (did you mean 'upstream'? allowed: name, path, "
-        "upstream, strip_prefix, auth, permissions, rate_limit, max_concurrent, on_limiter_error, "
-        "timeout, max_body_bytes, cors, resource, operations), got ['http://127.0.0.1:9001']"
+        "mode, upstream, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
+        "on_limiter_error, timeout, max_body_bytes, cors, resource, operations), "
+        "got ['http://127.0.0.1:9001']"
     ),
+    "route_verify_with_upstream.yaml": (
+        "routes[1].upstream: a verify route (mode: verify) has no upstream, "
+        "got 'http://127.0.0.1:9000'"
+    ),
+    "route_verify_with_permissions.yaml": (
+        "routes[1].permissions: not used by a verify route (mode: verify): the route the "
+        "original request matches decides, got ['read']"
+    ),
+    "route_bad_mode.yaml": "routes[0].mode: must be one of proxy, verify, got 'forward'",
     "route_bad_name.yaml": (
         "routes[0].name: must be 1-64 characters of A-Za-z0-9_.-, got 'my route'"
     ),

@@ -138,13 +138,16 @@ class CorsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
-    """``path``: a prefix ending in "/", may hold {param} segments; ``upstreams``: round robin;
-    ``permissions``: method -> permissions ("*": every method not listed); ``resource``: a path
-    parameter checked against the key's scopes with ``operations`` (method -> operation)."""
+    """``path``: a prefix ending in "/", may hold {param} segments; ``mode``: ``proxy``
+    forwards to ``upstreams`` (round robin, required), ``verify`` answers forward-auth checks
+    for the other routes and takes nothing else (README "Forward auth"); ``permissions``:
+    method -> permissions ("*": every method not listed); ``resource``: a path parameter checked
+    against the key's scopes with ``operations`` (method -> operation)."""
 
     name: str = required(route_name)
     path: str = required(route_path)
-    upstreams: tuple[str, ...] = required(upstream_urls, key="upstream")
+    mode: str = option("proxy", parsers.choice("proxy", "verify"))
+    upstreams: tuple[str, ...] = option((), upstream_urls, key="upstream")  # proxy: required
     strip_prefix: bool = option(False, parsers.boolean)
     auth: str = option("required", parsers.choice("required", "none"))
     permissions: Mapping[str, tuple[str, ...]] = option({}, route_permissions)

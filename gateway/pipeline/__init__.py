@@ -38,6 +38,7 @@ from gateway.pipeline import (
     rate_limit,
     request_id,
     tenancy,
+    verify,
 )
 from gateway.pipeline.record import build_recorder
 from gateway.services import Services
@@ -55,17 +56,45 @@ ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     rate_limit.build,  # sliding window + in-flight cap per key, one limiter call (429)
     forward.build,  # to the upstream, count usage: the last stage answers every request
 )
+# A verify route (README "Forward auth") runs, for the proxy route its original request
+# matches, those same stages with the last one answering 200 instead of forwarding: built from
+# ROUTE_STAGES, so a stage added there is checked by forward auth too.
+VERIFY_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
+    *ROUTE_STAGES[:-1],
+    verify.answer,  # 200, empty body, the identity headers the upstream would have received
+)
 # Failures from any of them: failure.build decides the answer (gateway.problem renders it),
 # in the driver below.
 
 
 class RoutePath:
-    """One route's stages, built once; the last one (forward) always answers."""
+    """One route's checks, built once; the last one (forward, or verify's) always answers."""
 
     __slots__ = ("checks",)
 
-    def __init__(self, route: RouteConfig, services: Services) -> None:
-        self.checks = tuple(c for stage in ROUTE_STAGES if (c := stage(route, services)))
+    def __init__(self, checks: tuple[Check, ...]) -> None:
+        self.checks = checks
+
+
+def build_checks(
+    stages: tuple[Callable[[RouteConfig, Services], Check | None], ...],
+    route: RouteConfig,
+    services: Services,
+) -> tuple[Check, ...]:
+    return tuple(c for stage in stages if (c := stage(route, services)))
+
+
+def route_paths(services: Services) -> dict[str, RoutePath]:
+    """Each route's checks by name; only a config with a verify route builds VERIFY_STAGES."""
+    routes = services.config.routes
+    proxied = [r for r in routes if r.mode == "proxy"]
+    paths = {r.name: RoutePath(build_checks(ROUTE_STAGES, r, services)) for r in proxied}
+    verifying = [r for r in routes if r.mode == "verify"]
+    if verifying:
+        chains = {r.name: build_checks(VERIFY_STAGES, r, services) for r in proxied}
+        checking = RoutePath((verify.build(proxied, chains, services),))  # one for them all
+        paths.update((r.name, checking) for r in verifying)
+    return paths
 
 
 class Pipeline:
@@ -74,7 +103,7 @@ class Pipeline:
     __slots__ = ("front", "handle_errors", "idle", "in_flight", "paths", "record")
 
     def __init__(self, services: Services) -> None:
-        self.paths = {r.name: RoutePath(r, services) for r in services.config.routes}
+        self.paths = route_paths(services)
         self.front = tuple(stage(services) for stage in FRONT_STAGES)
         self.handle_errors = failure.build(services)
         self.record = build_recorder(services)  # metrics and access log, once per request
