@@ -21,7 +21,16 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway.admin import audit, health, keys, members, openapi, subscriptions, workspaces
+from gateway.admin import (
+    audit,
+    health,
+    key_check,
+    keys,
+    members,
+    openapi,
+    subscriptions,
+    workspaces,
+)
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
 from gateway.admin.failure import errors_middleware, hide_server
 from gateway.admin.query import query_allowlist
@@ -36,6 +45,7 @@ ROUTES: tuple[Route, ...] = (
     *workspaces.ROUTES,  # workspaces, and their projects and namespaces
     *members.ROUTES,
     *subscriptions.ROUTES,  # a workspace's plan and its quota counters
+    *key_check.ROUTES,  # before keys': /keys/verify is no {key_id}
     *keys.ROUTES,
     *audit.ROUTES,
     *openapi.ROUTES,  # the document of this table

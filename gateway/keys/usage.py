@@ -47,6 +47,18 @@ class UsageRecorder:
         counts = self._pending.setdefault(key_id, [0, 0])
         counts[1] += 1
 
+    def record_outcome(self, key_id: str, code: str) -> None:
+        """One check of the key (the key check API) that ended in ``code``: ``ok`` or the
+        error code the request path would have answered.
+
+        Minimal for now: the usage rebuild (outcomes per key and minute, README "Usage")
+        replaces this body; until then ``ok`` counts as a request, a refusal by a rate limit
+        or quota as rate limited, anything else not at all."""
+        if code == "ok":
+            self.used(key_id)
+        elif code in ("rate_limited", "quota_exceeded"):
+            self.rate_limited(key_id)
+
     def start(self) -> None:
         self._periodic.start()
 
