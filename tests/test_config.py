@@ -57,7 +57,9 @@ def test_example_config_loads_with_expected_routes() -> None:
     assert config.defaults.rate_limit == RateLimit(100, 60.0)
     assert (config.defaults.max_concurrent, config.defaults.on_limiter_error) == (10, "local")
 
-    models, retrievers, public = config.routes
+    models, retrievers, public, forward_auth = config.routes
+    assert (models.mode, forward_auth.mode) == ("proxy", "verify")
+    assert (forward_auth.path, forward_auth.upstreams) == ("/_verify/", ())
     assert (models.name, models.path, models.upstreams) == (
         "models",
         "/api/ai/",
