@@ -3,7 +3,9 @@ holds a request (nginx ``auth_request``, Traefik ``forwardAuth``) whether it may
 
 On this route only, the original method and URI come from ``X-Original-Method`` and
 ``X-Original-URI``, else ``X-Forwarded-Method`` and ``X-Forwarded-Uri``; every other header is
-the original request's, as the ingress passes them on. The URI is routed against the proxy
+the original request's, as the ingress passes them on. The ingress must keep a client from
+setting the pair read (README "Forward auth": nginx sets ``X-Original-*`` itself, Traefik's
+``authRequestHeaders`` keeps the client's copies away). The URI is routed against the proxy
 routes (400 when it cannot be normalised, 404 when none matches), and the matched route's stages
 then run as if that request had come in: CORS, authenticate, authorize, tenancy, rate limit and
 quotas, built a second time at start-up with ``answer`` in place of ``forward``. ``answer``
@@ -98,8 +100,9 @@ def build(
 
 def answer(route: RouteConfig, services: Services) -> Check:
     """The last stage of a check: 200, no body, the identity headers and the route's own
-    response headers (request id, ``RateLimit-*``, CORS). Usage is counted once per request
-    by the driver's recorder, from the key and the status, as for a forwarded request."""
+    response headers (request id, ``RateLimit-*``, CORS). Usage is not counted here: the
+    driver's recorder (gateway.pipeline.record) counts each request once, from the exchange's
+    key and error code and the status, checks and forwarded requests alike."""
 
     def allow(exchange: Exchange) -> web.Response:
         headers = dict(exchange.response_headers)

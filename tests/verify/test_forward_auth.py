@@ -51,6 +51,15 @@ async def test_traefik_headers_are_read_too(
         assert response.status == 200
 
 
+async def test_x_original_headers_win_over_x_forwarded(
+    http: aiohttp.ClientSession, gateway: Gateway
+) -> None:
+    key = await gateway.key(permissions=["read"])
+    answer = await check(http, gateway, "POST", "/api/ai/x", key,
+                         {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/public/x"})
+    assert (answer.status, answer.code()) == (403, "insufficient_permissions")
+
+
 @pytest.mark.parametrize("headers", [
     {},
     {"X-Original-Method": "GET"},
