@@ -21,7 +21,16 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway.admin import audit, health, keys, members, openapi, subscriptions, workspaces
+from gateway.admin import (
+    audit,
+    health,
+    keys,
+    members,
+    openapi,
+    subscriptions,
+    usage,
+    workspaces,
+)
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
 from gateway.admin.failure import errors_middleware, hide_server
 from gateway.admin.query import query_allowlist
@@ -37,6 +46,7 @@ ROUTES: tuple[Route, ...] = (
     *members.ROUTES,
     *subscriptions.ROUTES,  # a workspace's plan and its quota counters
     *keys.ROUTES,
+    *usage.ROUTES,  # a key's and a workspace's usage over time
     *audit.ROUTES,
     *openapi.ROUTES,  # the document of this table
     *health.ROUTES,  # healthz, readyz, metrics: open
