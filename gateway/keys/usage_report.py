@@ -34,7 +34,8 @@ class Window:
 def parse_window(query: Mapping[str, str], now: float) -> Window:
     """``from``/``to`` (RFC 3339) and ``granularity`` (minute, hour, day), each optional:
     ``to`` defaults to now, ``from`` to 24 hours before ``to``, the granularity to hour. The
-    window is widened to whole buckets; more than 1440 of them is a validation error."""
+    window is widened to whole buckets (``from`` down, ``to`` up); more than 1440 of them is a
+    validation error."""
     errors: dict[str, str] = {}
     granularity = query.get("granularity", DEFAULT_GRANULARITY)
     seconds = GRANULARITIES.get(granularity)
@@ -43,12 +44,11 @@ def parse_window(query: Mapping[str, str], now: float) -> Window:
         seconds = GRANULARITIES[DEFAULT_GRANULARITY]
     end = _instant(query, "to", errors)
     end = int(now) if end is None else end
+    end += -end % seconds
     start = _instant(query, "from", errors)
-    start = end - DEFAULT_SPAN if start is None else start
+    start = end - DEFAULT_SPAN if start is None else start - start % seconds
     if errors:
         raise ValidationError(errors)
-    start -= start % seconds
-    end += -end % seconds
     if end <= start:
         raise ValidationError({"from": "must be before to"})
     if (end - start) // seconds > MAX_BUCKETS:
