@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.keys.model import GRANULARITIES, OUTCOMES, KeyUsage, TopKey, UsagePoint
-from gateway.store.db import Conn, Db
+from gateway.store.db import Conn, Db, Row
 
 MINUTE, HOUR, DAY = GRANULARITIES["minute"], GRANULARITIES["hour"], GRANULARITIES["day"]
 
@@ -71,16 +71,19 @@ EXPIRE = tuple(
 )
 
 
+ROLLED_TO = "SELECT rolled_to FROM usage_rollup WHERE id = 1"
+
+
 def _series(table: str, subject: str) -> str:
-    """Buckets of granularity $2 in [$3, $4) of one subject ($1), plus the minutes the roll-up
-    has not reached yet, summed into the buckets they belong to."""
-    pick = f"{subject} = $1 AND start >= $3 AND start < $4"
+    """Buckets of granularity $2 in [$3, $4) of one subject ($1), plus the minutes from $5 (the
+    roll-up's mark, or $3 if later) the roll-up has not reached yet, summed into their buckets."""
     return (
         f"SELECT b, {_SUMS} FROM ("
-        f"SELECT start AS b, {_COLUMNS} FROM {table} WHERE {pick} AND granularity = $2 "
-        f"UNION ALL SELECT start - start % $2 AS b, {_COLUMNS} FROM {table} WHERE {pick} "
-        f"AND granularity = {MINUTE} AND $2 <> {MINUTE} "
-        "AND start >= (SELECT rolled_to FROM usage_rollup WHERE id = 1)"
+        f"SELECT start AS b, {_COLUMNS} FROM {table} WHERE {subject} = $1 AND granularity = $2 "
+        "AND start >= $3 AND start < $4 "
+        f"UNION ALL SELECT start - start % $2 AS b, {_COLUMNS} FROM {table} "
+        f"WHERE {subject} = $1 AND granularity = {MINUTE} AND $2 <> {MINUTE} "
+        "AND start >= $5 AND start < $4"
         ") AS u GROUP BY b ORDER BY b"
     )
 
@@ -92,10 +95,9 @@ TOP_KEYS = (
     f"SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
     "AND granularity = $2 AND start >= $3 AND start < $4 "
     f"UNION ALL SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
-    f"AND granularity = {MINUTE} AND $2 <> {MINUTE} AND start >= $3 AND start < $4 "
-    "AND start >= (SELECT rolled_to FROM usage_rollup WHERE id = 1)"
+    f"AND granularity = {MINUTE} AND $2 <> {MINUTE} AND start >= $5 AND start < $4"
     ") AS u JOIN api_keys AS k ON k.key_id = u.key_id "
-    "GROUP BY u.key_id, k.name ORDER BY total DESC, u.key_id LIMIT $5"
+    "GROUP BY u.key_id, k.name ORDER BY total DESC, u.key_id LIMIT $6"
 )
 
 
@@ -151,9 +153,7 @@ class UsageTable:
         if not minutes:
             return
         async with self._db.transaction() as tx:
-            rolled_to = await tx.fetchval(
-                "SELECT rolled_to FROM usage_rollup WHERE id = 1" + self._dialect.share_lock
-            )
+            rolled_to = await tx.fetchval(ROLLED_TO + self._dialect.share_lock)
             keys, workspaces = _bucket_rows(minutes, int(rolled_to))
             await tx.executemany(ADD_KEY_BUCKET, keys)
             await tx.executemany(ADD_WORKSPACE_BUCKET, workspaces)
@@ -166,9 +166,7 @@ class UsageTable:
         nothing left to roll. Returns the minute rolled up to."""
         cutoff = now - now % MINUTE
         async with self._db.transaction() as tx:
-            rolled_to = int(await tx.fetchval(
-                "SELECT rolled_to FROM usage_rollup WHERE id = 1" + self._dialect.row_lock
-            ))
+            rolled_to = int(await tx.fetchval(ROLLED_TO + self._dialect.row_lock))
             if cutoff > rolled_to:
                 await self._roll(tx, rolled_to, cutoff)
             await self._expire(tx, now, max(cutoff, rolled_to), retention)
@@ -202,7 +200,7 @@ class UsageTable:
     async def _series(
         self, sql: str, subject: str, granularity: int, start: int, end: int
     ) -> list[UsagePoint]:
-        rows = await self._db.fetch(sql, subject, granularity, start, end)
+        rows = await self._read(sql, subject, granularity, start, end)
         width = len(OUTCOMES)
         return [UsagePoint(int(row[0]), tuple(int(row[i + 1]) for i in range(width)))
                 for row in rows]
@@ -210,8 +208,18 @@ class UsageTable:
     async def top_keys(
         self, workspace_id: str, granularity: int, start: int, end: int, limit: int = 10
     ) -> list[TopKey]:
-        rows = await self._db.fetch(TOP_KEYS, workspace_id, granularity, start, end, limit)
+        rows = await self._read(TOP_KEYS, workspace_id, granularity, start, end, limit)
         return [TopKey(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+
+    async def _read(self, sql: str, subject: str, granularity: int, start: int, end: int,
+                    *more: object) -> list[Row]:
+        """One snapshot: the roll-up's mark, then the rows, so no minute is read twice (as
+        itself and in its hour) or missed. The mark is a parameter, not a subquery, so the
+        index bounds the minutes read."""
+        async with self._db.transaction(snapshot=True) as tx:
+            rolled_to = int(await tx.fetchval(ROLLED_TO))
+            return await tx.fetch(sql, subject, granularity, start, end, max(start, rolled_to),
+                                  *more)
 
     async def get(self, key_id: str) -> KeyUsage | None:
         row = await self._db.fetchrow(SELECT_USAGE, key_id)
@@ -221,10 +229,12 @@ class UsageTable:
         return KeyUsage(str(row[0]), int(row[1]), int(row[2]), last_used_at)
 
 
-Row = tuple[object, ...]
+Values = tuple[object, ...]
 
 
-def _bucket_rows(minutes: Sequence[MinuteCounts], rolled_to: int) -> tuple[list[Row], list[Row]]:
+def _bucket_rows(
+    minutes: Sequence[MinuteCounts], rolled_to: int
+) -> tuple[list[Values], list[Values]]:
     """The key rows and the workspace rows to add, each sorted by its primary key. A minute
     the roll-up has passed is added to its hour and day as well."""
     keys: dict[tuple[str, int, int], list[int]] = {}
@@ -239,8 +249,10 @@ def _bucket_rows(minutes: Sequence[MinuteCounts], rolled_to: int) -> tuple[list[
             _add(keys, (m.key_id, granularity, start), m.counts)
             if m.workspace_id is not None:
                 _add(workspaces, (m.workspace_id, granularity, start), m.counts)
-    key_rows: list[Row] = [(*k, *counts, workspace_of[k[0]]) for k, counts in sorted(keys.items())]
-    workspace_rows: list[Row] = [(*k, *counts) for k, counts in sorted(workspaces.items())]
+    key_rows: list[Values] = [
+        (*k, *counts, workspace_of[k[0]]) for k, counts in sorted(keys.items())
+    ]
+    workspace_rows: list[Values] = [(*k, *counts) for k, counts in sorted(workspaces.items())]
     return key_rows, workspace_rows
 
 
