@@ -9,8 +9,8 @@ days by hour and over 90 days by day, and a key's last 24 hours by minute.
     python scripts/usage_seed.py --database postgresql://postgres@127.0.0.1:5432/usage_seed
     python scripts/usage_seed.py --database sqlite:////tmp/usage_seed.db
 
-The database must be empty or not exist yet (a Postgres database is created when missing;
-``--drop`` drops it afterwards).
+A Postgres database is created when missing; ``--drop`` drops it afterwards. Run again on a
+kept database, it only times the queries.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def history(key_ids: list[str], workspace_id: str, now: int, days: int, active: 
 async def load(store: Store, rows: list[tuple[Any, ...]],
                workspace_rows: list[tuple[Any, ...]], now: int) -> None:
     if store.db.dialect.name == "postgres":
-        async with store.db.connection() as conn:
+        db: Any = store.db  # Postgres: the pool hands out asyncpg connections
+        async with db.connection() as conn:
             raw: Any = conn
             await raw.copy_records_to_table("usage_key_buckets", records=rows, columns=COLUMNS)
             await raw.copy_records_to_table("usage_workspace_buckets", records=workspace_rows,
@@ -171,13 +172,23 @@ async def main() -> int:
     now = int(time.time())
     try:
         started = time.perf_counter()
-        workspace = await store.create_workspace("seeded")
-        key_ids = await make_keys(store, workspace.id, args.keys)
-        rows, workspace_rows = history(key_ids, workspace.id, now, args.days, args.active,
-                                       args.busy, rng)
-        await load(store, rows, workspace_rows, now)
-        print(f"seeded {args.keys} keys, {len(rows)} key buckets, {len(workspace_rows)} "
-              f"workspace buckets in {time.perf_counter() - started:.0f} s ({args.database})")
+        seeded = [w for w in await store.list_workspaces() if w.name == "seeded"]
+        if seeded:  # a run that was kept (no --drop): time the queries again
+            workspace = seeded[0]
+            found = await store.db.fetch("SELECT key_id FROM api_keys WHERE workspace_id = $1",
+                                         workspace.id)
+            key_ids = [str(row[0]) for row in found]
+            now = int(await store.db.fetchval("SELECT rolled_to FROM usage_rollup WHERE id = 1"))
+        else:
+            workspace = await store.create_workspace("seeded")
+            key_ids = await make_keys(store, workspace.id, args.keys)
+            rows, workspace_rows = history(key_ids, workspace.id, now, args.days, args.active,
+                                           args.busy, rng)
+            await load(store, rows, workspace_rows, now)
+            print(f"seeded {args.keys} keys, {len(rows)} key buckets, {len(workspace_rows)} "
+                  f"workspace buckets in {time.perf_counter() - started:.0f} s")
+        count = await store.db.fetchval("SELECT COUNT(*) FROM usage_key_buckets")
+        print(f"{args.database}: {len(key_ids)} keys, {count} key buckets")
         usage = store.usage
         end = now - now % HOUR + HOUR
         month, quarter = (end - 30 * DAY, end), (end - end % DAY - 89 * DAY, end - end % DAY + DAY)

@@ -90,14 +90,14 @@ def _series(table: str, subject: str) -> str:
 
 KEY_SERIES = _series("usage_key_buckets", "key_id")
 WORKSPACE_SERIES = _series("usage_workspace_buckets", "workspace_id")
-TOP_KEYS = (
-    "SELECT u.key_id, k.name, SUM(u.n) AS total FROM ("
+TOP_KEYS = (  # summed per key first, the names joined to the ten that win
+    "SELECT t.key_id, k.name, t.total FROM (SELECT key_id, SUM(n) AS total FROM ("
     f"SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
     "AND granularity = $2 AND start >= $3 AND start < $4 "
     f"UNION ALL SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
     f"AND granularity = {MINUTE} AND $2 <> {MINUTE} AND start >= $5 AND start < $4"
-    ") AS u JOIN api_keys AS k ON k.key_id = u.key_id "
-    "GROUP BY u.key_id, k.name ORDER BY total DESC, u.key_id LIMIT $6"
+    ") AS u GROUP BY key_id ORDER BY total DESC, key_id LIMIT $6"
+    ") AS t JOIN api_keys AS k ON k.key_id = t.key_id ORDER BY t.total DESC, t.key_id"
 )
 
 
