@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -24,8 +25,9 @@ from gateway.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from gateway.keys.model import ROLES, KeyRecord, utcnow
+from gateway.keys.model import GRANULARITIES, OUTCOMES, ROLES, KeyRecord, utcnow
 from gateway.keys.service import KeyService
+from gateway.keys.usage_report import parse_window
 from gateway.services import open_store
 
 EXIT_OK = 0
@@ -172,6 +174,32 @@ async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
     return await with_service(config, action)
 
 
+async def cmd_keys_usage(args: argparse.Namespace, config: Config) -> int:
+    window_args = {"from": args.from_, "to": args.to, "granularity": args.granularity}
+    window = parse_window({k: v for k, v in window_args.items() if v is not None}, time.time())
+
+    async def action(service: KeyService) -> int:
+        sys.stdout.write(usage_table(await service.key_usage(args.key_id, window)))
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+def usage_table(usage: dict[str, Any]) -> str:
+    """A key's usage as a text table: one row per bucket, then the totals."""
+    header = ["start", *OUTCOMES]
+    rows = [[entry["start"], *(str(entry[name]) for name in OUTCOMES)]
+            for entry in usage["series"]]
+    rows.append(["total", *(str(usage["totals"][name]) for name in OUTCOMES)])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [f"{usage['key_id']}: by {usage['granularity']} from {usage['from']} to {usage['to']}"]
+    for row in [header, *rows]:
+        lines.append("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+    lines.append(f"last used {usage['last_used_at'] or 'never'}; lifetime: {usage['requests']} "
+                 f"requests, {usage['rate_limited']} rate limited")
+    return "\n".join(lines) + "\n"
+
+
 async def cmd_workspaces_create(args: argparse.Namespace, config: Config) -> int:
     async def action(service: KeyService) -> int:
         emit((await service.create_workspace(args.name, "cli")).to_public())
@@ -298,6 +326,11 @@ def _keys_parser(sub: Any) -> None:
                        ("disable", "disable a key until enabled (401 disabled_api_key)"),
                        ("enable", "enable a disabled key")):
         keys.add_parser(name, help=text).add_argument("key_id", help="the key's key_id")
+    usage = keys.add_parser("usage", help="a key's usage over time, by outcome")
+    usage.add_argument("key_id", help="the key's key_id")
+    usage.add_argument("--from", dest="from_", help="RFC 3339 (default: 24 hours before --to)")
+    usage.add_argument("--to", help="RFC 3339, excluded (default: now)")
+    usage.add_argument("--granularity", choices=tuple(GRANULARITIES), help="default: hour")
     rotate = keys.add_parser("rotate")
     rotate.add_argument("key_id")
     rotate.add_argument("--grace-period", type=int, default=0, help="seconds (default 0)")
@@ -330,6 +363,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("keys", "rotate"): cmd_keys_rotate,
     ("keys", "disable"): cmd_keys_disable,
     ("keys", "enable"): cmd_keys_enable,
+    ("keys", "usage"): cmd_keys_usage,
     ("members", "add"): cmd_members_add,
     ("members", "list"): cmd_members_list,
     ("members", "set-role"): cmd_members_set_role,

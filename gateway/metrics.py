@@ -180,6 +180,19 @@ class Metrics:
             "gateway_usage_dropped", "Requests whose usage was never written: the key store was "
             "still down at shutdown (README \"Security and reliability\").", registry=registry,
         )
+        self.usage_buckets_dropped = Counter(
+            "gateway_usage_buckets_dropped", "Usage buckets (one key, one minute) never written: "
+            "past usage.max_pending_buckets while the store was down, or still unwritten at "
+            "shutdown (README \"Usage over time\").", registry=registry,
+        )
+        self.usage_pending = Gauge(
+            "gateway_usage_pending_buckets", "Usage buckets (one key, one minute) counted and "
+            "not yet written.", multiprocess_mode="livesum", registry=registry,
+        )
+        self.usage_flush = Histogram(
+            "gateway_usage_flush_seconds", "Time to write one batch of usage buckets.",
+            buckets=LAG_BUCKETS, registry=registry,
+        )
         self.key_cache_lookups = Counter(
             "gateway_key_cache_lookups", "Key-cache lookups, by result (hit, negative_hit: a "
             "known-unknown key, miss: the store was asked).", ("result",), registry=registry,

@@ -18,7 +18,7 @@ from gateway.errors import ConfigError
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import KeyHasher
 from gateway.keys.tenancy_cache import TenancyCache
-from gateway.keys.usage import UsageRecorder
+from gateway.keys.usage import UsageRecorder, UsageRollup
 from gateway.limiter.base import RateLimiter
 from gateway.limiter.memory import MemoryRateLimiter
 from gateway.limiter.redis import RedisRateLimiter
@@ -113,9 +113,12 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         feed = store.change_feed(cache, poll_interval=poll, metrics=metrics)
         await feed.start()
         stack.push_async_callback(feed.stop)
-        usage = UsageRecorder(store, metrics=metrics)
+        usage = UsageRecorder(store, config.usage, metrics)
         usage.start()
         stack.push_async_callback(usage.stop)
+        rollup = UsageRollup(store, config.usage)
+        rollup.start()
+        stack.push_async_callback(rollup.stop)
         # a verify route (README "Forward auth") has no upstream of its own
         upstreams = {r.name: UpstreamGroup(r.upstreams) for r in config.routes if r.upstreams}
         for group in upstreams.values():

@@ -29,6 +29,7 @@ from gateway.admin import (
     members,
     openapi,
     subscriptions,
+    usage,
     workspaces,
 )
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
@@ -47,6 +48,7 @@ ROUTES: tuple[Route, ...] = (
     *subscriptions.ROUTES,  # a workspace's plan and its quota counters
     *key_check.ROUTES,  # before keys': /keys/verify is no {key_id}
     *keys.ROUTES,
+    *usage.ROUTES,  # a key's and a workspace's usage over time
     *audit.ROUTES,
     *openapi.ROUTES,  # the document of this table
     *health.ROUTES,  # healthz, readyz, metrics: open

@@ -113,7 +113,7 @@ async def check(services: Services, ask: dict[str, Any], workspace_id: str | Non
         decision = await peek(services, record)
     else:
         decision = None  # refused as a key (revoked, expired, disabled): no budget to show
-    services.usage.record_outcome(record.key_id, code)
+    services.usage.record_outcome(record.key_id, record.workspace_id, code)
     return answer(code, record, decision)
 
 

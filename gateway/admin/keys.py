@@ -1,5 +1,5 @@
 """API keys of a workspace: create (also for a member by email, seed 002's path), list, show,
-update, disable, enable, revoke, rotate, usage (README "Admin API")."""
+update, disable, enable, revoke, rotate (README "Admin API"); their usage is in ``usage``."""
 
 from __future__ import annotations
 
@@ -139,18 +139,6 @@ async def rotate_key(request: web.Request) -> web.Response:
     return json_response({**new.to_public(utcnow()), "key": plaintext}, 201)
 
 
-async def key_usage(request: web.Request) -> web.Response:
-    key_id = request.match_info["key_id"]
-    usage = await request.app[KEY_SERVICE].usage(key_id, caller_workspace(request))
-    last = usage.last_used_at
-    return json_response({
-        "key_id": key_id,
-        "requests": usage.requests,
-        "rate_limited": usage.rate_limited,
-        "last_used_at": last.isoformat().replace("+00:00", "Z") if last else None,
-    })
-
-
 ROUTES = (
     Route("POST", WORKSPACE_KEYS, create_key, "Create key", returns(201, "CreatedKey"),
           body="KeyCreate", errors=WRITE),
@@ -165,7 +153,6 @@ ROUTES = (
     Route("POST", KEY + "/enable", enable_key, "Enable key", returns(200, "Key"), errors=STATE),
     Route("POST", KEY + "/rotate", rotate_key, "Rotate key", returns(201, "CreatedKey"),
           body="Rotate", errors=WRITE),
-    Route("GET", KEY + "/usage", key_usage, "Key usage", returns(200, "Usage")),
     Route("POST", MEMBER_KEYS, create_member_key, "Create member key",
           returns(201, "CreatedKey"), body="MemberKeyCreate", errors=WRITE, query=(
               query_param("workspace_id", {"type": "string"},

@@ -23,7 +23,14 @@ from aiohttp import web
 from gateway.admin.handler import json_response
 from gateway.admin.route import JSON, UNSCOPED, Reply, Route, Schema, ref
 from gateway.admin.state import OPENAPI
-from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, ROLES, STATUSES
+from gateway.keys.model import (
+    ENVIRONMENTS,
+    KEY_TYPES,
+    OUTCOMES,
+    PERMISSION_PATTERN,
+    ROLES,
+    STATUSES,
+)
 from gateway.keys.validation import (
     COUNT_MAX,
     DESCRIPTION_MAX,
@@ -112,6 +119,15 @@ def _object(properties: dict[str, Schema]) -> Schema:
 _STRING = {"type": "string"}
 _OPT_STRING = {"type": ["string", "null"]}
 _OPT_TIME = _nullable(TIMESTAMP)
+_COUNT = {"type": "integer", "minimum": 0}
+_WINDOW = {  # a usage series (README "Usage over time")
+    "granularity": {"enum": ["minute", "hour", "day"]},
+    "from": TIMESTAMP,
+    "to": TIMESTAMP,
+    "series": {"type": "array", "items": ref("UsageBucket"),
+               "description": "one entry per bucket of [from, to), zeros included"},
+    "totals": ref("UsageCounts"),
+}
 KEY_OBJECT: dict[str, Schema] = {
     "key_id": _STRING, "name": _STRING, "description": _STRING,
     "workspace_id": _OPT_STRING, "project_id": _OPT_STRING, "user_id": _OPT_STRING,
@@ -185,9 +201,12 @@ SCHEMAS: dict[str, Schema] = {
     "Namespace": _object(TENANT),
     "Usage": _object({
         "key_id": _STRING,
-        "requests": {"type": "integer", "minimum": 0},
-        "rate_limited": {"type": "integer", "minimum": 0},
+        **_WINDOW,
         "last_used_at": _OPT_TIME,
+        "requests": {"type": "integer", "minimum": 0,
+                     "description": "lifetime: requests that reached the upstream"},
+        "rate_limited": {"type": "integer", "minimum": 0,
+                         "description": "lifetime: refused by the rate limit or the quota"},
     }),
     "KeyCheckAsk": _body({
         "key": {"type": "string", "minLength": 1, "maxLength": KEY_MAX,
@@ -215,6 +234,17 @@ SCHEMAS: dict[str, Schema] = {
             "reset": {"type": "integer", "minimum": 0, "description": "seconds"},
         })),
     }),
+    "WorkspaceUsage": _object({
+        "workspace_id": _STRING,
+        **_WINDOW,
+        "top_keys": {"type": "array", "maxItems": 10, "items": _object({
+            "key_id": _STRING, "name": _STRING, "total": _COUNT,
+        })},
+        "quota": _object({"plan": _OPT_STRING, "day": ref("QuotaPeriod"),
+                          "month": ref("QuotaPeriod")}),
+    }),
+    "UsageCounts": _object({name: _COUNT for name in OUTCOMES}),
+    "UsageBucket": _object({"start": TIMESTAMP, **{name: _COUNT for name in OUTCOMES}}),
     "AuditEvent": _object({
         "id": {"type": "integer"}, "at": TIMESTAMP, "actor": _OPT_STRING,
         "action": _STRING, "target": _STRING, "workspace_id": _OPT_STRING,

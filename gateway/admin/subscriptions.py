@@ -45,8 +45,12 @@ async def get_subscription(request: web.Request) -> web.Response:
 
 
 async def get_quota(request: web.Request) -> web.Response:
-    """The live counters of the limiter (every node's, on Redis), with the plan's limits."""
     workspace_id = visible_workspace(request)
+    return json_response({"workspace_id": workspace_id, **await quota_of(request, workspace_id)})
+
+
+async def quota_of(request: web.Request, workspace_id: str) -> dict[str, Any]:
+    """The plan in force with the live counters of the limiter (every node's, on Redis)."""
     services = request.app[SERVICES]
     found = await request.app[KEY_SERVICE].get_subscription(workspace_id)
     name = found.plan if found is not None else services.config.default_plan
@@ -54,12 +58,11 @@ async def get_quota(request: web.Request) -> web.Response:
     usage = await services.limiter.quota_usage(workspace_id)
     day = plan.quota.day if plan else None
     month = plan.quota.month if plan else None
-    return json_response({
-        "workspace_id": workspace_id,
+    return {
         "plan": name,
         "day": {"limit": day, "used": usage.day, "reset": max(0, round(usage.day_reset))},
         "month": {"limit": month, "used": usage.month, "reset": max(0, round(usage.month_reset))},
-    })
+    }
 
 
 ROUTES = (

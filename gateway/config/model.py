@@ -98,6 +98,27 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageRetention:
+    """How long buckets of each granularity are kept (README "Usage over time")."""
+
+    minute_hours: float = option(48.0, parsers.positive_number)
+    hour_days: float = option(90.0, parsers.positive_number)
+    day_days: float = option(400.0, parsers.positive_number)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageConfig:
+    """Usage over time (README "Usage over time"): seconds between a node's writes (a crash
+    loses at most that much) and between roll-ups; the buckets (key x minute) a node keeps
+    while the store is down, past which the oldest are dropped."""
+
+    flush_interval: float = option(10.0, parsers.positive_number)
+    rollup_interval: float = option(60.0, parsers.positive_number)
+    max_pending_buckets: int = option(100_000, parsers.integer(1))
+    retention: UsageRetention = subsection(UsageRetention)
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     rate_limit: RateLimit = option(RateLimit(100, 60.0), section(RateLimit))
     max_concurrent: int | None = option(10, parsers.nullable(parsers.count))
@@ -182,6 +203,7 @@ class Config:
     limiter: LimiterConfig = subsection(LimiterConfig)
     logging: LoggingConfig = subsection(LoggingConfig)
     limits: LimitsConfig = subsection(LimitsConfig)
+    usage: UsageConfig = subsection(UsageConfig)
     plans: Mapping[str, PlanConfig] = option({}, plan_table(PlanConfig))
     default_plan: str | None = option(None, parsers.string)  # for workspaces without one
     routes: tuple[RouteConfig, ...] = required(route_table(RouteConfig), kw_only=True)

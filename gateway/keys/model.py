@@ -166,17 +166,17 @@ class KeyRecord:
             "rate_limit_override": self.rate_limit_override,
             "concurrency_limit": self.concurrency_limit,
             "status": self.effective_status(now),
-            "expires_at": _iso(self.expires_at),
-            "last_used_at": _iso(self.last_used_at),
-            "created_at": _iso(self.created_at),
+            "expires_at": rfc3339(self.expires_at),
+            "last_used_at": rfc3339(self.last_used_at),
+            "created_at": rfc3339(self.created_at),
             "created_by": self.created_by,
-            "revoked_at": _iso(self.revoked_at),
+            "revoked_at": rfc3339(self.revoked_at),
             "revoked_by": self.revoked_by,
             "rotated_from": self.rotated_from,
             "organization_id": self.workspace_id,
             "internal_id": self.internal_id,
             "principal_id": self.principal_id,
-            "disabled_at": _iso(self.disabled_at),
+            "disabled_at": rfc3339(self.disabled_at),
             "subscription_id": self.subscription_id,
         }
 
@@ -193,7 +193,7 @@ class Workspace:
             "id": self.id,
             "name": self.name,
             "default_project_id": self.default_project_id,
-            "created_at": _iso(self.created_at),
+            "created_at": rfc3339(self.created_at),
         }
 
 
@@ -211,7 +211,7 @@ class Subscription:
             "subscription_id": self.subscription_id,
             "workspace_id": self.workspace_id,
             "plan": self.plan,
-            "started_at": _iso(self.started_at),
+            "started_at": rfc3339(self.started_at),
         }
 
 
@@ -227,7 +227,7 @@ class Project:
             "id": self.id,
             "name": self.name,
             "workspace_id": self.workspace_id,
-            "created_at": _iso(self.created_at),
+            "created_at": rfc3339(self.created_at),
         }
 
 
@@ -243,7 +243,7 @@ class Namespace:
             "id": self.id,
             "name": self.name,
             "workspace_id": self.workspace_id,
-            "created_at": _iso(self.created_at),
+            "created_at": rfc3339(self.created_at),
         }
 
 
@@ -263,7 +263,7 @@ class Member:
             "email": self.email,
             "role": self.role,
             "workspace_id": self.workspace_id,
-            "created_at": _iso(self.created_at),
+            "created_at": rfc3339(self.created_at),
         }
 
 
@@ -280,7 +280,7 @@ class AuditEvent:
     def to_public(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "at": _iso(self.at),
+            "at": rfc3339(self.at),
             "actor": self.actor,
             "action": self.action,
             "target": self.target,
@@ -297,6 +297,36 @@ class KeyUsage:
     last_used_at: datetime | None
 
 
+# How a request that carried a known key ended, one count each (README "Usage over time"), in
+# the order of the usage tables' columns.
+OUTCOMES = (
+    "success",
+    "upstream_error",
+    "rate_limited",
+    "quota_exceeded",
+    "concurrency_limited",
+    "forbidden",
+    "rejected",
+    "other",
+)
+GRANULARITIES = {"minute": 60, "hour": 3600, "day": 86400}  # bucket lengths, in seconds
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePoint:
+    """One bucket of a series: its start (epoch seconds, UTC) and a count per outcome."""
+
+    start: int
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TopKey:
+    key_id: str
+    name: str
+    total: int
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPage:
     results: list[KeyRecord]
@@ -304,7 +334,7 @@ class KeyPage:
     next_cursor: str | None
 
 
-def _iso(value: datetime | None) -> str | None:
+def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -27,8 +27,10 @@ from gateway.keys.model import (
     display_parts,
     generate_key,
     new_id,
+    rfc3339,
     utcnow,
 )
+from gateway.keys.usage_report import Window, report
 from gateway.keys.validation import (
     CREATE_FIELDS,
     UPDATE_FIELDS,
@@ -244,6 +246,37 @@ class KeyService:
         if usage is None:
             raise NotFound(f"key {key_id} not found")
         return usage
+
+    async def key_usage(
+        self, key_id: str, window: Window, workspace_id: str | None = None
+    ) -> dict[str, Any]:
+        """The key's series over ``window`` with its lifetime counts (README "Usage over
+        time")."""
+        lifetime = await self.usage(key_id, workspace_id)
+        points = await self._store.usage.key_series(
+            key_id, window.seconds, window.start, window.end
+        )
+        return {
+            "key_id": key_id,
+            **report(window, points),
+            "last_used_at": rfc3339(lifetime.last_used_at),
+            "requests": lifetime.requests,
+            "rate_limited": lifetime.rate_limited,
+        }
+
+    async def workspace_usage(self, workspace_id: str, window: Window) -> dict[str, Any]:
+        """The series of all the workspace's keys summed, and its ten busiest keys."""
+        await self.get_workspace(workspace_id)
+        usage = self._store.usage
+        points = await usage.workspace_series(
+            workspace_id, window.seconds, window.start, window.end
+        )
+        top = await usage.top_keys(workspace_id, window.seconds, window.start, window.end)
+        return {
+            "workspace_id": workspace_id,
+            **report(window, points),
+            "top_keys": [{"key_id": t.key_id, "name": t.name, "total": t.total} for t in top],
+        }
 
     async def audit(self, workspace_id: str | None, limit: int = 100) -> list[AuditEvent]:
         """Newest first; ``workspace_id`` None means every event (operators only)."""

@@ -26,8 +26,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     def accept(exchange: Exchange, record: KeyRecord | None) -> None:
         if record is None:
             raise invalid_key()  # unknown: reads as a malformed one does
+        exchange.key = record  # known, even if refused below: its usage counts it (rejected)
         check_status(record)
-        exchange.key = record
         # a later refusal still reports the key's quota (README "The request path"), without
         # spending any
         exchange.peek_quota = peek_headers

@@ -1,4 +1,4 @@
-"""The last stage: build the upstream request by rule, stream both ways, count usage.
+"""The last stage: build the upstream request by rule, stream both ways.
 An upstream failure before the response head is an ``UpstreamError`` (502, or 504 on a
 timeout); after it, the only honest signal left is an aborted message.
 
@@ -290,7 +290,6 @@ async def respond(
 
 def build(route: RouteConfig, services: Services) -> Handler:
     group = services.upstreams[route.name]
-    usage = services.usage
     limit = route.max_body_bytes
     timeout = route.timeout
     owns_cors = route.cors is not None
@@ -316,8 +315,6 @@ def build(route: RouteConfig, services: Services) -> Handler:
             )
             exchange.upstream_seconds = elapsed = perf_counter() - sent
             upstream_latency.observe(elapsed)
-            if exchange.key is not None:
-                usage.used(exchange.key.key_id)
             try:
                 return await respond(exchange, upstream, owns_cors)
             finally:

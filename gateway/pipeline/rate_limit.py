@@ -40,7 +40,6 @@ from gateway.errors import (
 )
 from gateway.exchange import Check, Exchange
 from gateway.keys.model import KeyRecord
-from gateway.keys.usage import UsageRecorder
 from gateway.limiter.base import Decision, QuotaAsk, RateLimiter
 from gateway.limiter.budget import Limits, admit_local_share, budget_of
 from gateway.services import Services
@@ -110,7 +109,6 @@ def apply(
     decider: RateLimiter,
     budget: str,
     cap: int | None,
-    usage: UsageRecorder,
 ) -> None:
     """Limit headers on the response; the slot given back once it is sent; 429 if refused."""
     exchange.response_headers.update(quota_headers(decision))
@@ -123,8 +121,6 @@ def apply(
                 f"at most {cap} requests may be in flight for this key",
                 RETRY_SOON,
             )
-        assert exchange.key is not None  # authenticate runs first on every auth route
-        usage.rate_limited(exchange.key.key_id)
         retry = str(max(1, math.ceil(decision.retry_after)))
         if decision.over_quota:
             raise GatewayError(QUOTA_EXCEEDED, "the workspace's plan quota is spent",
@@ -142,7 +138,6 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
     limiter = services.limiter
     local = services.local_limiter
-    usage = services.usage
     metrics = services.metrics
 
     async def degraded(
@@ -169,7 +164,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
                 raise  # 503 rate_limit_unavailable, Retry-After: 1 (gateway.errors)
             decision, decider = await degraded(budget, limit, window, cap, quota)
         if decision is not None:
-            apply(exchange, decision, decider, budget, cap, usage)
+            apply(exchange, decision, decider, budget, cap)
 
     def rate_limit(exchange: Exchange) -> Awaitable[None] | None:
         key = exchange.key
@@ -179,7 +174,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota)
         if decision is None:  # a shared limiter: the driver awaits its answer
             return decide(exchange, budget, limit, window, cap, quota)
-        apply(exchange, decision, limiter, budget, cap, usage)
+        apply(exchange, decision, limiter, budget, cap)
         return None
 
     return rate_limit

@@ -1,5 +1,6 @@
 """What every request leaves behind once its response is decided: one metrics observation
-(route, method, status class, latency) and, when enabled, one access-log line."""
+(route, method, status class, latency), its usage when it carried a known key (README "Usage
+over time"), and, when enabled, one access-log line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from gateway.exchange import Exchange
 from gateway.http import CLIENT_CLOSED_REQUEST
+from gateway.keys.usage import outcome_of
 from gateway.metrics import NO_ROUTE
 from gateway.services import Services
 
@@ -20,6 +22,7 @@ def build_recorder(services: Services) -> Recorder:
     services.metrics.watch(services.cache, services.upstreams, services.limiter)
     observe = services.metrics.observe_request
     access_log = services.access_log
+    count_usage = services.usage.count
 
     def record(exchange: Exchange, response: web.StreamResponse | None, seconds: float) -> None:
         # no response: the handler was cancelled, the client had left
@@ -27,6 +30,9 @@ def build_recorder(services: Services) -> Recorder:
         match = exchange.match
         route = match.route.name if match is not None else NO_ROUTE
         observe(route, exchange.request.method, status, seconds)
+        key = exchange.key
+        if key is not None:
+            count_usage(key.key_id, key.workspace_id, outcome_of(exchange.error_code, status))
         if access_log is not None:
             access_log.log(exchange, status, seconds)
 

@@ -4,7 +4,7 @@
           ├─ tenancy   Tenancy      workspaces, projects, namespaces   tenancy.py
           ├─ members   Members      members           members.py
           ├─ audit     AuditLog     audit_log         audit.py
-          ├─ usage     UsageTable   key_usage         usage.py
+          ├─ usage     UsageTable   key_usage, usage_*_buckets    usage.py
           ├─ subscriptions  Subscriptions  subscriptions  subscriptions.py
           └─ changes   ChangeLog    key_changes       feed.py
                all on one Db (db.py): PostgresDb (postgres.py) or SqliteDb (sqlite.py),
@@ -27,14 +27,16 @@ from gateway.store.members import Members
 from gateway.store.migrations import migrate
 from gateway.store.subscriptions import Subscriptions
 from gateway.store.tenancy import Tenancy
-from gateway.store.usage import UsageDelta, UsageTable
+from gateway.store.usage import MinuteCounts, Retention, UsageDelta, UsageTable
 
 if TYPE_CHECKING:
     from gateway.keys.cache import KeyCache
     from gateway.keys.invalidation import ChangeFeed
     from gateway.metrics import Metrics
 
-__all__ = ["FollowChanges", "KeyChange", "Store", "UsageDelta"]
+__all__ = [
+    "FollowChanges", "KeyChange", "MinuteCounts", "Retention", "Store", "UsageDelta",
+]
 
 
 class FollowChanges(Protocol):

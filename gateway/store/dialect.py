@@ -23,6 +23,7 @@ class Dialect(Protocol):
     owner_lock: str | None  # held before counting an owner's keys ($1: the owner); None: the
     # write transaction already excludes every other writer
     row_lock: str  # appended to a SELECT that is about to update the row it reads
+    share_lock: str  # appended to a SELECT whose row must not change until the commit
     migration_lock: str | None  # held while migrating; None: the write transaction is enough
     last_change_seq: str  # SELECT: the highest change-log seq ever given out (0 or no row: none)
 

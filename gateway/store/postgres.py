@@ -84,6 +84,7 @@ class PostgresDialect:
     name = "postgres"
     owner_lock: str | None = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS_USER}, hashtext($1))"
     row_lock = " FOR UPDATE"
+    share_lock = " FOR SHARE"
     migration_lock: str | None = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS_MIGRATIONS}, 0)"
     last_change_seq = (
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM key_changes_seq_seq"

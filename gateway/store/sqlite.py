@@ -64,6 +64,7 @@ class SqliteDialect:
     name = "sqlite"
     owner_lock: str | None = None  # BEGIN IMMEDIATE already shuts out every other writer
     row_lock = ""  # ditto
+    share_lock = ""  # ditto
     migration_lock: str | None = None  # ditto
     last_change_seq = "SELECT seq FROM sqlite_sequence WHERE name = 'key_changes'"
 

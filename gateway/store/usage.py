@@ -1,24 +1,109 @@
-"""key_usage: request and rate-limited counts per key, written behind in batches
-(``gateway.keys.usage.UsageRecorder``), and each key's ``last_used_at``."""
+"""Usage: lifetime counts per key (key_usage, each key's ``last_used_at``) and counts over time
+per key and per workspace, bucketed by minute, hour and day (README "Usage over time").
+
+Nodes count in memory (``gateway.keys.usage.UsageRecorder``) and ``add`` minute buckets in
+batches, additively, so any number of nodes can write at once. ``roll_up`` (every node runs it
+periodically) adds whole minutes to their hour and day rows and deletes what is past retention.
+``usage_rollup.rolled_to`` says which minutes have been rolled up: a flush reads it shared and adds
+a minute before it (a late write, after an outage) to the hour and day rows itself; the roll-up
+takes it exclusively. Each count thus reaches every granularity exactly once, and a read of an
+hour or day series adds the minutes not rolled up yet, so it is exact at any moment.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.keys.model import KeyUsage
-from gateway.store.db import Db
+from gateway.keys.model import GRANULARITIES, OUTCOMES, KeyUsage, TopKey, UsagePoint
+from gateway.store.db import Conn, Db, Row
+
+MINUTE, HOUR, DAY = GRANULARITIES["minute"], GRANULARITIES["hour"], GRANULARITIES["day"]
 
 SELECT_USAGE = (
     "SELECT k.key_id, COALESCE(u.requests, 0), COALESCE(u.rate_limited, 0), k.last_used_at "
     "FROM api_keys AS k LEFT JOIN key_usage AS u ON u.key_id = k.key_id WHERE k.key_id = $1"
 )
 
+_COLUMNS = ", ".join(OUTCOMES)
+_SUMS = ", ".join(f"SUM({name})" for name in OUTCOMES)
+_TOTAL = " + ".join(OUTCOMES)
+_ADDED = ", ".join(f"{name} = {{table}}.{name} + excluded.{name}" for name in OUTCOMES)
+_VALUES = ", ".join(f"${n}" for n in range(4, 4 + len(OUTCOMES)))
+
+ADD_KEY_BUCKET = (
+    f"INSERT INTO usage_key_buckets (key_id, granularity, start, workspace_id, {_COLUMNS}) "
+    f"VALUES ($1, $2, $3, ${4 + len(OUTCOMES)}, {_VALUES}) "
+    "ON CONFLICT (key_id, granularity, start) DO UPDATE SET "
+    + _ADDED.format(table="usage_key_buckets")
+)
+ADD_WORKSPACE_BUCKET = (
+    f"INSERT INTO usage_workspace_buckets (workspace_id, granularity, start, {_COLUMNS}) "
+    f"VALUES ($1, $2, $3, {_VALUES}) "
+    "ON CONFLICT (workspace_id, granularity, start) DO UPDATE SET "
+    + _ADDED.format(table="usage_workspace_buckets")
+)
+
+
+def _roll_up(table: str, subject: str, kept: str = "") -> str:
+    """Minutes in [$2, $3) added to their buckets of granularity $1; ``kept``: columns that do not
+    change from minute to minute (a key's workspace), taken as they are."""
+    columns = f"{subject}, {kept}, " if kept else f"{subject}, "
+    values = f"{subject}, MAX({kept}), " if kept else f"{subject}, "
+    return (
+        f"INSERT INTO {table} ({columns}granularity, start, {_COLUMNS}) "
+        f"SELECT {values}$1, start - start % $1, {_SUMS} FROM {table} "
+        f"WHERE granularity = {MINUTE} AND start >= $2 AND start < $3 "
+        f"GROUP BY {subject}, start - start % $1 ORDER BY {subject}, start - start % $1 "
+        f"ON CONFLICT ({subject}, granularity, start) DO UPDATE SET "
+        + _ADDED.format(table=table)
+    )
+
+
+ROLL_UP = (
+    _roll_up("usage_key_buckets", "key_id", "workspace_id"),
+    _roll_up("usage_workspace_buckets", "workspace_id"),
+)
+EXPIRE = tuple(
+    f"DELETE FROM {table} WHERE granularity = $1 AND start < $2"
+    for table in ("usage_key_buckets", "usage_workspace_buckets")
+)
+
+
+ROLLED_TO = "SELECT rolled_to FROM usage_rollup WHERE id = 1"
+
+
+def _series(table: str, subject: str) -> str:
+    """Buckets of granularity $2 in [$3, $4) of one subject ($1), plus the minutes from $5 (the
+    roll-up's mark, or $3 if later) the roll-up has not reached yet, summed into their buckets."""
+    return (
+        f"SELECT b, {_SUMS} FROM ("
+        f"SELECT start AS b, {_COLUMNS} FROM {table} WHERE {subject} = $1 AND granularity = $2 "
+        "AND start >= $3 AND start < $4 "
+        f"UNION ALL SELECT start - start % $2 AS b, {_COLUMNS} FROM {table} "
+        f"WHERE {subject} = $1 AND granularity = {MINUTE} AND $2 <> {MINUTE} "
+        "AND start >= $5 AND start < $4"
+        ") AS u GROUP BY b ORDER BY b"
+    )
+
+
+KEY_SERIES = _series("usage_key_buckets", "key_id")
+WORKSPACE_SERIES = _series("usage_workspace_buckets", "workspace_id")
+TOP_KEYS = (  # summed per key first, the names joined to the ten that win
+    "SELECT t.key_id, k.name, t.total FROM (SELECT key_id, SUM(n) AS total FROM ("
+    f"SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
+    "AND granularity = $2 AND start >= $3 AND start < $4 "
+    f"UNION ALL SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
+    f"AND granularity = {MINUTE} AND $2 <> {MINUTE} AND start >= $5 AND start < $4"
+    ") AS u GROUP BY key_id ORDER BY total DESC, key_id LIMIT $6"
+    ") AS t JOIN api_keys AS k ON k.key_id = t.key_id ORDER BY t.total DESC, t.key_id"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageDelta:
-    """Usage gathered in memory and written behind in one batch."""
+    """Lifetime counts of one key gathered in memory and written behind in one batch."""
 
     key_id: str
     requests: int
@@ -26,19 +111,115 @@ class UsageDelta:
     last_used_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """One key's counts in one minute, by outcome (``OUTCOMES`` order)."""
+
+    key_id: str
+    workspace_id: str | None
+    start: int  # epoch seconds, a multiple of 60
+    counts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, key_id: str, workspace_id: str | None, start: int, **counts: int) -> MinuteCounts:
+        """Counts by outcome name, e.g. ``MinuteCounts.of(k, w, t, success=3)``."""
+        unknown = set(counts) - set(OUTCOMES)
+        if unknown:
+            raise ValueError(f"unknown outcomes: {sorted(unknown)}")
+        return cls(key_id, workspace_id, start, tuple(counts.get(name, 0) for name in OUTCOMES))
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Seconds each granularity's buckets are kept."""
+
+    minute: int
+    hour: int
+    day: int
+
+
 class UsageTable:
     def __init__(self, db: Db) -> None:
         self._db = db
         self._dialect = db.dialect
 
-    async def add(self, deltas: Sequence[UsageDelta]) -> None:
-        """One transaction: counts added per key (unknown keys skipped), ``last_used_at`` only
-        ever moves forward."""
-        if not deltas:
+    async def add(
+        self, minutes: Sequence[MinuteCounts], last_used: Mapping[str, datetime] | None = None
+    ) -> None:
+        """One transaction: the minutes added to the buckets of their key and workspace, the
+        lifetime counts to ``key_usage`` (unknown keys skipped), ``last_used_at`` only ever moved
+        forward. Rows are written in one order on every node, so concurrent flushes queue on a
+        row rather than deadlock."""
+        if not minutes:
             return
         async with self._db.transaction() as tx:
-            for sql, rows in self._dialect.add_usage(deltas):
+            rolled_to = await tx.fetchval(ROLLED_TO + self._dialect.share_lock)
+            keys, workspaces = _bucket_rows(minutes, int(rolled_to))
+            await tx.executemany(ADD_KEY_BUCKET, keys)
+            await tx.executemany(ADD_WORKSPACE_BUCKET, workspaces)
+            for sql, rows in self._dialect.add_usage(_lifetime(minutes, last_used or {})):
                 await tx.executemany(sql, rows)
+
+    async def roll_up(self, now: int, retention: Retention) -> int:
+        """Roll every whole minute before ``now`` up into hours and days, and delete buckets past
+        ``retention``. Safe on every node at once: the second waits for the first and finds
+        nothing left to roll. Returns the minute rolled up to."""
+        cutoff = now - now % MINUTE
+        async with self._db.transaction() as tx:
+            rolled_to = int(await tx.fetchval(ROLLED_TO + self._dialect.row_lock))
+            if cutoff > rolled_to:
+                await self._roll(tx, rolled_to, cutoff)
+            await self._expire(tx, now, max(cutoff, rolled_to), retention)
+        return max(cutoff, rolled_to)
+
+    async def _roll(self, tx: Conn, rolled_to: int, cutoff: int) -> None:
+        for granularity in (HOUR, DAY):
+            for sql in ROLL_UP:
+                await tx.execute(sql, granularity, rolled_to, cutoff)
+        await tx.execute("UPDATE usage_rollup SET rolled_to = $1 WHERE id = 1", cutoff)
+
+    async def _expire(self, tx: Conn, now: int, rolled_to: int, retention: Retention) -> None:
+        # a minute is deleted only once rolled up, whatever its retention says
+        minute_floor = min(now - retention.minute, rolled_to)
+        for granularity, floor in ((MINUTE, minute_floor), (HOUR, now - retention.hour),
+                                   (DAY, now - retention.day)):
+            for sql in EXPIRE:
+                await tx.execute(sql, granularity, floor)
+
+    async def key_series(
+        self, key_id: str, granularity: int, start: int, end: int
+    ) -> list[UsagePoint]:
+        """The buckets of [start, end) that have counts, in order."""
+        return await self._series(KEY_SERIES, key_id, granularity, start, end)
+
+    async def workspace_series(
+        self, workspace_id: str, granularity: int, start: int, end: int
+    ) -> list[UsagePoint]:
+        return await self._series(WORKSPACE_SERIES, workspace_id, granularity, start, end)
+
+    async def _series(
+        self, sql: str, subject: str, granularity: int, start: int, end: int
+    ) -> list[UsagePoint]:
+        rows = await self._read(sql, subject, granularity, start, end)
+        width = len(OUTCOMES)
+        return [UsagePoint(int(row[0]), tuple(int(row[i + 1]) for i in range(width)))
+                for row in rows]
+
+    async def top_keys(
+        self, workspace_id: str, granularity: int, start: int, end: int, limit: int = 10
+    ) -> list[TopKey]:
+        rows = await self._read(TOP_KEYS, workspace_id, granularity, start, end, limit)
+        return [TopKey(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+
+    async def _read(self, sql: str, subject: str, granularity: int, start: int, end: int,
+                    *more: object) -> list[Row]:
+        """One snapshot: the roll-up's mark, then the rows, so no minute is read twice (as
+        itself and in its hour) or missed. The mark is a parameter, not a subquery, so the
+        index bounds the minutes read."""
+        async with self._db.transaction(snapshot=True) as tx:
+            rolled_to = int(await tx.fetchval(ROLLED_TO))
+            return await tx.fetch(sql, subject, granularity, start, end, max(start, rolled_to),
+                                  *more)
 
     async def get(self, key_id: str) -> KeyUsage | None:
         row = await self._db.fetchrow(SELECT_USAGE, key_id)
@@ -46,3 +227,54 @@ class UsageTable:
             return None
         last_used_at = None if row[3] is None else self._dialect.read_timestamp(row[3])
         return KeyUsage(str(row[0]), int(row[1]), int(row[2]), last_used_at)
+
+
+Values = tuple[object, ...]
+
+
+def _bucket_rows(
+    minutes: Sequence[MinuteCounts], rolled_to: int
+) -> tuple[list[Values], list[Values]]:
+    """The key rows and the workspace rows to add, each sorted by its primary key. A minute
+    the roll-up has passed is added to its hour and day as well."""
+    keys: dict[tuple[str, int, int], list[int]] = {}
+    workspace_of: dict[str, str | None] = {}
+    workspaces: dict[tuple[str, int, int], list[int]] = {}
+    for m in minutes:
+        targets = [(MINUTE, m.start)]
+        if m.start < rolled_to:
+            targets += [(HOUR, m.start - m.start % HOUR), (DAY, m.start - m.start % DAY)]
+        workspace_of[m.key_id] = m.workspace_id
+        for granularity, start in targets:
+            _add(keys, (m.key_id, granularity, start), m.counts)
+            if m.workspace_id is not None:
+                _add(workspaces, (m.workspace_id, granularity, start), m.counts)
+    key_rows: list[Values] = [
+        (*k, *counts, workspace_of[k[0]]) for k, counts in sorted(keys.items())
+    ]
+    workspace_rows: list[Values] = [(*k, *counts) for k, counts in sorted(workspaces.items())]
+    return key_rows, workspace_rows
+
+
+def _add(into: dict[tuple[str, int, int], list[int]], at: tuple[str, int, int],
+         counts: Sequence[int]) -> None:
+    total = into.setdefault(at, [0] * len(counts))
+    for i, n in enumerate(counts):
+        total[i] += n
+
+
+_SUCCESS, _UPSTREAM_ERROR, _RATE_LIMITED, _QUOTA_EXCEEDED = range(4)
+
+
+def _lifetime(
+    minutes: Sequence[MinuteCounts], last_used: Mapping[str, datetime]
+) -> list[UsageDelta]:
+    """The lifetime counts: ``requests`` that reached the upstream, ``rate_limited`` requests
+    refused by the key's limit or its workspace's quota."""
+    totals: dict[str, list[int]] = {}
+    for m in minutes:
+        total = totals.setdefault(m.key_id, [0, 0])
+        total[0] += m.counts[_SUCCESS] + m.counts[_UPSTREAM_ERROR]
+        total[1] += m.counts[_RATE_LIMITED] + m.counts[_QUOTA_EXCEEDED]
+    return [UsageDelta(key_id, requests, limited, last_used.get(key_id))
+            for key_id, (requests, limited) in sorted(totals.items())]

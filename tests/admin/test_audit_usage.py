@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from gateway.keys.model import OUTCOMES
 from tests.admin.conftest import Admin
 from tests.conftest import Gateway, bearer
 
@@ -57,8 +58,9 @@ async def test_usage_counts_requests_and_rate_limited(
                                 {"name": "k", "permissions": ["read"], "rate_limit_override": 2})
     usage_path = f"/admin/v1/keys/{created['key_id']}/usage"
     before = await operator.ok("GET", usage_path)
-    assert before == {"key_id": created["key_id"], "requests": 0, "rate_limited": 0,
-                      "last_used_at": None}
+    assert {k: before[k] for k in ("key_id", "requests", "rate_limited", "last_used_at")} == {
+        "key_id": created["key_id"], "requests": 0, "rate_limited": 0, "last_used_at": None}
+    assert before["totals"] == dict.fromkeys(OUTCOMES, 0)
     statuses = []
     for _ in range(3):
         async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(created["key"])) as r:
@@ -69,6 +71,7 @@ async def test_usage_counts_requests_and_rate_limited(
     # requests: forwarded ones; the refused third is counted as rate_limited only
     assert after["requests"] == 2 and after["rate_limited"] == 1
     assert after["last_used_at"] is not None
+    assert after["totals"] == {**dict.fromkeys(OUTCOMES, 0), "success": 2, "rate_limited": 1}
     shown = await operator.ok("GET", f"/admin/v1/keys/{created['key_id']}")
     assert shown["last_used_at"] is not None
     status, problem = await operator.call("GET", "/admin/v1/keys/key_nope/usage")

@@ -103,10 +103,14 @@ async def test_checks_and_requests_share_the_budget_and_count_usage(
         False, "rate_limited", 0)
     assert (await verify(operator, key=key, permissions=["admin"]))["code"] == (
         "insufficient_permissions")
+    await gateway.keys.revoke_key(record.key_id, "test")
+    assert (await verify(operator, key=key))["code"] == "revoked_api_key"
     await gateway.services.usage.flush()
-    usage = await operator.ok("GET", f"/admin/v1/keys/{record.key_id}/usage")
-    # two checks and one request admitted, one check rate limited; a refusal by
-    # permissions counts as neither (README "Key check API")
+    usage = await operator.ok("GET", f"/admin/v1/keys/{record.key_id}/usage",
+                              params={"granularity": "minute"})
+    # two checks and one request admitted, and each refusal, counted as a request would be
+    totals = {name: n for name, n in usage["totals"].items() if n}
+    assert totals == {"success": 3, "rate_limited": 1, "forbidden": 1, "rejected": 1}
     assert (usage["requests"], usage["rate_limited"]) == (3, 1)
 
 

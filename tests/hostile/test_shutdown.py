@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from gateway.errors import StoreUnavailable
-from gateway.keys.usage import UsageRecorder
+from gateway.keys.usage import RATE_LIMITED, SUCCESS, UsageRecorder
 from gateway.metrics import Metrics
 from tests.conftest import start_site
 from tests.gateway_process import GatewayProcess, raw_get, route
@@ -155,7 +155,7 @@ class DownStore:
     def __init__(self, hang: bool) -> None:
         self.hang = hang
 
-    async def record_usage(self, deltas: object) -> None:
+    async def record_usage(self, minutes: object, last_used: object = None) -> None:
         if self.hang:
             await asyncio.sleep(3600)
         raise StoreUnavailable("connection refused")
@@ -167,12 +167,13 @@ async def test_usage_the_store_cannot_take_at_shutdown_is_counted_as_dropped(han
     usage = UsageRecorder(DownStore(hang), metrics=metrics)  # type: ignore[arg-type]
     usage.start()
     for _ in range(5):
-        usage.used("k1")
-    usage.used("k2")
+        usage.count("k1", "ws1", SUCCESS)
+    usage.count("k2", "ws1", RATE_LIMITED)
     started = time.monotonic()
     await usage.stop(timeout=0.3)
     took = time.monotonic() - started
     await usage.stop(timeout=0.3)  # the exit stack stops it again: nothing twice
     assert usage.dropped == 6
     assert metrics.sample_value("gateway_usage_dropped_total") == 6
+    assert metrics.sample_value("gateway_usage_buckets_dropped_total") == 2
     assert took < 0.5

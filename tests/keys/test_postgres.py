@@ -15,7 +15,7 @@ from gateway.config import KeyStoreConfig
 from gateway.errors import StoreUnavailable
 from gateway.keys.model import KeyHasher, KeyRecord, display_parts, generate_key, new_id, utcnow
 from gateway.keys.notify import NOTIFY_CHANNEL
-from gateway.store import UsageDelta
+from gateway.store import MinuteCounts
 from gateway.store.migrations import migration_files
 from gateway.store.postgres import postgres_store
 
@@ -80,9 +80,9 @@ async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
     try:
         await conn.execute("DELETE FROM schema_migrations")
         await conn.execute(
-            "DROP TABLE members, subscriptions, audit_log, key_changes, key_usage, api_keys, "
-            "namespaces, "
-            "projects, workspaces CASCADE"
+            "DROP TABLE usage_key_buckets, usage_workspace_buckets, usage_rollup, members, "
+            "subscriptions, audit_log, key_changes, key_usage, api_keys, namespaces, projects, "
+            "workspaces CASCADE"
         )
     finally:
         await conn.close()
@@ -120,7 +120,7 @@ async def test_every_mutation_notifies_on_commit_only(pg_url: str) -> None:
         await store.rotate_key(key.key_id, new, utcnow() + timedelta(hours=1), None)
         got = {await asyncio.wait_for(heard.get(), 2) for _ in range(2)}
         assert got == {key.key_hash, new.key_hash}
-        await store.record_usage([UsageDelta(new.key_id, 1, 0, utcnow())])  # not a key change
+        await store.record_usage([MinuteCounts.of(new.key_id, ws.id, 0, success=1)])  # not a change
         clash = make_record(ws.id, key_hash=new.key_hash)
         with pytest.raises(Exception):  # noqa: B017 - Conflict; rolled back, so no NOTIFY
             await store.rotate_key(new.key_id, clash, utcnow(), None)
@@ -153,22 +153,30 @@ async def test_command_timeout_is_store_unavailable(pg_url: str) -> None:
         await store.close()
 
 
-async def test_usage_batch_is_one_statement(pg_url: str) -> None:
+async def test_a_usage_batch_costs_the_same_statements_for_any_number_of_keys(
+    pg_url: str,
+) -> None:
     store = postgres_store(pg_url, KeyStoreConfig(pool_size=1))  # one connection: we watch it
     await store.open()
     try:
         ws = await store.create_workspace("w")
         keys = [
-            await store.create_key(make_record(ws.id), max_active_per_user=10) for _ in range(3)
+            await store.create_key(make_record(ws.id), max_active_per_user=10) for _ in range(6)
         ]
-        deltas = [UsageDelta(k.key_id, 2, 1, utcnow()) for k in [*keys, keys[0]]]
         statements: list[str] = []
         async with store.db.connection() as conn:
             conn.add_query_logger(lambda record: statements.append(record.query))
-        await store.record_usage(deltas)
-        ours = [q for q in statements if "api_keys" in q or "key_usage" in q]
-        assert len(ours) == 1, statements  # (the rest: pool reset, type introspection)
-        expected = {keys[0].key_id: (4, 2), keys[1].key_id: (2, 1), keys[2].key_id: (2, 1)}
+
+        async def flush(batch: list[KeyRecord]) -> list[str]:
+            statements.clear()
+            minutes = [MinuteCounts.of(k.key_id, ws.id, 0, success=2, rate_limited=1)
+                       for k in [*batch, batch[0]]]
+            await store.record_usage(minutes, {k.key_id: utcnow() for k in batch})
+            return [q for q in statements if "usage" in q or "api_keys" in q]
+
+        few, many = await flush(keys[:1]), await flush(keys)
+        assert len(few) == len(many) <= 5, many  # executemany: one round of each per batch
+        expected = {keys[0].key_id: (8, 4), keys[1].key_id: (2, 1), keys[5].key_id: (2, 1)}
         for key_id, counts in expected.items():
             usage = await store.get_usage(key_id)
             assert usage is not None and (usage.requests, usage.rate_limited) == counts

@@ -14,13 +14,14 @@ import pytest
 
 from gateway.config import KeyStoreConfig
 from gateway.errors import Conflict, KeyLimitReached, NotFound, StoreUnavailable, ValidationError
-from gateway.keys.model import KeyRecord, KeyUsage, Scope, Workspace, utcnow
-from gateway.store import KeyChange, UsageDelta
+from gateway.keys.model import KeyRecord, KeyUsage, Scope, UsagePoint, Workspace, utcnow
+from gateway.store import KeyChange, MinuteCounts, Retention
 from gateway.store.migrations import migration_files
 from gateway.store.sqlite import database_path, sqlite_store
 from tests.keys.conftest import MakeKey, OpenStore, Store, build_store, unusable_urls, write_locked
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+M0 = int(T0.timestamp()) // 60 * 60  # T0's minute, in epoch seconds
 
 
 def is_utc(value: datetime | None) -> bool:
@@ -483,18 +484,23 @@ async def test_usage_accumulates_in_batches(store: Store, make_key: MakeKey) -> 
     assert await store.get_usage(key.key_id) == KeyUsage(key.key_id, 0, 0, None)
     assert await store.get_usage("key_missing") is None
     later = T0 + timedelta(minutes=5)
+    ws = key.workspace_id
     await store.record_usage(
         [
-            UsageDelta(key.key_id, 10, 1, T0),
-            UsageDelta(other.key_id, 3, 0, None),
-            UsageDelta("key_missing", 99, 99, T0),  # skipped, does not fail the batch
-            UsageDelta(key.key_id, 5, 2, later),
-        ]
+            MinuteCounts.of(key.key_id, ws, M0, success=9, upstream_error=1, rate_limited=1),
+            MinuteCounts.of(other.key_id, ws, M0, success=3, forbidden=4),
+            MinuteCounts.of("key_missing", ws, M0, success=99),  # skipped, does not fail
+            MinuteCounts.of(key.key_id, ws, M0 + 60, success=5, quota_exceeded=2,
+                            concurrency_limited=7),
+        ],
+        {key.key_id: later, "key_missing": T0},
     )
-    await store.record_usage([UsageDelta(key.key_id, 1, 0, T0)])  # older: last_used stays
+    await store.record_usage([MinuteCounts.of(key.key_id, ws, M0, success=1)],
+                             {key.key_id: T0})  # older: last_used stays
     await store.record_usage([])
     usage = await store.get_usage(key.key_id)
     assert usage is not None
+    # lifetime: requests reached the upstream; rate_limited by the limit or the quota
     assert (usage.requests, usage.rate_limited, usage.last_used_at) == (16, 3, later)
     assert is_utc(usage.last_used_at)
     other_usage = await store.get_usage(other.key_id)
@@ -565,6 +571,109 @@ async def test_every_key_mutation_feeds_the_change_log(store: Store, make_key: M
     assert all(isinstance(c, KeyChange) for c in changes)
 
 
+H0 = 1_714_564_800  # 2024-05-01T12:00:00Z, a whole hour (and minute)
+DAY0 = H0 - H0 % 86_400
+KEEP_ALL = Retention(minute=10**9, hour=10**9, day=10**9)
+
+
+def totals(points: list[UsagePoint]) -> tuple[int, ...]:
+    return tuple(map(sum, zip(*(p.counts for p in points), strict=True))) if points else ()
+
+
+async def test_usage_buckets_read_alike_before_and_after_the_roll_up(
+    store: Store, make_key: MakeKey
+) -> None:
+    key = await store.create_key(make_key(), max_active_per_user=10)
+    ws = key.workspace_id
+    assert ws is not None
+    batch = [
+        MinuteCounts.of(key.key_id, ws, H0, success=3, forbidden=1),
+        MinuteCounts.of(key.key_id, ws, H0 + 60, success=1, rejected=2),
+        MinuteCounts.of(key.key_id, ws, H0 + 3600, rate_limited=5),  # the next hour
+    ]
+    await store.record_usage(batch)
+    span = (H0 - 86_400, H0 + 86_400)
+
+    async def hours() -> list[UsagePoint]:
+        return await store.usage.key_series(key.key_id, 3600, *span)
+
+    before = await hours()  # nothing rolled up yet: the minutes are summed on read
+    assert [(p.start, p.counts) for p in before] == [
+        (H0, MinuteCounts.of("", None, 0, success=4, forbidden=1, rejected=2).counts),
+        (H0 + 3600, MinuteCounts.of("", None, 0, rate_limited=5).counts),
+    ]
+    assert await store.usage.roll_up(H0 + 7200 + 30, KEEP_ALL) == H0 + 7200
+    assert await hours() == before
+    assert await store.usage.roll_up(H0 + 7200 + 30, KEEP_ALL) == H0 + 7200  # twice: no-op
+    assert await hours() == before
+    minutes = await store.usage.key_series(key.key_id, 60, *span)
+    days = await store.usage.key_series(key.key_id, 86_400, *span)
+    workspace = await store.usage.workspace_series(ws, 3600, *span)
+    assert [p.start for p in minutes] == [H0, H0 + 60, H0 + 3600]
+    assert [p.start for p in days] == [DAY0]
+    assert totals(minutes) == totals(before) == totals(days) == totals(workspace)
+
+
+async def test_a_late_minute_reaches_every_granularity_once(
+    store: Store, make_key: MakeKey
+) -> None:
+    """A node that was cut off from the store writes minutes the roll-up has already passed."""
+    key = await store.create_key(make_key(), max_active_per_user=10)
+    ws = key.workspace_id
+    await store.record_usage([MinuteCounts.of(key.key_id, ws, H0, success=2)])
+    await store.usage.roll_up(H0 + 600, KEEP_ALL)
+    await store.record_usage([MinuteCounts.of(key.key_id, ws, H0 + 60, success=3)])  # late
+    await store.usage.roll_up(H0 + 1200, KEEP_ALL)
+    span = (H0 - 86_400, H0 + 86_400)
+    for granularity in (60, 3600, 86_400):
+        points = await store.usage.key_series(key.key_id, granularity, *span)
+        assert totals(points)[0] == 5, granularity
+        points = await store.usage.workspace_series(str(ws), granularity, *span)
+        assert totals(points)[0] == 5, granularity
+
+
+async def test_top_keys_of_a_workspace(store: Store, make_key: MakeKey) -> None:
+    keys = [await store.create_key(make_key(name=f"k{i}"), max_active_per_user=10)
+            for i in range(3)]
+    ws = keys[0].workspace_id
+    assert ws is not None and all(k.workspace_id == ws for k in keys)
+    stranger = await store.create_workspace("stranger")
+    foreign = await store.create_key(make_key(workspace_id=stranger.id), max_active_per_user=10)
+    await store.record_usage([
+        MinuteCounts.of(keys[0].key_id, ws, H0, success=1),
+        MinuteCounts.of(keys[1].key_id, ws, H0, success=5, rejected=5),
+        MinuteCounts.of(keys[2].key_id, ws, H0 + 60, forbidden=3),
+        MinuteCounts.of(foreign.key_id, stranger.id, H0, success=100),
+    ])
+    await store.usage.roll_up(H0 + 30, KEEP_ALL)  # half rolled up: H0 only
+    top = await store.usage.top_keys(ws, 3600, H0, H0 + 3600)
+    assert [(t.key_id, t.name, t.total) for t in top] == [
+        (keys[1].key_id, "k1", 10), (keys[2].key_id, "k2", 3), (keys[0].key_id, "k0", 1),
+    ]
+    assert len(await store.usage.top_keys(ws, 60, H0, H0 + 3600, limit=2)) == 2
+
+
+async def test_retention_deletes_old_buckets_and_never_a_minute_not_rolled_up(
+    store: Store, make_key: MakeKey
+) -> None:
+    key = await store.create_key(make_key(), max_active_per_user=10)
+    ws = key.workspace_id
+    await store.record_usage([MinuteCounts.of(key.key_id, ws, H0, success=1)])
+    short = Retention(minute=60, hour=7200, day=10 * 86_400)
+    span = (H0 - 86_400 * 30, H0 + 86_400 * 30)
+
+    async def starts(granularity: int) -> list[int]:
+        points = await store.usage.key_series(key.key_id, granularity, *span)
+        return [p.start for p in points]
+
+    await store.usage.roll_up(H0 + 3 * 3600, short)
+    assert await starts(60) == []  # rolled up, then past its 60 s
+    assert await starts(3600) == []  # 3 hours > 2 hours
+    assert await starts(86_400) == [DAY0]
+    await store.usage.roll_up(H0 + 11 * 86_400, short)
+    assert await starts(86_400) == []
+
+
 async def test_reads_usage_and_failures_do_not_feed_the_change_log(
     store: Store, make_key: MakeKey
 ) -> None:
@@ -572,7 +681,7 @@ async def test_reads_usage_and_failures_do_not_feed_the_change_log(
     seq = await store.last_change_seq()
     await store.get_key(key.key_id)
     await store.list_keys(None)
-    await store.record_usage([UsageDelta(key.key_id, 1, 0, utcnow())])
+    await store.record_usage([MinuteCounts.of(key.key_id, key.workspace_id, M0, success=1)])
     with pytest.raises(KeyLimitReached):
         await store.create_key(make_key(user_id="u@x.com"), max_active_per_user=1)
     with pytest.raises(NotFound):

@@ -5,9 +5,12 @@ anything to its upstream."""
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import pytest
 
+from gateway.keys.usage_report import parse_window
 from tests.conftest import Gateway, bearer, well_formed_unknown_key
 from tests.verify.conftest import VERIFY_PATH, check
 
@@ -227,3 +230,20 @@ async def test_check_with_a_body_and_keep_alive(
                              headers=headers) as response:
             assert response.status == 200
             assert await response.read() == b""
+
+
+async def test_checks_count_usage_like_requests(
+    http: aiohttp.ClientSession, gateway: Gateway
+) -> None:
+    key = await gateway.key(permissions=["read"], rate_limit_override=2)
+    record = gateway.created[-1]
+    statuses = [(await check(http, gateway, method, "/api/ai/x", key)).status
+                for method in ("GET", "POST", "GET", "GET")]
+    assert statuses == [200, 403, 200, 429]
+    await gateway.keys.revoke_key(record.key_id, "test")
+    assert (await check(http, gateway, "GET", "/api/ai/x", key)).status == 401
+    await gateway.services.usage.flush()
+    window = parse_window({"granularity": "minute"}, time.time())
+    usage = await gateway.keys.key_usage(record.key_id, window)
+    totals = {name: n for name, n in usage["totals"].items() if n}
+    assert totals == {"success": 2, "forbidden": 1, "rate_limited": 1, "rejected": 1}
