@@ -3,8 +3,8 @@
 One workspace with ``--keys`` keys and ``--days`` days of history: each key is active in a
 random ``--active`` share of the hours (an hour row and its day row), and the ``--busy`` busiest
 keys have minute rows for the last 48 hours. Then it times, over ``--runs`` runs each (median
-and worst, in ms): a key's 30 days by hour, the workspace's 30 days by hour, its top keys over 30
-days by hour and over 90 days by day, and a key's last 24 hours by minute.
+and worst, in ms): a key's 30 days by hour, the workspace's 30 days by hour, its top keys over 24
+hours and 30 days by hour and over 90 days by day, and a key's last 24 hours by minute.
 
     python scripts/usage_seed.py --database postgresql://postgres@127.0.0.1:5432/usage_seed
     python scripts/usage_seed.py --database sqlite:////tmp/usage_seed.db
@@ -198,6 +198,8 @@ async def main() -> int:
             ("key, 30 days by hour", lambda: usage.key_series(picks.pop(), HOUR, *month)),
             ("workspace, 30 days by hour", lambda: usage.workspace_series(workspace.id, HOUR,
                                                                           *month)),
+            ("top keys, 24 hours by hour", lambda: usage.top_keys(workspace.id, HOUR,
+                                                                  end - DAY, end)),
             ("top keys, 30 days by hour", lambda: usage.top_keys(workspace.id, HOUR, *month)),
             ("top keys, 90 days by day", lambda: usage.top_keys(workspace.id, DAY, *quarter)),
             ("busy key, 24 hours by minute", lambda: usage.key_series(
