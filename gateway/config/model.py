@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config import parsers
+from gateway.config.listeners import listener
 from gateway.config.parsers import Listen
 from gateway.config.plans import plan_table
 from gateway.config.routes import (
@@ -163,8 +164,8 @@ class Config:
     """``drain_timeout`` (extension): seconds in-flight requests get after SIGTERM."""
 
     source: str  # the file it was read from, for messages (not a key)
-    listen: Listen = option(Listen("0.0.0.0", 8080), parsers.listen_address)
-    admin_listen: Listen = option(Listen("127.0.0.1", 8081), parsers.listen_address)
+    listen: Listen = option(Listen("0.0.0.0", 8080), listener)  # "host:port" or {address, tls}
+    admin_listen: Listen = option(Listen("127.0.0.1", 8081), listener)
     workers: int = option(1, parsers.integer(1, 64))
     drain_timeout: float = option(30.0, parsers.positive_number)
     database: str = option("sqlite:///./gateway.db", parsers.database_url)
