@@ -374,8 +374,9 @@ CASES: dict[str, str] = {
     ),
     "route_unknown_key.yaml": (
         "routes[0].upstreams: unknown key (did you mean 'upstream'? allowed: name, path, "
-        "upstream, strip_prefix, auth, permissions, rate_limit, max_concurrent, on_limiter_error, "
-        "timeout, max_body_bytes, cors, resource, operations), got ['http://127.0.0.1:9001']"
+        "upstream, health, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
+        "on_limiter_error, timeout, max_body_bytes, cors, resource, operations), got "
+        "['http://127.0.0.1:9001']"
     ),
     "route_bad_name.yaml": (
         "routes[0].name: must be 1-64 characters of A-Za-z0-9_.-, got 'my route'"

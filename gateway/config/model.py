@@ -12,6 +12,8 @@ from gateway.config.parsers import Listen
 from gateway.config.plans import plan_table
 from gateway.config.routes import (
     cors_rules,
+    health_path,
+    health_rules,
     origin,
     route_name,
     route_path,
@@ -138,6 +140,21 @@ class CorsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """A route's upstream targets (README "Upstream health"): one that fails ``failures``
+    requests in a row is ejected for ``eject_seconds``, then probed with one request; each
+    failed probe doubles the time out, up to ``max_eject_seconds``. With ``path``: active
+    checks, a GET of ``path`` on every target each ``interval`` seconds (``timeout`` each)."""
+
+    failures: int = option(3, parsers.integer(1, 1000))
+    eject_seconds: float = option(10.0, parsers.positive_number)
+    max_eject_seconds: float = option(300.0, parsers.positive_number)
+    path: str | None = option(None, health_path)
+    interval: float = option(10.0, parsers.positive_number)
+    timeout: float = option(2.0, parsers.positive_number)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """``path``: a prefix ending in "/", may hold {param} segments; ``upstreams``: round robin;
     ``permissions``: method -> permissions ("*": every method not listed); ``resource``: a path
@@ -146,6 +163,7 @@ class RouteConfig:
     name: str = required(route_name)
     path: str = required(route_path)
     upstreams: tuple[str, ...] = required(upstream_urls, key="upstream")
+    health: HealthConfig = option(HealthConfig(), section(HealthConfig, health_rules))
     strip_prefix: bool = option(False, parsers.boolean)
     auth: str = option("required", parsers.choice("required", "none"))
     permissions: Mapping[str, tuple[str, ...]] = option({}, route_permissions)
