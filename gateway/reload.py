@@ -5,8 +5,9 @@ What changes live: ``routes`` (upstreams, limits, permissions, CORS ...), ``perm
 and key files are read again (the paths themselves, like the addresses, need a restart). The
 ``Reloader`` builds a new ``Pipeline`` from the new config and the process's open store, cache
 and limiter, and swaps it in: new requests get it, requests already running finish on the old
-one. A route whose upstream targets did not change keeps its pool (and its warm connections);
-pools that only older pipelines use are closed once the requests on those pipelines are done.
+one. A route whose upstream targets (and their ``health``) did not change keeps its pool (with
+its warm connections and its targets' health); pools that only older pipelines use are closed
+once the requests on those pipelines are done.
 
 Everything else was opened or bound once at start-up (``listen``, ``admin_listen``, ``workers``,
 ``database``, ``redis``, ``keys``, ``key_cache``, ``key_store`` and any section added later): a
@@ -26,7 +27,7 @@ from dataclasses import fields, replace
 from gateway.config import Config, RouteConfig, load_config
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.pipeline import Pipeline, PipelineHolder
-from gateway.services import Services, open_store
+from gateway.services import Services, open_store, upstream_group
 from gateway.store import Store
 from gateway.tls import Certificates
 from gateway.upstream import UpstreamGroup
@@ -180,9 +181,12 @@ class Reloader:
             task.add_done_callback(self._retiring.discard)
 
     def _group(self, route: RouteConfig, before: RouteConfig | None) -> UpstreamGroup:
-        if before is not None and before.upstreams == route.upstreams:
+        if before is not None and (before.upstreams, before.health) == (
+            route.upstreams, route.health
+        ):
             return self.services.upstreams[route.name]
-        group = UpstreamGroup(route.upstreams)
+        group = upstream_group(route)
+        group.start()
         self._made.add(group)
         return group
 
