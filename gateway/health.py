@@ -1,10 +1,11 @@
 """The health of one upstream target of a route (README "Upstream health").
 
 Passive: a target whose requests fail ``failures`` times in a row (a connect error, a reset or
-a timeout before the response head) is ejected, and ``UpstreamGroup.pick`` skips it for
-``eject_seconds``. Then one request is let through as a probe: a success puts the target back
-in service, a failure ejects it again for twice as long (at most ``max_eject_seconds``). A
-request whose client left gives no verdict and frees the probe.
+a timeout before the response head; a 5xx answer too with ``fail_on_5xx``) is ejected, and
+``UpstreamGroup.pick`` skips it for ``eject_seconds``. Then one request is let through as a
+probe: a success puts the target back in service, a failure ejects it again for twice as long
+(at most ``max_eject_seconds``). A request whose client left gives no verdict and frees the
+probe.
 
 Active (``path`` set): the group GETs ``path`` on every target each ``interval`` seconds. A
 2xx or 3xx answer puts an ejected target back at once; ``failures`` failed checks in a row
@@ -74,7 +75,7 @@ class TargetHealth:
         self.backoff = self.policy.eject_seconds
 
     def failed(self, reason: str) -> None:
-        """A request failed before its response head."""
+        """A request failed before its response head (or answered 5xx, with ``fail_on_5xx``)."""
         self.failures += 1
         if self.ejected_until == 0.0:
             if self.failures >= self.policy.failures:

@@ -688,7 +688,8 @@ class UpstreamGroup:
     a certain 502. A request that failed before its response head counts against the target,
     and is tried once more on another target when it never reached the first (a connect
     failure: any method) or when the connection failed before any response byte and the
-    method is idempotent with a body that can be sent again. ``start`` runs the active checks
+    method is idempotent with a body that can be sent again (a 5xx answer counts against the
+    target with ``health.fail_on_5xx``, and is never retried). ``start`` runs the active checks
     when the route has ``health.path``."""
 
     def __init__(
@@ -772,7 +773,9 @@ class UpstreamGroup:
             health.abandoned()
             raise
         else:
-            if health.failures:
+            if response.status >= 500 and self.policy.fail_on_5xx:
+                health.failed(f"answered {response.status}")
+            elif health.failures:
                 health.succeeded()
             return response
         return await self._retry(other, method, target, headers, body, timeout, body_length)
@@ -803,7 +806,9 @@ class UpstreamGroup:
         except BaseException:
             health.abandoned()
             raise
-        if health.failures:
+        if response.status >= 500 and self.policy.fail_on_5xx:
+            health.failed(f"answered {response.status}")
+        elif health.failures:
             health.succeeded()
         return response
 

@@ -96,6 +96,7 @@ class Target:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.health_status = 200
+        self.status = 200  # of every other answer
         self.hang = False
         self.reset = False
         self.served = 0
@@ -113,7 +114,7 @@ class Target:
             request.transport.abort()
             await asyncio.sleep(3600)
         self.served += 1
-        return web.Response(text=self.name)
+        return web.Response(text=self.name, status=self.status)
 
     async def start(self) -> Target:
         app = web.Application()
@@ -252,3 +253,23 @@ async def test_active_checks_eject_a_failing_target_and_restore_it(
         assert sorted([await get(group) for _ in range(2)]) == ["a", "b"]
         a.hang = True  # a check that times out
         await wait_for(lambda: not health.up)
+
+
+@pytest.mark.parametrize("fail_on_5xx", [False, True])
+async def test_a_5xx_answer_counts_against_the_target_only_when_configured(
+    targets: tuple[Target, Target], fail_on_5xx: bool,
+) -> None:
+    a, b = targets
+    a.status = 503
+    async with group_of(a.url, b.url, failures=2, fail_on_5xx=fail_on_5xx) as group:
+        statuses = []
+        for _ in range(6):
+            response = await group.request("GET", "/", [], None, timeout=5)
+            statuses.append(response.status)  # a 5xx is the answer: never retried
+            await response.read()
+        if fail_on_5xx:
+            assert statuses == [503, 200, 503, 200, 200, 200]
+            assert not group.pools[0].health.up
+        else:
+            assert statuses == [503, 200] * 3
+            assert group.pools[0].health.up

@@ -142,13 +142,15 @@ class CorsConfig:
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
     """A route's upstream targets (README "Upstream health"): one that fails ``failures``
-    requests in a row is ejected for ``eject_seconds``, then probed with one request; each
-    failed probe doubles the time out, up to ``max_eject_seconds``. With ``path``: active
-    checks, a GET of ``path`` on every target each ``interval`` seconds (``timeout`` each)."""
+    requests in a row (``fail_on_5xx``: a 5xx answer counts as failed too) is ejected for
+    ``eject_seconds``, then probed with one request; each failed probe doubles the time out, up
+    to ``max_eject_seconds``. With ``path``: active checks, a GET of ``path`` on every target
+    each ``interval`` seconds (``timeout`` each)."""
 
     failures: int = option(3, parsers.integer(1, 1000))
     eject_seconds: float = option(10.0, parsers.positive_number)
     max_eject_seconds: float = option(300.0, parsers.positive_number)
+    fail_on_5xx: bool = option(False, parsers.boolean)
     path: str | None = option(None, health_path)
     interval: float = option(10.0, parsers.positive_number)
     timeout: float = option(2.0, parsers.positive_number)
