@@ -46,9 +46,10 @@ def edge_sums(parts: list[Tile]) -> str:
         f"AND granularity = {size} AND start >= ${2 * i + 2} AND start < ${2 * i + 3}"
         for i, (size, _, _) in enumerate(parts)
     ]
-    return (
-        "SELECT u.key_id, k.name, SUM(u.n) FROM (" + " UNION ALL ".join(branches) + ") AS u "
-        "JOIN api_keys AS k ON k.key_id = u.key_id GROUP BY u.key_id, k.name"
+    return (  # summed per key first, then the names
+        "SELECT t.key_id, k.name, t.n FROM (SELECT key_id, SUM(n) AS n FROM ("
+        + " UNION ALL ".join(branches)
+        + ") AS u GROUP BY key_id) AS t JOIN api_keys AS k ON k.key_id = t.key_id"
     )
 
 
