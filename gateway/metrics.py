@@ -8,8 +8,9 @@ share a series. Two ways numbers get in:
 - **observed**: the request path calls a bound child once per request (``observe_request``, the
   upstream histogram child from ``upstream_latency``) or once per event (``count_error``, ...);
 - **sampled**: what the gateway already counts in plain numbers (key-cache stats, in-flight
-  requests, upstream pool sizes) is copied in by ``sample()``: before every render and, with
-  workers, every second. It costs the request path nothing.
+  requests, upstream pool sizes, upstream targets in service and their ejections) is copied in
+  by ``sample()``: before every render and, with workers, every second. It costs the request
+  path nothing.
 
 With ``workers: N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start:
 prometheus-client then keeps every value in a per-process file there, and ``render()`` in any
@@ -50,6 +51,7 @@ from gateway.errors import (
 from gateway.periodic import Periodic
 
 if TYPE_CHECKING:
+    from gateway.health import TargetHealth
     from gateway.keys.cache import KeyCache
     from gateway.limiter.base import RateLimiter
     from gateway.upstream import UpstreamGroup
@@ -105,6 +107,8 @@ class Metrics:
         self._limiter: RateLimiter | None = None
         self._upstreams: Mapping[str, UpstreamGroup] = {}
         self._pool_routes: set[str] = set()  # routes whose pool gauges were last set
+        # (route, target) -> the health last sampled and its ejections then
+        self._targets: dict[tuple[str, str], tuple[TargetHealth, int]] = {}
         self._sampled: dict[str, float] = {}
         self._sampler = Periodic(SAMPLE_INTERVAL, self._sample_tick)
 
@@ -134,6 +138,15 @@ class Metrics:
             "gateway_upstream_connections", "Upstream connections open, busy (a request on "
             "them) or idle (kept alive for reuse).", ("route", "state"),
             multiprocess_mode="livesum", registry=registry,
+        )
+        self.upstream_up = Gauge(
+            "gateway_upstream_up", "1 while a route's upstream target is in service, 0 while "
+            "it is ejected (README \"Upstream health\"); with workers, the lowest of theirs.",
+            ("route", "target"), multiprocess_mode="livemin", registry=registry,
+        )
+        self.upstream_ejections = Counter(
+            "gateway_upstream_ejections", "Times a route's upstream target was ejected for "
+            "failing (README \"Upstream health\").", ("route", "target"), registry=registry,
         )
 
     def _declare_refusals(self, registry: CollectorRegistry) -> None:
@@ -290,6 +303,7 @@ class Metrics:
                 self.upstream_connections.labels(route, state).set(0)  # workers' files keep it
                 self.upstream_connections.remove(route, state)
         self._pool_routes = set(self._upstreams)
+        self._sample_targets()
         cache = self._cache
         if cache is not None:
             stats = cache.stats
@@ -304,6 +318,24 @@ class Metrics:
         if counts is not None:
             self._advance("round_trips", self.limiter_round_trips, counts.batches)
             self._advance("commands", self.limiter_commands, counts.commands)
+
+    def _sample_targets(self) -> None:
+        """Each target's up/down gauge and ejections; a reload's new group counts from 0."""
+        targets: dict[tuple[str, str], tuple[TargetHealth, int]] = {}
+        for route, group in self._upstreams.items():
+            for pool in group.pools:
+                labels = (route, pool.url)
+                health = pool.health
+                self.upstream_up.labels(*labels).set(1 if health.up else 0)
+                seen, last = self._targets.get(labels, (health, 0))
+                if seen is not health:
+                    last = 0
+                if health.ejections > last:
+                    self.upstream_ejections.labels(*labels).inc(health.ejections - last)
+                targets[labels] = (health, health.ejections)
+        for labels in self._targets.keys() - targets.keys():  # gone with a reload
+            self.upstream_up.remove(*labels)
+        self._targets = targets
 
     def _advance(self, name: str, counter: Counter, total: float) -> None:
         """Move ``counter`` up to ``total`` (a running count kept elsewhere)."""

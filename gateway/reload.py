@@ -1,11 +1,13 @@
 """SIGHUP: re-read the config file and put it in force without dropping a connection.
 
 What changes live: ``routes`` (upstreams, limits, permissions, CORS ...), ``permissions``,
-``defaults``, ``plans``, ``default_plan`` and ``drain_timeout``. The ``Reloader`` builds a new
-``Pipeline`` from the new config and the process's open store, cache and limiter, and swaps it
-in: new requests get it, requests already running finish on the old one. A route whose upstream
-targets did not change keeps its pool (and its warm connections); pools that only older
-pipelines use are closed once the requests on those pipelines are done.
+``defaults``, ``plans``, ``default_plan`` and ``drain_timeout``; the listeners' TLS certificate
+and key files are read again (the paths themselves, like the addresses, need a restart). The
+``Reloader`` builds a new ``Pipeline`` from the new config and the process's open store, cache
+and limiter, and swaps it in: new requests get it, requests already running finish on the old
+one. A route whose upstream targets (and their ``health``) did not change keeps its pool (with
+its warm connections and its targets' health); pools that only older pipelines use are closed
+once the requests on those pipelines are done.
 
 Everything else was opened or bound once at start-up (``listen``, ``admin_listen``, ``workers``,
 ``database``, ``redis``, ``keys``, ``key_cache``, ``key_store`` and any section added later): a
@@ -25,8 +27,9 @@ from dataclasses import fields, replace
 from gateway.config import Config, RouteConfig, load_config
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.pipeline import Pipeline, PipelineHolder
-from gateway.services import Services, open_store
+from gateway.services import Services, open_store, upstream_group
 from gateway.store import Store
+from gateway.tls import Certificates
 from gateway.upstream import UpstreamGroup
 
 log = logging.getLogger("gateway.reload")
@@ -106,8 +109,9 @@ class Reloader:
     the same dict, updated in place). Each pipeline is built from its own copy, so a request
     never sees another config's values mid-way."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, certificates: Certificates | None = None) -> None:
         self.services = services
+        self.certificates = certificates  # the listeners' TLS, read again on each reload
         self.holder = PipelineHolder(Pipeline(_snapshot(services, services.config)))
         self._swapped_out: list[Pipeline] = []  # those that may still run requests
         self._made: set[UpstreamGroup] = set()  # pools made here (open_services closes its own)
@@ -159,6 +163,8 @@ class Reloader:
         services.upstreams.clear()  # the same dict: whoever watches it sees the new pools
         services.upstreams.update(upstreams)
         self._close_unused(old_upstreams, list(upstreams.values()))
+        if self.certificates is not None:
+            self.certificates.reload()
         log.info("config reloaded from %s: %d routes", config.source, len(config.routes))
 
     def _swap(self, pipeline: Pipeline) -> None:
@@ -177,9 +183,12 @@ class Reloader:
             task.add_done_callback(self._retiring.discard)
 
     def _group(self, route: RouteConfig, before: RouteConfig | None) -> UpstreamGroup:
-        if before is not None and before.upstreams == route.upstreams:
+        if before is not None and (before.upstreams, before.health) == (
+            route.upstreams, route.health
+        ):
             return self.services.upstreams[route.name]
-        group = UpstreamGroup(route.upstreams)
+        group = upstream_group(route)
+        group.start()
         self._made.add(group)
         return group
 

@@ -33,6 +33,7 @@ from gateway.app import create_admin, create_proxy_server
 from gateway.config import Config
 from gateway.reload import Reloader
 from gateway.services import open_services
+from gateway.tls import Certificates
 
 log = logging.getLogger("gateway.server")
 ADMIN_SHUTDOWN_TIMEOUT = 5.0  # seconds admin requests get once the proxy has drained
@@ -56,7 +57,8 @@ async def serve(config: Config, *, parent: Connection | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with open_services(config) as services:
-        reloader = Reloader(services)
+        certificates = Certificates(config.source)
+        reloader = Reloader(services, certificates)
         admin = create_admin(services)
         proxy_runner = web.ServerRunner(
             create_proxy_server(services, reloader.holder),
@@ -68,7 +70,8 @@ async def serve(config: Config, *, parent: Connection | None = None) -> None:
         await proxy_runner.setup()
         await admin_runner.setup()
         try:
-            await listen(proxy_runner, admin_runner, config, reuse_port=parent is not None)
+            await listen(proxy_runner, admin_runner, config, certificates,
+                         reuse_port=parent is not None)
             if parent is None:
                 accept_sighup(loop, reloader.on_sighup)
             else:
@@ -91,13 +94,16 @@ async def serve(config: Config, *, parent: Connection | None = None) -> None:
 
 
 async def listen(
-    proxy_runner: web.BaseRunner, admin_runner: web.BaseRunner, config: Config, *,
-    reuse_port: bool,
+    proxy_runner: web.BaseRunner, admin_runner: web.BaseRunner, config: Config,
+    certificates: Certificates, *, reuse_port: bool,
 ) -> None:
+    """Bind both listeners, with TLS where the config says so (README "TLS")."""
+    public_tls = certificates.context("listen", config.listen.tls)
+    admin_tls = certificates.context("admin_listen", config.admin_listen.tls)
     await web.TCPSite(proxy_runner, config.listen.host, config.listen.port,
-                      reuse_port=reuse_port, backlog=1024).start()
+                      reuse_port=reuse_port, backlog=1024, ssl_context=public_tls).start()
     await web.TCPSite(admin_runner, config.admin_listen.host, config.admin_listen.port,
-                      reuse_port=reuse_port).start()
+                      reuse_port=reuse_port, ssl_context=admin_tls).start()
     log.info("gateway listening on %s (admin %s)", config.listen, config.admin_listen)
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from gateway.config import Config, KeyStoreConfig, LimiterConfig
+from gateway.config import Config, KeyStoreConfig, LimiterConfig, RouteConfig
 from gateway.errors import ConfigError
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import KeyHasher
@@ -89,6 +89,11 @@ def create_limiter(config: Config) -> RateLimiter:
     return factory(config.redis, config.limiter)
 
 
+def upstream_group(route: RouteConfig) -> UpstreamGroup:
+    """The pools of ``route``'s targets and their health; ``start()`` it once the loop runs."""
+    return UpstreamGroup(route.upstreams, health=route.health, name=route.name)
+
+
 @contextlib.asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Store]:
     """Just the key store (migrated), for the CLI."""
@@ -120,9 +125,10 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         rollup.start()
         stack.push_async_callback(rollup.stop)
         # a verify route (README "Forward auth") has no upstream of its own
-        upstreams = {r.name: UpstreamGroup(r.upstreams) for r in config.routes if r.upstreams}
+        upstreams = {r.name: upstream_group(r) for r in config.routes if r.upstreams}
         for group in upstreams.values():
             stack.push_async_callback(group.close)
+            group.start()
         metrics.watch(cache, upstreams, limiter)
         metrics.start()
         stack.push_async_callback(metrics.stop)

@@ -10,7 +10,9 @@ be stale. Back-pressure: streamed request bodies wait for ``resume_writing``; re
 are buffered up to ``_HIGH_WATER`` bytes, then the transport stops reading until the consumer
 takes them. A connection goes back to the pool only after a complete keep-alive response;
 every failure closes it and surfaces as ``UpstreamError`` with a short, data-free message.
-``UpstreamGroup`` round-robins over pools and fails over once on a connect failure.
+``UpstreamGroup`` round-robins over pools, skips targets their health has ejected
+(``gateway.health``) and retries once on another target a request that never reached one
+(README "Upstream health").
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -26,13 +27,18 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.config import HealthConfig
 from gateway.errors import UpstreamError
+from gateway.health import TargetHealth
+from gateway.periodic import Periodic
 
 __all__ = ["UpstreamGroup", "UpstreamPool", "UpstreamResponse"]
 
 _HIGH_WATER = 256 * 1024  # response bytes buffered before the transport stops reading
 _JOIN_LIMIT = 64 * 1024  # request bodies up to this size are sent in one write with the head
-_DOWN_FOR = 2.0  # seconds a group member is skipped after a connect failure
+# RFC 9110 §9.2.2: a client may retry these when the connection failed before the response
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+CHECK_HEADERS = [("User-Agent", "gateway-health-check")]
 _SWEEP_SLACK = 0.05  # idle connections this close to expiry are closed early by the sweeper
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -42,6 +48,11 @@ Body = bytes | AsyncIterator[bytes] | None
 
 class _ConnectError(UpstreamError):
     """No connection could be made, so nothing was sent: safe to try another target."""
+
+
+class _NotAnswered(UpstreamError):
+    """Sent on a fresh connection that failed before any response byte (not a timeout): an
+    idempotent request may be tried on another target."""
 
 
 class _StaleConnection(Exception):
@@ -414,6 +425,8 @@ class UpstreamPool:
             raise ValueError("an upstream URL needs an http or https scheme and a host")
         if parts.query or parts.fragment or parts.username is not None:
             raise ValueError("an upstream URL takes no query, fragment or credentials")
+        self.url = base_url
+        self.health = TargetHealth(HealthConfig(), base_url)  # a group gives it its route's
         self.host: str = parts.hostname
         self.port: int = parts.port or _DEFAULT_PORTS[scheme]
         name = f"[{self.host}]" if ":" in self.host else self.host
@@ -609,8 +622,10 @@ class UpstreamPool:
             conn.broken = True
             conn.finish()
             replayable = body is None or isinstance(body, bytes)
-            if replayable and conn.reused and not conn.got_data and not exc.timeout:
-                raise _StaleConnection from None
+            if replayable and not conn.got_data and not exc.timeout:
+                if conn.reused:
+                    raise _StaleConnection from None
+                raise _NotAnswered(str(exc)) from None
             raise
         except BaseException:
             conn.broken = True
@@ -666,34 +681,66 @@ class UpstreamPool:
 
 
 class UpstreamGroup:
-    """Round robin over several UpstreamPools (a route's ``upstream`` may be a list)."""
+    """Round robin over the UpstreamPools of a route's targets (README "Upstream health").
 
-    def __init__(self, base_urls: Sequence[str], **pool_kwargs: Any) -> None:
+    ``pick`` skips the targets their health has ejected (one that is due is picked once, as its
+    probe); when every target is out, the one ejected longest ago gets the request, rather than
+    a certain 502. A request that failed before its response head counts against the target,
+    and is tried once more on another target when it never reached the first (a connect
+    failure: any method) or when the connection failed before any response byte and the
+    method is idempotent with a body that can be sent again (a 5xx answer counts against the
+    target with ``health.fail_on_5xx``, and is never retried). ``start`` runs the active checks
+    when the route has ``health.path``."""
+
+    def __init__(
+        self, base_urls: Sequence[str], *, health: HealthConfig | None = None, name: str = "",
+        **pool_kwargs: Any,
+    ) -> None:
         if not base_urls:
             raise ValueError("an upstream group needs at least one URL")
+        self.policy = health or HealthConfig()
         self.pools: list[UpstreamPool] = [UpstreamPool(url, **pool_kwargs) for url in base_urls]
-        self._down_until: list[float] = [0.0] * len(self.pools)
+        for pool in self.pools:
+            pool.health = TargetHealth(self.policy, f"{pool.url} (route {name or '?'})")
         self._next = 0
+        self._checks: Periodic | None = None
+        if self.policy.path is not None:
+            self._checks = Periodic(self.policy.interval, self.check)
+
+    def start(self) -> None:
+        """Start the active checks, if the route has them."""
+        if self._checks is not None:
+            self._checks.start()
 
     def pick(self) -> UpstreamPool:
-        """The next target in turn, skipping targets marked down (unless all are)."""
+        """The next target in turn that is in service (or due for its probe)."""
         pools = self.pools
         count = len(pools)
         if count == 1:
             return pools[0]
-        now = time.monotonic()
         for _ in range(count):
             index = self._next
-            self._next = (index + 1) % count
-            if self._down_until[index] <= now:
+            self._next = index + 1 if index + 1 < count else 0
+            health = pools[index].health
+            if health.ejected_until == 0.0 or health.usable():
                 return pools[index]
-        index = self._next
-        self._next = (index + 1) % count
-        return pools[index]
+        return self._least_recently_ejected(pools)
 
-    def mark_down(self, pool: UpstreamPool) -> None:
-        """Skip ``pool`` in ``pick()`` for the next two seconds."""
-        self._down_until[self.pools.index(pool)] = time.monotonic() + _DOWN_FOR
+    def _another(self, failed: UpstreamPool) -> UpstreamPool | None:
+        """For the retry: the next usable target other than ``failed``, else the one of the
+        others ejected longest ago; None when there is no other."""
+        others = [pool for pool in self.pools if pool is not failed]
+        if not others:
+            return None
+        for _ in range(len(self.pools)):
+            pool = self.pick()
+            if pool is not failed:
+                return pool
+        return self._least_recently_ejected(others)
+
+    @staticmethod
+    def _least_recently_ejected(pools: list[UpstreamPool]) -> UpstreamPool:
+        return min(pools, key=lambda pool: pool.health.ejected_at)
 
     async def request(
         self,
@@ -705,29 +752,83 @@ class UpstreamGroup:
         timeout: float,
         body_length: int | None = None,
     ) -> UpstreamResponse:
-        """``UpstreamPool.request`` on the next target; a connect failure tries one more.
+        """``UpstreamPool.request`` on the next target; a request that never reached it tries
+        one more (see the class).
 
         ``target`` is relative to each pool's ``base_path`` (``/v1/x?q=1`` becomes
         ``/base/v1/x?q=1`` on a pool at ``http://host/base``), so targets may differ in it."""
         pool = self.pick()
+        health = pool.health
         try:
-            return await pool.request(
+            response = await pool.request(
                 method, pool.base_path + target, headers, body, timeout=timeout,
                 body_length=body_length,
             )
-        except _ConnectError:
-            self.mark_down(pool)
-            other = self.pick()
-            if other is pool:
+        except UpstreamError as exc:
+            health.failed(str(exc))
+            other = self._retry_on(pool, exc, method, body)
+            if other is None:
                 raise
+        except BaseException:
+            health.abandoned()
+            raise
+        else:
+            if response.status >= 500 and self.policy.fail_on_5xx:
+                health.failed(f"answered {response.status}")
+            elif health.failures:
+                health.succeeded()
+            return response
+        return await self._retry(other, method, target, headers, body, timeout, body_length)
+
+    def _retry_on(
+        self, pool: UpstreamPool, exc: UpstreamError, method: str, body: Body
+    ) -> UpstreamPool | None:
+        if isinstance(exc, _ConnectError) or (
+            isinstance(exc, _NotAnswered) and method in IDEMPOTENT
+            and (body is None or isinstance(body, bytes))
+        ):
+            return self._another(pool)
+        return None
+
+    async def _retry(
+        self, pool: UpstreamPool, method: str, target: str, headers: list[tuple[str, str]],
+        body: Body, timeout: float, body_length: int | None,
+    ) -> UpstreamResponse:
+        health = pool.health
         try:
-            return await other.request(
-                method, other.base_path + target, headers, body, timeout=timeout,
+            response = await pool.request(
+                method, pool.base_path + target, headers, body, timeout=timeout,
                 body_length=body_length,
             )
-        except _ConnectError:
-            self.mark_down(other)
+        except UpstreamError as exc:
+            health.failed(str(exc))
             raise
+        except BaseException:
+            health.abandoned()
+            raise
+        if response.status >= 500 and self.policy.fail_on_5xx:
+            health.failed(f"answered {response.status}")
+        elif health.failures:
+            health.succeeded()
+        return response
+
+    async def check(self) -> None:
+        """One round of active checks: every target at once, each within ``timeout``."""
+        await asyncio.gather(*(self._check(pool) for pool in self.pools))
+
+    async def _check(self, pool: UpstreamPool) -> None:
+        path = self.policy.path
+        assert path is not None  # only scheduled with a path
+        try:
+            response = await pool.request(
+                "GET", pool.base_path + path, CHECK_HEADERS, None, timeout=self.policy.timeout
+            )
+            await response.read()
+        except UpstreamError as exc:
+            pool.health.checked(f"health check: {exc}")
+            return
+        ok = 200 <= response.status < 400
+        pool.health.checked(None if ok else f"health check answered {response.status}")
 
     def usage(self) -> tuple[int, int]:
         """(connections open, of which idle), over every target."""
@@ -735,5 +836,7 @@ class UpstreamGroup:
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     async def close(self) -> None:
+        if self._checks is not None:
+            await self._checks.stop()
         for pool in self.pools:
             await pool.close()

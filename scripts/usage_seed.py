@@ -3,8 +3,8 @@
 One workspace with ``--keys`` keys and ``--days`` days of history: each key is active in a
 random ``--active`` share of the hours (an hour row and its day row), and the ``--busy`` busiest
 keys have minute rows for the last 48 hours. Then it times, over ``--runs`` runs each (median
-and worst, in ms): a key's 30 days by hour, the workspace's 30 days by hour, its top keys over 30
-days by hour and over 90 days by day, and a key's last 24 hours by minute.
+and worst, in ms): a key's 30 days by hour, the workspace's 30 days by hour, its top keys over 24
+hours and 30 days by hour and over 90 days by day, and a key's last 24 hours by minute.
 
     python scripts/usage_seed.py --database postgresql://postgres@127.0.0.1:5432/usage_seed
     python scripts/usage_seed.py --database sqlite:////tmp/usage_seed.db
@@ -89,12 +89,17 @@ async def make_keys(store: Store, workspace_id: str, count: int) -> list[str]:
     return ids
 
 
+Rows = list[tuple[Any, ...]]
+
+
 def history(key_ids: list[str], workspace_id: str, now: int, days: int, active: float,
-            busy: int, rng: random.Random) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Key rows and workspace rows (hours, days, and 48 h of minutes for the busy keys)."""
+            busy: int, rng: random.Random) -> tuple[Rows, Rows, Rows]:
+    """Key rows, workspace rows (hours, days, and 48 h of minutes for the busy keys) and each
+    key's running totals by day."""
     first_hour = now - now % HOUR - days * DAY
     hours = [first_hour + i * HOUR for i in range(days * 24)]
-    rows: list[tuple[Any, ...]] = []
+    rows: Rows = []
+    running: Rows = []
     workspace: dict[tuple[int, int], list[int]] = {}
 
     def add(key_id: str, granularity: int, start: int, counts: list[int]) -> None:
@@ -112,18 +117,20 @@ def history(key_ids: list[str], workspace_id: str, now: int, days: int, active: 
             day = by_day.setdefault(start - start % DAY, [0] * len(OUTCOMES))
             for i, n in enumerate(counts):
                 day[i] += n
-        for start, counts in by_day.items():
+        through = 0
+        for start, counts in sorted(by_day.items()):
             add(key_id, DAY, start, counts)
+            through += sum(counts)
+            running.append((key_id, start, through))
     minute0 = now - now % MINUTE - 2 * DAY
     for key_id in key_ids[:busy]:
         for i in range(2 * DAY // MINUTE):
             add(key_id, MINUTE, minute0 + i * MINUTE, [rng.randint(1, 20), 0, 0, 0, 0, 0, 0, 0])
     workspace_rows = [(workspace_id, g, s, *c) for (g, s), c in workspace.items()]
-    return rows, workspace_rows
+    return rows, workspace_rows, running
 
 
-async def load(store: Store, rows: list[tuple[Any, ...]],
-               workspace_rows: list[tuple[Any, ...]], now: int) -> None:
+async def load(store: Store, rows: Rows, workspace_rows: Rows, running: Rows, now: int) -> None:
     if store.db.dialect.name == "postgres":
         db: Any = store.db  # Postgres: the pool hands out asyncpg connections
         async with db.connection() as conn:
@@ -131,6 +138,8 @@ async def load(store: Store, rows: list[tuple[Any, ...]],
             await raw.copy_records_to_table("usage_key_buckets", records=rows, columns=COLUMNS)
             await raw.copy_records_to_table("usage_workspace_buckets", records=workspace_rows,
                                             columns=WS_COLUMNS)
+            await raw.copy_records_to_table("usage_key_running", records=running,
+                                            columns=("key_id", "day", "through"))
             await raw.execute("ANALYZE")
     else:
         marks = ", ".join(f"${i + 1}" for i in range(len(COLUMNS)))
@@ -140,6 +149,8 @@ async def load(store: Store, rows: list[tuple[Any, ...]],
             marks = ", ".join(f"${i + 1}" for i in range(len(WS_COLUMNS)))
             await tx.executemany(f"INSERT INTO usage_workspace_buckets ({', '.join(WS_COLUMNS)}) "
                                  f"VALUES ({marks})", workspace_rows)
+            await tx.executemany("INSERT INTO usage_key_running (key_id, day, through) "
+                                 "VALUES ($1, $2, $3)", running)
         await store.db.execute("ANALYZE")
     # everything is rolled up: minutes before now are in their hours and days
     await store.db.execute("UPDATE usage_rollup SET rolled_to = $1 WHERE id = 1",
@@ -182,9 +193,9 @@ async def main() -> int:
         else:
             workspace = await store.create_workspace("seeded")
             key_ids = await make_keys(store, workspace.id, args.keys)
-            rows, workspace_rows = history(key_ids, workspace.id, now, args.days, args.active,
-                                           args.busy, rng)
-            await load(store, rows, workspace_rows, now)
+            rows, workspace_rows, running = history(key_ids, workspace.id, now, args.days,
+                                                    args.active, args.busy, rng)
+            await load(store, rows, workspace_rows, running, now)
             print(f"seeded {args.keys} keys, {len(rows)} key buckets, {len(workspace_rows)} "
                   f"workspace buckets in {time.perf_counter() - started:.0f} s")
         count = await store.db.fetchval("SELECT COUNT(*) FROM usage_key_buckets")
@@ -198,8 +209,9 @@ async def main() -> int:
             ("key, 30 days by hour", lambda: usage.key_series(picks.pop(), HOUR, *month)),
             ("workspace, 30 days by hour", lambda: usage.workspace_series(workspace.id, HOUR,
                                                                           *month)),
-            ("top keys, 30 days by hour", lambda: usage.top_keys(workspace.id, HOUR, *month)),
-            ("top keys, 90 days by day", lambda: usage.top_keys(workspace.id, DAY, *quarter)),
+            ("top keys, last 24 hours", lambda: usage.top_keys(workspace.id, end - DAY, end)),
+            ("top keys, last 30 days", lambda: usage.top_keys(workspace.id, *month)),
+            ("top keys, 90 whole days", lambda: usage.top_keys(workspace.id, *quarter)),
             ("busy key, 24 hours by minute", lambda: usage.key_series(
                 key_ids[0], MINUTE, minute_end - DAY, minute_end)),
         ]

@@ -61,11 +61,16 @@ class GatewayProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme('listen')}://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"{self.scheme('admin_listen')}://127.0.0.1:{self.admin_port}"
+
+    def scheme(self, listener: str) -> str:
+        """https when the config gives the listener ``tls`` (``{address, tls}``)."""
+        value = self.data[listener]
+        return "https" if isinstance(value, dict) and value.get("tls") else "http"
 
     def write(self, data: dict[str, Any]) -> None:
         """Replace the config file (atomically, as a deploy tool would)."""

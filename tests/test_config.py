@@ -285,7 +285,7 @@ CASES: dict[str, str] = {
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
         "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
-        "limiter, logging, limits, plans, default_plan, routes), got []"
+        "limiter, logging, limits, usage, plans, default_plan, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -376,9 +376,9 @@ CASES: dict[str, str] = {
     ),
     "route_unknown_key.yaml": (
         "routes[0].upstreams: unknown key (did you mean 'upstream'? allowed: name, path, "
-        "mode, upstream, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
-        "on_limiter_error, timeout, max_body_bytes, cors, resource, operations), "
-        "got ['http://127.0.0.1:9001']"
+        "mode, upstream, health, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
+        "on_limiter_error, timeout, max_body_bytes, cors, resource, operations), got "
+        "['http://127.0.0.1:9001']"
     ),
     "route_verify_with_upstream.yaml": (
         "routes[1].upstream: a verify route (mode: verify) has no upstream, "

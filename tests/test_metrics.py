@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.config import HealthConfig
+from gateway.health import TargetHealth
 from gateway.keys.cache import CacheStats
 from gateway.metrics import Metrics, status_class
 
@@ -23,6 +25,8 @@ def test_every_metric_is_declared_even_before_it_counts() -> None:
         "gateway_upstream_duration_seconds": "histogram",
         "gateway_requests_in_flight": "gauge",
         "gateway_upstream_connections": "gauge",
+        "gateway_upstream_up": "gauge",
+        "gateway_upstream_ejections": "counter",
         "gateway_errors": "counter",
         "gateway_auth_failures": "counter",
         "gateway_rate_limited": "counter",
@@ -124,9 +128,16 @@ class FakeCache:
 
 
 @dataclass
+class FakePool:
+    url: str
+    health: TargetHealth = field(default_factory=lambda: TargetHealth(HealthConfig(failures=1)))
+
+
+@dataclass
 class FakeGroup:
     open: int = 0
     idle: int = 0
+    pools: list[FakePool] = field(default_factory=list)
 
     def usage(self) -> tuple[int, int]:
         return self.open, self.idle
@@ -152,3 +163,23 @@ def test_sampled_counters_follow_the_running_counts() -> None:
     assert value("gateway_requests_in_flight") == 4
     assert value("gateway_upstream_connections", {"route": "models", "state": "busy"}) == 2
     assert value("gateway_upstream_connections", {"route": "models", "state": "idle"}) == 3
+
+
+def test_each_targets_health_is_sampled_and_a_new_group_counts_from_zero() -> None:
+    metrics = Metrics()
+    a, b = FakePool("http://a:1"), FakePool("http://b:1")
+    metrics.watch(FakeCache(), {"r": FakeGroup(pools=[a, b])})  # type: ignore[arg-type, dict-item]
+    value = metrics.sample_value
+    a.health.failed("connect failed")
+    labels = {"route": "r", "target": "http://a:1"}
+    assert value("gateway_upstream_up", labels) == 0
+    assert value("gateway_upstream_up", {"route": "r", "target": "http://b:1"}) == 1
+    assert value("gateway_upstream_ejections_total", labels) == 1
+    a.health.succeeded()
+    assert value("gateway_upstream_up", labels) == 1
+    # a reload: a new group for the route, its own health; b is gone
+    fresh = FakePool("http://a:1")
+    metrics.watch(FakeCache(), {"r": FakeGroup(pools=[fresh])})  # type: ignore[arg-type, dict-item]
+    fresh.health.failed("reset")
+    assert value("gateway_upstream_ejections_total", labels) == 2
+    assert "http://b:1" not in metrics.render()

@@ -13,6 +13,7 @@ from gateway.config.load import parse_config as parse_config
 from gateway.config.model import Config as Config
 from gateway.config.model import CorsConfig as CorsConfig
 from gateway.config.model import Defaults as Defaults
+from gateway.config.model import HealthConfig as HealthConfig
 from gateway.config.model import KeyCacheConfig as KeyCacheConfig
 from gateway.config.model import KeysConfig as KeysConfig
 from gateway.config.model import KeyStoreConfig as KeyStoreConfig

@@ -7,10 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config import parsers
+from gateway.config.listeners import listener
 from gateway.config.parsers import Listen
 from gateway.config.plans import plan_table
 from gateway.config.routes import (
     cors_rules,
+    health_path,
+    health_rules,
     origin,
     route_name,
     route_path,
@@ -158,6 +161,23 @@ class CorsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """A route's upstream targets (README "Upstream health"): one that fails ``failures``
+    requests in a row (``fail_on_5xx``: a 5xx answer counts as failed too) is ejected for
+    ``eject_seconds``, then probed with one request; each failed probe doubles the time out, up
+    to ``max_eject_seconds``. With ``path``: active checks, a GET of ``path`` on every target
+    each ``interval`` seconds (``timeout`` each)."""
+
+    failures: int = option(3, parsers.integer(1, 1000))
+    eject_seconds: float = option(10.0, parsers.positive_number)
+    max_eject_seconds: float = option(300.0, parsers.positive_number)
+    fail_on_5xx: bool = option(False, parsers.boolean)
+    path: str | None = option(None, health_path)
+    interval: float = option(10.0, parsers.positive_number)
+    timeout: float = option(2.0, parsers.positive_number)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """``path``: a prefix ending in "/", may hold {param} segments; ``mode``: ``proxy``
     forwards to ``upstreams`` (round robin, required), ``verify`` answers forward-auth checks
@@ -169,6 +189,7 @@ class RouteConfig:
     path: str = required(route_path)
     mode: str = option("proxy", parsers.choice("proxy", "verify"))
     upstreams: tuple[str, ...] = option((), upstream_urls, key="upstream")  # proxy: required
+    health: HealthConfig = option(HealthConfig(), section(HealthConfig, health_rules))
     strip_prefix: bool = option(False, parsers.boolean)
     auth: str = option("required", parsers.choice("required", "none"))
     permissions: Mapping[str, tuple[str, ...]] = option({}, route_permissions)
@@ -187,8 +208,8 @@ class Config:
     """``drain_timeout`` (extension): seconds in-flight requests get after SIGTERM."""
 
     source: str  # the file it was read from, for messages (not a key)
-    listen: Listen = option(Listen("0.0.0.0", 8080), parsers.listen_address)
-    admin_listen: Listen = option(Listen("127.0.0.1", 8081), parsers.listen_address)
+    listen: Listen = option(Listen("0.0.0.0", 8080), listener)  # "host:port" or {address, tls}
+    admin_listen: Listen = option(Listen("127.0.0.1", 8081), listener)
     workers: int = option(1, parsers.integer(1, 64))
     drain_timeout: float = option(30.0, parsers.positive_number)
     database: str = option("sqlite:///./gateway.db", parsers.database_url)

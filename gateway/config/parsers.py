@@ -43,9 +43,18 @@ _MAX_SHOWN = 120
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A listener's certificate chain and private key (PEM), as absolute paths."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Listen:
     host: str
     port: int
+    tls: TlsFiles | None = None  # None: plain HTTP
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6, as written in config

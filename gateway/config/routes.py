@@ -24,7 +24,7 @@ from gateway.config.parsers import (
 from gateway.config.section import section
 
 if TYPE_CHECKING:
-    from gateway.config.model import CorsConfig, RouteConfig
+    from gateway.config.model import CorsConfig, HealthConfig, RouteConfig
 
 # the operations of a route with ``resource`` and no ``operations``
 DEFAULT_OPERATIONS: Mapping[str, str] = {
@@ -122,6 +122,36 @@ def cors_rules(ctx: Ctx, data: Mapping[str, object], path: str, cors: CorsConfig
         what = "cannot be true when allow_origins contains '*'"
         ctx.fail(join(path, "allow_credentials"), what, cors.allow_credentials)
     return cors
+
+
+def health_rules(
+    ctx: Ctx, data: Mapping[str, object], path: str, health: HealthConfig
+) -> HealthConfig:
+    """``max_eject_seconds`` at least ``eject_seconds``; ``interval`` and ``timeout`` only with
+    ``path`` (the active checks they shape), ``timeout`` at most ``interval``."""
+    if health.max_eject_seconds < health.eject_seconds:
+        if "max_eject_seconds" in data:
+            what = f"must be at least eject_seconds ({health.eject_seconds:g})"
+            ctx.fail(join(path, "max_eject_seconds"), what, data["max_eject_seconds"])
+        what = f"must be at most max_eject_seconds ({health.max_eject_seconds:g})"
+        ctx.fail(join(path, "eject_seconds"), what, data["eject_seconds"])
+    for key in ("interval", "timeout"):
+        if health.path is None and key in data:
+            ctx.fail(join(path, key), "needs 'path' (the active check it shapes)", data[key])
+    if health.timeout > health.interval:
+        what = f"must be at most interval ({health.interval:g})"
+        ctx.fail(join(path, "timeout"), what, data.get("timeout", health.timeout))
+    return health
+
+
+def health_path(ctx: Ctx, value: object, path: str) -> str:
+    """The target of an active check: an absolute path, with a query if need be."""
+    text = string(ctx, value, path)
+    if not text.startswith("/") or any(ch.isspace() or not ch.isprintable() for ch in text):
+        ctx.fail(path, "must be a path starting with '/', without whitespace", text)
+    if "#" in text:
+        ctx.fail(path, "must not have a fragment", text)
+    return text
 
 
 def route_path(ctx: Ctx, value: object, path: str) -> str:

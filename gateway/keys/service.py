@@ -271,7 +271,7 @@ class KeyService:
         points = await usage.workspace_series(
             workspace_id, window.seconds, window.start, window.end
         )
-        top = await usage.top_keys(workspace_id, window.seconds, window.start, window.end)
+        top = await usage.top_keys(workspace_id, window.start, window.end)
         return {
             "workspace_id": workspace_id,
             **report(window, points),

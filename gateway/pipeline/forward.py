@@ -303,8 +303,9 @@ def build(route: RouteConfig, services: Services) -> Handler:
         task = watcher.watch(request)
         try:
             sent = perf_counter()
-            # the group picks the target (round robin) and fails over once when a
-            # connect is refused; each target puts its own base path in front
+            # the group picks a target in service (round robin) and tries another once for a
+            # request that never reached one (README "Upstream health"); each target puts its
+            # own base path in front
             upstream = await group.request(
                 request.method,
                 upstream_target(route, exchange),

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from gateway.keys.model import GRANULARITIES, OUTCOMES, KeyUsage, TopKey, UsagePoint
 from gateway.store.db import Conn, Db, Row
+from gateway.store.usage_top import top_keys
 
 MINUTE, HOUR, DAY = GRANULARITIES["minute"], GRANULARITIES["hour"], GRANULARITIES["day"]
 
@@ -73,6 +74,25 @@ EXPIRE = tuple(
 
 ROLLED_TO = "SELECT rolled_to FROM usage_rollup WHERE id = 1"
 
+# running totals (README "Usage over time"): a day's row starts from the key's last total before
+# it, then the day's count is added to it and to every later day's
+OPEN_DAY = (
+    "INSERT INTO usage_key_running (key_id, day, through) SELECT $1, $2, COALESCE(("
+    "SELECT through FROM usage_key_running WHERE key_id = $1 AND day < $2 "
+    "ORDER BY day DESC LIMIT 1), 0) WHERE 1 = 1 ON CONFLICT (key_id, day) DO NOTHING"
+)
+ADD_TO_DAYS = "UPDATE usage_key_running SET through = through + $3 WHERE key_id = $1 AND day >= $2"
+ROLLED_DAYS = (  # per key and day, what the minutes of [$1, $2) add
+    f"SELECT key_id, start - start % {DAY}, SUM({_TOTAL}) FROM usage_key_buckets "
+    f"WHERE granularity = {MINUTE} AND start >= $1 AND start < $2 "
+    f"GROUP BY key_id, start - start % {DAY} ORDER BY key_id, start - start % {DAY}"
+)
+EXPIRE_RUNNING = (  # all but each key's last row before the floor
+    "DELETE FROM usage_key_running WHERE day < $1 AND EXISTS (SELECT 1 FROM usage_key_running "
+    "AS later WHERE later.key_id = usage_key_running.key_id AND later.day > usage_key_running.day "
+    "AND later.day < $1)"
+)
+
 
 def _series(table: str, subject: str) -> str:
     """Buckets of granularity $2 in [$3, $4) of one subject ($1), plus the minutes from $5 (the
@@ -90,17 +110,6 @@ def _series(table: str, subject: str) -> str:
 
 KEY_SERIES = _series("usage_key_buckets", "key_id")
 WORKSPACE_SERIES = _series("usage_workspace_buckets", "workspace_id")
-TOP_KEYS = (  # summed per key first, the names joined to the ten that win
-    "SELECT t.key_id, k.name, t.total FROM (SELECT key_id, SUM(n) AS total FROM ("
-    f"SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
-    "AND granularity = $2 AND start >= $3 AND start < $4 "
-    f"UNION ALL SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
-    f"AND granularity = {MINUTE} AND $2 <> {MINUTE} AND start >= $5 AND start < $4"
-    ") AS u GROUP BY key_id ORDER BY total DESC, key_id LIMIT $6"
-    ") AS t JOIN api_keys AS k ON k.key_id = t.key_id ORDER BY t.total DESC, t.key_id"
-)
-
-
 @dataclass(frozen=True, slots=True)
 class UsageDelta:
     """Lifetime counts of one key gathered in memory and written behind in one batch."""
@@ -157,6 +166,9 @@ class UsageTable:
             keys, workspaces = _bucket_rows(minutes, int(rolled_to))
             await tx.executemany(ADD_KEY_BUCKET, keys)
             await tx.executemany(ADD_WORKSPACE_BUCKET, workspaces)
+            late = [m for m in minutes if m.start < int(rolled_to)]  # after an outage
+            await _add_to_running(tx, [(m.key_id, m.start - m.start % DAY, sum(m.counts))
+                                       for m in late])
             for sql, rows in self._dialect.add_usage(_lifetime(minutes, last_used or {})):
                 await tx.executemany(sql, rows)
 
@@ -173,6 +185,8 @@ class UsageTable:
         return max(cutoff, rolled_to)
 
     async def _roll(self, tx: Conn, rolled_to: int, cutoff: int) -> None:
+        days = await tx.fetch(ROLLED_DAYS, rolled_to, cutoff)
+        await _add_to_running(tx, [(str(r[0]), int(r[1]), int(r[2])) for r in days])
         for granularity in (HOUR, DAY):
             for sql in ROLL_UP:
                 await tx.execute(sql, granularity, rolled_to, cutoff)
@@ -185,6 +199,7 @@ class UsageTable:
                                    (DAY, now - retention.day)):
             for sql in EXPIRE:
                 await tx.execute(sql, granularity, floor)
+        await tx.execute(EXPIRE_RUNNING, now - retention.day)
 
     async def key_series(
         self, key_id: str, granularity: int, start: int, end: int
@@ -206,10 +221,13 @@ class UsageTable:
                 for row in rows]
 
     async def top_keys(
-        self, workspace_id: str, granularity: int, start: int, end: int, limit: int = 10
+        self, workspace_id: str, start: int, end: int, limit: int = 10
     ) -> list[TopKey]:
-        rows = await self._read(TOP_KEYS, workspace_id, granularity, start, end, limit)
-        return [TopKey(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+        """The workspace's busiest keys over [start, end): whole days from the running totals,
+        the rest from the buckets (see ``usage_top``)."""
+        async with self._db.transaction(snapshot=True) as tx:
+            rolled_to = int(await tx.fetchval(ROLLED_TO))
+            return await top_keys(tx, workspace_id, start, end, rolled_to, limit)
 
     async def _read(self, sql: str, subject: str, granularity: int, start: int, end: int,
                     *more: object) -> list[Row]:
@@ -254,6 +272,18 @@ def _bucket_rows(
     ]
     workspace_rows: list[Values] = [(*k, *counts) for k, counts in sorted(workspaces.items())]
     return key_rows, workspace_rows
+
+
+async def _add_to_running(tx: Conn, days: list[tuple[str, int, int]]) -> None:
+    """Add each (key, day, count) to the key's running totals, in key order."""
+    summed: dict[tuple[str, int], int] = {}
+    for key_id, day, count in days:
+        summed[key_id, day] = summed.get((key_id, day), 0) + count
+    rows = sorted((key_id, day, count) for (key_id, day), count in summed.items() if count)
+    if not rows:
+        return
+    await tx.executemany(OPEN_DAY, [(key_id, day) for key_id, day, _ in rows])
+    await tx.executemany(ADD_TO_DAYS, rows)
 
 
 def _add(into: dict[tuple[str, int, int], list[int]], at: tuple[str, int, int],

@@ -646,11 +646,64 @@ async def test_top_keys_of_a_workspace(store: Store, make_key: MakeKey) -> None:
         MinuteCounts.of(foreign.key_id, stranger.id, H0, success=100),
     ])
     await store.usage.roll_up(H0 + 30, KEEP_ALL)  # half rolled up: H0 only
-    top = await store.usage.top_keys(ws, 3600, H0, H0 + 3600)
+    top = await store.usage.top_keys(ws, H0, H0 + 3600)
     assert [(t.key_id, t.name, t.total) for t in top] == [
         (keys[1].key_id, "k1", 10), (keys[2].key_id, "k2", 3), (keys[0].key_id, "k0", 1),
     ]
-    assert len(await store.usage.top_keys(ws, 60, H0, H0 + 3600, limit=2)) == 2
+    assert len(await store.usage.top_keys(ws, H0, H0 + 3600, limit=2)) == 2
+
+
+async def test_top_keys_over_days_match_every_count_in_the_window(
+    store: Store, make_key: MakeKey
+) -> None:
+    """Whole days come from running totals, edges from hours and minutes, and minutes past the
+    roll-up from minute rows: every window sums exactly what was written into it, late writes
+    and retention included."""
+    keys = [await store.create_key(make_key(name=f"k{i}"), max_active_per_user=10)
+            for i in range(3)]
+    ws = keys[0].workspace_id
+    assert ws is not None
+    written: list[MinuteCounts] = []
+
+    async def write(*minutes: MinuteCounts) -> None:
+        written.extend(minutes)
+        await store.record_usage(list(minutes))
+
+    for day in range(5):
+        for i, key in enumerate(keys):
+            for hour in (1, 13, 23):
+                start = DAY0 + day * 86_400 + hour * 3600 + 60 * (i + day)
+                await write(MinuteCounts.of(key.key_id, ws, start, success=(i + 1) * (day + hour),
+                                            forbidden=day))
+    await store.usage.roll_up(DAY0 + 3 * 86_400 + 14 * 3600, KEEP_ALL)  # day 3, 14:00
+    await write(MinuteCounts.of(keys[0].key_id, ws, DAY0 + 86_400 + 600, success=1000))  # late
+
+    def expected(start: int, end: int) -> list[tuple[str, int]]:
+        totals: dict[str, int] = {}
+        for m in written:
+            if start <= m.start < end:
+                totals[m.key_id] = totals.get(m.key_id, 0) + sum(m.counts)
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+
+    async def top(start: int, end: int) -> list[tuple[str, int]]:
+        return [(t.key_id, t.total) for t in await store.usage.top_keys(ws, start, end)]
+
+    windows = [
+        (DAY0, DAY0 + 5 * 86_400),  # whole days, across the roll-up's mark
+        (DAY0 + 13 * 3600, DAY0 + 3 * 86_400 + 5 * 3600),  # hour edges, days between
+        (DAY0 + 86_400 + 300, DAY0 + 4 * 86_400 + 13 * 3600 + 120),  # minute edges
+        (DAY0 + 3 * 86_400 + 13 * 3600, DAY0 + 3 * 86_400 + 20 * 3600),  # inside one day
+    ]
+    for start, end in windows:
+        assert await top(start, end) == expected(start, end), (start - DAY0, end - DAY0)
+    await store.usage.roll_up(DAY0 + 6 * 86_400, KEEP_ALL)
+    for start, end in windows:
+        assert await top(start, end) == expected(start, end), (start - DAY0, end - DAY0)
+    # retention drops days 0 and 1; totals over what is left stay exact
+    await store.usage.roll_up(DAY0 + 6 * 86_400, Retention(minute=10**9, hour=10**9,
+                                                           day=4 * 86_400))
+    later = (DAY0 + 2 * 86_400, DAY0 + 5 * 86_400)
+    assert await top(*later) == expected(*later)
 
 
 async def test_retention_deletes_old_buckets_and_never_a_minute_not_rolled_up(

@@ -201,7 +201,7 @@ async def flood(gateway: Gateway, rng: random.Random, key: str, count: int) -> l
     return [status for statuses in results for status in statuses]
 
 
-def label_values_are_bounded(text: str, routes: set[str]) -> None:
+def label_values_are_bounded(text: str, routes: set[str], targets: set[str]) -> None:
     allowed = {
         "route": routes | {NO_ROUTE},
         "method": METHODS | {"OTHER"},
@@ -211,6 +211,7 @@ def label_values_are_bounded(text: str, routes: set[str]) -> None:
         "operation": {"key_lookup", "tenancy"},
         "result": {"hit", "miss", "negative_hit"},
         "state": {"busy", "idle"},
+        "target": targets,  # the upstream URLs of the config
     }
     for sample in samples(text):
         for name, label in sample.labels.items():
@@ -230,7 +231,8 @@ async def test_random_paths_and_keys_add_no_series(
     after = await scrape(http, gateway.admin_url)
     assert len(statuses) == FLOOD
     routes = {r.name for r in gateway.services.config.routes}
-    label_values_are_bounded(after, routes)
+    targets = {url for r in gateway.services.config.routes for url in r.upstreams}
+    label_values_are_bounded(after, routes, targets)
     grown = len(samples(after)) - len(samples(before))
     assert grown <= 30, f"{grown} new series after {FLOOD} random requests"
     assert len(samples(after)) < 1000

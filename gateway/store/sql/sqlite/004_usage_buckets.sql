@@ -48,3 +48,14 @@ CREATE TABLE usage_rollup (
 );
 
 INSERT INTO usage_rollup (id, rolled_to) VALUES (1, 0);
+
+-- Each key's running total (every outcome) through the end of each UTC day it has counts in:
+-- a workspace's top keys over whole days are two lookups per key, whatever the window's length.
+-- Kept in step with the day buckets (the roll-up, and a flush's late minutes); retention keeps
+-- each key's last row before the day buckets' floor, the base later rows are measured from.
+CREATE TABLE usage_key_running (
+    key_id       TEXT NOT NULL,
+    day          BIGINT NOT NULL,
+    through      BIGINT NOT NULL,
+    PRIMARY KEY (key_id, day)
+);
