@@ -3,6 +3,8 @@ the default proxy routes, on SQLite with the in-process limiter and on Postgres 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +14,7 @@ import orjson
 import pytest
 from multidict import CIMultiDictProxy
 
+from gateway.keys.usage_report import parse_window
 from tests.conftest import Gateway, GatewayFactory, Upstream, bearer, default_routes
 from tests.keys.conftest import fresh_pg_database
 from tests.limiter.conftest import REDIS_URL, require_redis
@@ -65,3 +68,19 @@ async def check(
         sent.update(bearer(key))
     async with http.get(gateway.url + VERIFY_PATH, headers=sent) as response:
         return Answer(response.status, response.headers, await response.read())
+
+
+async def until_usage(gateway: Gateway, key_id: str, expected: dict[str, int],
+                      timeout: float = 10.0) -> None:
+    """Flush until the key's usage totals of the last day are ``expected`` (zeros left out):
+    a periodic flush may hold the counts in flight when the test's own flush runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await gateway.services.usage.flush()
+        window = parse_window({"granularity": "minute"}, time.time())
+        usage = await gateway.keys.key_usage(key_id, window)
+        totals = {name: n for name, n in usage["totals"].items() if n}
+        if totals == expected or time.monotonic() > deadline:
+            assert totals == expected
+            return
+        await asyncio.sleep(0.05)
