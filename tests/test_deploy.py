@@ -251,7 +251,8 @@ def test_the_image_config_is_where_gateway_config_points() -> None:
 
 def test_the_image_config_loads_with_and_without_the_environment() -> None:
     plain = container_config({})
-    assert (plain.workers, plain.database, plain.redis) == (1, "sqlite:///./gateway.db", None)
+    assert (plain.workers, plain.database, plain.redis) == (
+        1, "sqlite:////var/lib/gateway/gateway.db", None)
     environ = {**SAMPLE_ENV, "GATEWAY_WORKERS": "3", "GATEWAY_UPSTREAM": "http://api:9000"}
     config = container_config(environ)
     assert config.workers == 3 and config.routes[0].upstreams == ("http://api:9000",)
