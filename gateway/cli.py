@@ -19,6 +19,7 @@ from gateway.config import Config, load_config
 from gateway.config.parsers import display_url
 from gateway.config.summary import route_table
 from gateway.errors import (
+    AddressInUse,
     ConfigError,
     Conflict,
     KeyLimitReached,
@@ -46,7 +47,8 @@ EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
     (KeyLimitReached, EXIT_CONFLICT, "key limit reached: "),
     (Conflict, EXIT_CONFLICT, "conflict: "),
     (StoreUnavailable, EXIT_FAILURE, "key store unavailable: "),
-    (OSError, EXIT_FAILURE, ""),  # e.g. the listen address is taken
+    (AddressInUse, EXIT_FAILURE, ""),  # another gateway holds a port (gateway.launch)
+    (OSError, EXIT_FAILURE, ""),  # e.g. a listen address this host does not have
 )
 EXITING = tuple(cls for cls, _code, _prefix in EXIT_CODES)
 
