@@ -278,6 +278,21 @@ def display_url(url: str) -> str:
     return _CREDENTIALS_RE.sub(r"\1:***@", url)
 
 
+def url_target(url: str, default_port: int) -> str:
+    """Where ``url`` connects, for a log line or an error: ``host:port``, or a unix socket's
+    path (never a user or password)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    host = parts.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    return f"{host}:{port}"
+
+
 def redis_url(ctx: Ctx, value: object, path: str) -> str | None:
     text = string(ctx, value, path).strip()
     if not text:
