@@ -13,18 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 
 from gateway.config import Config, Listen
+from gateway.config.summary import startup_fields
 from gateway.errors import AddressInUse
 from gateway.server import hold_sighup, install_uvloop, serve
 from gateway.supervisor import Supervisor
+from gateway.version import gateway_version
+
+log = logging.getLogger("gateway.launch")
 
 
 def run(config: Config) -> int:
     """Serve ``config`` until a signal ends it; the process exit code."""
     probe_listeners(config)
+    # the start-up line (README "The start-up line"): what runs, from where, on what
+    log.info("gateway starting", extra=startup_fields(config, gateway_version()))
     if config.workers > 1:
         return Supervisor(config).run()
     hold_sighup()

@@ -3,6 +3,8 @@ Nothing here is secret: URLs lose their password (``display_url``), keys are nev
 
 from __future__ import annotations
 
+import os
+
 from gateway.config.model import Config, RateLimit, RouteConfig
 from gateway.config.parsers import display_url
 
@@ -18,7 +20,7 @@ def startup_fields(config: Config, version: str) -> dict[str, object]:
     """What start-up names (README "The start-up line"), as log fields."""
     return {
         "version": version,
-        "config": config.source,
+        "config": os.path.abspath(config.source),
         "store": display_url(config.database),
         "limiter": limiter_name(config),
         "routes": len(config.routes),
