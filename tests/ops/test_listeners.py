@@ -4,6 +4,9 @@ without the probe in ``gateway.launch`` the kernel would split the traffic betwe
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from pathlib import Path
 
 import aiohttp
@@ -60,3 +63,36 @@ async def test_a_busy_admin_port_is_named(
     finally:
         first.stop()
         other.stop()
+
+
+async def test_oversized_and_unknown_requests_get_problem_json_from_a_real_gateway(
+    tmp_path: Path, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    """The issue's case: these got a bare 400 without problem+json or a request id."""
+    gateway = node(tmp_path, upstream, 1)
+    gateway.start()
+    try:
+        await gateway.wait_ready(http)
+        cases = {
+            f"GET /pub/{'a' * 9000} HTTP/1.1\r\nHost: g\r\n\r\n": (414, "uri_too_long"),
+            f"GET /pub/x HTTP/1.1\r\nHost: g\r\nX-Big: {'a' * 9000}\r\n\r\n": (
+                431, "headers_too_large"),
+            "FROB /pub/x HTTP/1.1\r\nHost: g\r\n\r\n": (400, "bad_request"),
+        }
+        for head, (status, code) in cases.items():
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+            writer.write(head.encode())
+            answer = await reader.read()  # the gateway closes the connection
+            writer.close()
+            top, _, body = answer.partition(b"\r\n\r\n")
+            status_line, *fields = top.decode().split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+            problem = json.loads(body)
+            # HTTP/1.0 when the parser gave up before the request's version (RFC 9110 §2.5:
+            # nothing above what the client is known to speak)
+            assert re.match(rf"HTTP/1\.[01] {status} ", status_line), status_line
+            assert headers["content-type"] == "application/problem+json"
+            assert problem["code"] == code and problem["status"] == status
+            assert problem["request_id"] == headers["x-request-id"] != ""
+    finally:
+        gateway.stop()
