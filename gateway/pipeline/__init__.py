@@ -38,6 +38,7 @@ from gateway.pipeline import (
     rate_limit,
     request_id,
     tenancy,
+    trace,
 )
 from gateway.pipeline.record import build_recorder
 from gateway.services import Services
@@ -65,7 +66,10 @@ class RoutePath:
     __slots__ = ("checks",)
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
-        self.checks = tuple(c for stage in ROUTE_STAGES if (c := stage(route, services)))
+        checks = [(stage, c) for stage in ROUTE_STAGES if (c := stage(route, services))]
+        if trace.is_wanted():  # debug: every verdict logged (decided here, once)
+            checks = [(stage, trace.traced(trace.stage_name(stage), c)) for stage, c in checks]
+        self.checks = tuple(c for _stage, c in checks)
 
 
 class Pipeline:
@@ -76,6 +80,9 @@ class Pipeline:
     def __init__(self, services: Services) -> None:
         self.paths = {r.name: RoutePath(r, services) for r in services.config.routes}
         self.front = tuple(stage(services) for stage in FRONT_STAGES)
+        if trace.is_wanted():
+            names = (trace.stage_name(stage) for stage in FRONT_STAGES)
+            self.front = tuple(trace.traced(n, c) for n, c in zip(names, self.front, strict=True))
         self.handle_errors = failure.build(services)
         self.record = build_recorder(services)  # metrics and access log, once per request
         self.in_flight = 0
