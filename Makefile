@@ -3,7 +3,11 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install install-test run lint layers types test check fuzz bench clean
+.PHONY: install install-test run lint layers types test check fuzz bench image clean
+
+# the package's version: the image tag deploy/kubernetes and docker-compose.yml name
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= apikey-gateway
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +19,19 @@ install: $(BIN)/python  ## the gateway and its runtime dependencies
 install-test: $(BIN)/python  ## plus pytest, ruff, mypy
 	$(BIN)/pip install -q -e '.[test]'
 
+ECHO_LISTEN ?= 127.0.0.1:9000
+CONFIG ?= config/gateway.yaml
+
+# The gateway starts only once the demo upstream says it listens; if the upstream cannot start
+# (its port is taken), its one-line error is the last word and make fails at once.
 run: install  ## the demo: echo upstream on :9000 + gateway with config/gateway.yaml
-	$(BIN)/gateway echo-upstream --listen 127.0.0.1:9000 & echo_pid=$$!; \
-	trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/gateway serve -c config/gateway.yaml
+	@ready=$$(mktemp); \
+	$(BIN)/gateway echo-upstream --listen $(ECHO_LISTEN) >$$ready & echo_pid=$$!; \
+	trap 'kill $$echo_pid 2>/dev/null; rm -f $$ready' EXIT INT TERM; \
+	until grep -q listening $$ready; do \
+	  kill -0 $$echo_pid 2>/dev/null || exit 1; sleep 0.1; \
+	done; \
+	$(BIN)/gateway serve -c $(CONFIG)
 
 lint:
 	$(BIN)/ruff check gateway tests scripts
@@ -40,5 +53,8 @@ fuzz: install-test  ## the raw-socket fuzz at 50 000 inputs (CI runs 2 000)
 bench: install  ## the performance benchmark (nginx + wrk, ratios in one run)
 	$(BIN)/python scripts/bench.py
 
+image:  ## the container image, tagged as the manifests name it (README "Deployment")
+	docker build -f deploy/Dockerfile -t $(IMAGE):$(VERSION) .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-out gateway.db*
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench-out config/gateway.db*

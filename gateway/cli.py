@@ -16,8 +16,13 @@ from typing import Any
 
 import orjson
 
+from gateway import cli_args
+from gateway.cli_args import build_parser
 from gateway.config import Config, load_config
+from gateway.config.parsers import display_url
+from gateway.config.summary import route_table
 from gateway.errors import (
+    AddressInUse,
     ConfigError,
     Conflict,
     KeyLimitReached,
@@ -25,14 +30,14 @@ from gateway.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from gateway.keys.model import GRANULARITIES, OUTCOMES, ROLES, KeyRecord, utcnow
+from gateway.keys.model import OUTCOMES, KeyRecord, utcnow
 from gateway.keys.service import KeyService
 from gateway.keys.usage_report import parse_window
 from gateway.services import open_store
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the store or another dependency failed
-EXIT_USAGE = 2  # bad arguments or config
+EXIT_USAGE = cli_args.EXIT_USAGE  # bad arguments or config
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4  # a name is taken or a limit reached
 
@@ -45,7 +50,8 @@ EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
     (KeyLimitReached, EXIT_CONFLICT, "key limit reached: "),
     (Conflict, EXIT_CONFLICT, "conflict: "),
     (StoreUnavailable, EXIT_FAILURE, "key store unavailable: "),
-    (OSError, EXIT_FAILURE, ""),  # e.g. the listen address is taken
+    (AddressInUse, EXIT_FAILURE, ""),  # another gateway holds a port (gateway.launch)
+    (OSError, EXIT_FAILURE, ""),  # e.g. a listen address this host does not have
 )
 EXITING = tuple(cls for cls, _code, _prefix in EXIT_CODES)
 
@@ -65,6 +71,12 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def os_reason(exc: OSError) -> str:
+    """The system's words for ``exc`` (``address already in use``), without the address tuple
+    asyncio puts in front of them."""
+    return os.strerror(exc.errno).lower() if exc.errno else (exc.strerror or str(exc))
+
+
 def exit_for(exc: Exception) -> int:
     """The one line on stderr and the exit code ``EXIT_CODES`` gives ``exc``."""
     for cls, code, prefix in EXIT_CODES:
@@ -74,27 +86,61 @@ def exit_for(exc: Exception) -> int:
     raise exc
 
 
-async def with_service(config: Config, action: Callable[[KeyService], Awaitable[int]]) -> int:
+async def with_service(
+    config: Config, action: Callable[[KeyService], Awaitable[int]], *, writes: bool = False
+) -> int:
+    """``action`` on the store; a command that ``writes`` then names the store it wrote to in
+    one line on stderr (README "Config-relative paths"): a key written to another file than
+    the server reads is then plain to see. A failure stays the one line ``exit_for`` writes."""
     async with open_store(config) as store:
-        return await action(KeyService(store, config))
+        code = await action(KeyService(store, config))
+    if writes:
+        sys.stderr.write(f"gateway: wrote to key store {display_url(config.database)}\n")
+    return code
 
 
 # commands ------------------------------------------------------------------------------------
 async def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     async with open_store(config):
         pass
-    sys.stdout.write(f"migrations applied to {config.database.split('@')[-1]}\n")
+    sys.stdout.write(f"migrations applied to {display_url(config.database)}\n")
     return EXIT_OK
 
 
 async def cmd_config_check(args: argparse.Namespace, config: Config) -> int:
     sys.stdout.write(f"{config.source}: ok ({len(config.routes)} routes)\n")
+    sys.stdout.write("".join(line + "\n" for line in route_table(config)))
     return EXIT_OK
 
 
 async def cmd_admin_key_create(args: argparse.Namespace, config: Config) -> int:
     body: dict[str, Any] = {"name": args.name, "key_type": "admin"}
     return await _create_key(config, args.workspace, body)
+
+
+async def cmd_admin_key_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        page = await service.list_keys(args.workspace, key_type="admin", limit=args.limit,
+                                       include_revoked=args.include_revoked, cursor=args.cursor)
+        now = utcnow()
+        emit({"results": [r.to_public(now) for r in page.results], "total": page.total,
+              "next_cursor": page.next_cursor})
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def _admin_key(service: KeyService, key_id: str) -> KeyRecord:
+    """The admin key ``key_id``; another key is not found here (``keys revoke`` is for those)."""
+    record = await service.get_key(key_id)
+    if record.key_type != "admin":
+        raise NotFound(f"no admin key {key_id} (a standard key: use gateway keys revoke)")
+    return record
+
+
+async def _revoke_admin_key(service: KeyService, key_id: str) -> KeyRecord:
+    await _admin_key(service, key_id)
+    return await service.revoke_key(key_id, "cli")
 
 
 async def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
@@ -128,7 +174,7 @@ async def _create_key(config: Config, workspace_id: str | None, body: dict[str, 
         sys.stdout.write(plaintext + "\n")  # the plaintext key: last line, shown once
         return EXIT_OK
 
-    return await with_service(config, action)
+    return await with_service(config, action, writes=True)
 
 
 async def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
@@ -145,7 +191,9 @@ async def cmd_keys_list(args: argparse.Namespace, config: Config) -> int:
     return await with_service(config, action)
 
 
-def _key_command(act: Callable[[KeyService, str], Awaitable[KeyRecord]]) -> Command:
+def _key_command(
+    act: Callable[[KeyService, str], Awaitable[KeyRecord]], *, writes: bool = True
+) -> Command:
     """A command on one key (``KEY_ID``) that prints the key object afterwards."""
 
     async def command(args: argparse.Namespace, config: Config) -> int:
@@ -153,15 +201,16 @@ def _key_command(act: Callable[[KeyService, str], Awaitable[KeyRecord]]) -> Comm
             emit((await act(service, args.key_id)).to_public(utcnow()))
             return EXIT_OK
 
-        return await with_service(config, action)
+        return await with_service(config, action, writes=writes)
 
     return command
 
 
-cmd_keys_show = _key_command(lambda service, key_id: service.get_key(key_id))
+cmd_keys_show = _key_command(lambda service, key_id: service.get_key(key_id), writes=False)
 cmd_keys_revoke = _key_command(lambda service, key_id: service.revoke_key(key_id, "cli"))
 cmd_keys_disable = _key_command(lambda service, key_id: service.disable_key(key_id, "cli"))
 cmd_keys_enable = _key_command(lambda service, key_id: service.enable_key(key_id, "cli"))
+cmd_admin_key_revoke = _key_command(_revoke_admin_key)
 
 
 async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
@@ -171,7 +220,7 @@ async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write(plaintext + "\n")
         return EXIT_OK
 
-    return await with_service(config, action)
+    return await with_service(config, action, writes=True)
 
 
 async def cmd_keys_usage(args: argparse.Namespace, config: Config) -> int:
@@ -205,7 +254,7 @@ async def cmd_workspaces_create(args: argparse.Namespace, config: Config) -> int
         emit((await service.create_workspace(args.name, "cli")).to_public())
         return EXIT_OK
 
-    return await with_service(config, action)
+    return await with_service(config, action, writes=True)
 
 
 async def cmd_workspaces_list(args: argparse.Namespace, config: Config) -> int:
@@ -217,13 +266,47 @@ async def cmd_workspaces_list(args: argparse.Namespace, config: Config) -> int:
     return await with_service(config, action)
 
 
+async def cmd_projects_create(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        emit((await service.create_project(args.workspace, args.name, "cli")).to_public())
+        return EXIT_OK
+
+    return await with_service(config, action, writes=True)
+
+
+async def cmd_projects_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        projects = await service.list_projects(args.workspace)
+        emit({"results": [p.to_public() for p in projects], "total": len(projects)})
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
+async def cmd_namespaces_create(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        emit((await service.create_namespace(args.workspace, args.name, "cli")).to_public())
+        return EXIT_OK
+
+    return await with_service(config, action, writes=True)
+
+
+async def cmd_namespaces_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(service: KeyService) -> int:
+        namespaces = await service.list_namespaces(args.workspace)
+        emit({"results": [n.to_public() for n in namespaces], "total": len(namespaces)})
+        return EXIT_OK
+
+    return await with_service(config, action)
+
+
 async def cmd_members_add(args: argparse.Namespace, config: Config) -> int:
     async def action(service: KeyService) -> int:
         body = {"email": args.email, "role": args.role}
         emit((await service.members.add(args.workspace, body, "cli")).to_public())
         return EXIT_OK
 
-    return await with_service(config, action)
+    return await with_service(config, action, writes=True)
 
 
 async def cmd_members_list(args: argparse.Namespace, config: Config) -> int:
@@ -243,7 +326,7 @@ async def cmd_members_set_role(args: argparse.Namespace, config: Config) -> int:
         emit(member.to_public())
         return EXIT_OK
 
-    return await with_service(config, action)
+    return await with_service(config, action, writes=True)
 
 
 async def cmd_members_remove(args: argparse.Namespace, config: Config) -> int:
@@ -252,110 +335,15 @@ async def cmd_members_remove(args: argparse.Namespace, config: Config) -> int:
         emit({**member.to_public(), "revoked_keys": [k.key_id for k in revoked]})
         return EXIT_OK
 
-    return await with_service(config, action)
-
-
-# parser --------------------------------------------------------------------------------------
-CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else config/gateway.yaml)"
-
-
-class _Parser(argparse.ArgumentParser):
-    """Every (sub)command accepts -c/--config, before or after its name (README "CLI")."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.add_argument("-c", "--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gateway", description="API-key gateway")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("serve", help="run the gateway")
-    sub.add_parser("migrate", help="apply key-store migrations")
-    config_cmd = sub.add_parser("config").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
-    config_cmd.add_parser("check", help="validate the config file and exit")
-    echo = sub.add_parser("echo-upstream", help="run a demo upstream that echoes requests")
-    echo.add_argument("--listen", default="127.0.0.1:9000")
-    admin = sub.add_parser("admin-key").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
-    admin_create = admin.add_parser("create", help="create an admin key (plaintext: last line)")
-    admin_create.add_argument("--name", required=True)
-    admin_create.add_argument("--workspace", default=None,
-                              help="make a workspace admin key instead of an operator key")
-    _keys_parser(sub)
-    _members_parser(sub)
-    workspaces = sub.add_parser("workspaces").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
-    workspaces.add_parser("create").add_argument("--name", required=True)
-    workspaces.add_parser("list")
-    return parser
-
-
-def _keys_parser(sub: Any) -> None:
-    keys = sub.add_parser("keys").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
-    create = keys.add_parser("create", help="create a key (plaintext: last line)")
-    create.add_argument("--workspace", required=True)
-    create.add_argument("--name", required=True)
-    create.add_argument("--description")
-    create.add_argument("--user-id", help="the owner: a member's usr_ id, or any other string "
-                                           "for a service key")
-    create.add_argument("--user-email", help="the owner: the member with this email")
-    create.add_argument("--permission", action="append", help="repeatable")
-    create.add_argument("--scope", action="append", help="RESOURCE:op1,op2 (repeatable)")
-    create.add_argument("--allowed-origin", action="append", help="repeatable")
-    create.add_argument("--rate-limit", type=int, help="requests per minute")
-    create.add_argument("--concurrency", type=int)
-    create.add_argument("--expires-at", help="RFC 3339")
-    create.add_argument("--environment", choices=("live", "test"))
-    create.add_argument("--project")
-    create.add_argument("--admin", action="store_true", help="a workspace admin key")
-    list_ = keys.add_parser("list")
-    list_.add_argument("--workspace", required=True)
-    list_.add_argument("--include-revoked", action="store_true")
-    list_.add_argument("--user-id")
-    list_.add_argument("--resource-id")
-    list_.add_argument("--limit", type=int, default=50)
-    list_.add_argument("--cursor")
-    for name, text in (("show", "show a key"), ("revoke", "revoke a key (final)"),
-                       ("disable", "disable a key until enabled (401 disabled_api_key)"),
-                       ("enable", "enable a disabled key")):
-        keys.add_parser(name, help=text).add_argument("key_id", help="the key's key_id")
-    usage = keys.add_parser("usage", help="a key's usage over time, by outcome")
-    usage.add_argument("key_id", help="the key's key_id")
-    usage.add_argument("--from", dest="from_", help="RFC 3339 (default: 24 hours before --to)")
-    usage.add_argument("--to", help="RFC 3339, excluded (default: now)")
-    usage.add_argument("--granularity", choices=tuple(GRANULARITIES), help="default: hour")
-    rotate = keys.add_parser("rotate")
-    rotate.add_argument("key_id")
-    rotate.add_argument("--grace-period", type=int, default=0, help="seconds (default 0)")
-
-
-def _members_parser(sub: Any) -> None:
-    members = sub.add_parser("members", help="members of a workspace and their roles")
-    members = members.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    add = members.add_parser("add", help="add a member")
-    list_ = members.add_parser("list", help="list a workspace's members, oldest first")
-    set_role = members.add_parser("set-role", help="change a member's role")
-    remove = members.add_parser("remove", help="remove a member and revoke its active keys")
-    for parser in (add, list_, set_role, remove):
-        parser.add_argument("--workspace", required=True, help="the workspace id")
-    for parser in (set_role, remove):
-        parser.add_argument("user_id", help="the member's usr_ id")
-    add.add_argument("--email", required=True, help="unique in the workspace (any case)")
-    for parser in (add, set_role):
-        parser.add_argument("--role", required=True, choices=ROLES, help="what the member may do")
+    return await with_service(config, action, writes=True)
 
 
 COMMANDS: dict[tuple[str, str | None], Command] = {
     ("migrate", None): cmd_migrate,
     ("config", "check"): cmd_config_check,
     ("admin-key", "create"): cmd_admin_key_create,
+    ("admin-key", "list"): cmd_admin_key_list,
+    ("admin-key", "revoke"): cmd_admin_key_revoke,
     ("keys", "create"): cmd_keys_create,
     ("keys", "list"): cmd_keys_list,
     ("keys", "show"): cmd_keys_show,
@@ -370,18 +358,35 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("members", "remove"): cmd_members_remove,
     ("workspaces", "create"): cmd_workspaces_create,
     ("workspaces", "list"): cmd_workspaces_list,
+    ("projects", "create"): cmd_projects_create,
+    ("projects", "list"): cmd_projects_list,
+    ("namespaces", "create"): cmd_namespaces_create,
+    ("namespaces", "list"): cmd_namespaces_list,
 }
 
 
 def run_echo_upstream(listen: str) -> int:
+    """The demo upstream. Once it listens it says so on stdout (``make run`` waits for that
+    line); a taken port is one line on stderr and exit code 1, before anything else starts."""
     from aiohttp import web
 
     from gateway.echo import create_echo_app
 
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
-        return fail(f"--listen: expected host:port, got {listen!r}", EXIT_USAGE)
-    web.run_app(create_echo_app(), host=host or "127.0.0.1", port=int(port), print=None)
+        return fail(f"echo-upstream: --listen: expected host:port, got {listen!r}", EXIT_USAGE)
+    url = f"http://{host or '127.0.0.1'}:{port}"
+
+    def listening(_banner: str) -> None:
+        sys.stdout.write(f"echo upstream listening on {url}\n")
+        sys.stdout.flush()
+
+    try:
+        web.run_app(create_echo_app(), host=host or "127.0.0.1", port=int(port),
+                    print=listening)
+    except OSError as exc:
+        return fail(f"echo-upstream: cannot listen on {host}:{port}: {os_reason(exc)}",
+                    EXIT_FAILURE)
     return EXIT_OK
 
 

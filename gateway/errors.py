@@ -20,6 +20,9 @@ an RFC 9457 ``application/problem+json`` body. Codes are a published contract: n
           ├── Conflict                  409 conflict
           └── ConfigError               500 internal_error    (never served: CLI exit code 2)
 
+Outside the tree, never served: ``AddressInUse`` (an ``OSError``), a listen address that
+another process holds, found before the gateway starts (``gateway.launch``).
+
 A failure's HTTP meaning is its ``kind``. Where the listener changes it, the listener says so
 in one place: the proxy answers a store outage as 503 ``auth_unavailable``, because there the
 store is only asked who a key belongs to (``gateway.pipeline.failure``). A failure of kind
@@ -198,3 +201,7 @@ def as_failure(exc: BaseException) -> GatewayFailure | None:
     if isinstance(exc, GatewayFailure) and exc.kind is not INTERNAL_ERROR:
         return exc
     return None
+
+
+class AddressInUse(OSError):
+    """A listen address another process holds (``gateway.launch``); the message names it."""

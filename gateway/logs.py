@@ -37,6 +37,10 @@ FLUSH_AFTER = 0.25  # seconds an access line may wait in the buffer
 BUFFER_LIMIT = 64 * 1024  # bytes buffered before a write regardless of the timer
 PIPE_BUF = 4096  # POSIX: a pipe write up to this size is atomic
 ACCESS_LOGGER = "gateway.access"
+# the loggers of what the gateway is built on: at ``logging.libraries``, never the gateway's
+# own level, so debug shows the gateway's decisions rather than every driver round trip
+LIBRARY_LOGGERS = ("aiohttp", "aiosqlite", "asyncio", "asyncpg", "redis", "multipart")
+_worker: int | None = None  # this process's worker number, under a supervisor
 # what every LogRecord has: anything else on a record came in through ``extra``
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "taskName",
@@ -127,22 +131,44 @@ def text_line(fields: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def configure_logging(config: Config, stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    config: Config, stream: TextIO | None = None, *, worker: int | None = None
+) -> logging.Handler:
     """Every logger writes through one handler on ``stream`` (stderr) in the configured format
-    at the configured level. Called again, it replaces the handler it installed before (and
-    leaves any other handler alone)."""
+    at the configured level; the libraries' loggers at ``logging.libraries``. A ``worker``
+    number goes on every line, access lines included. Called again, it replaces the handler it
+    installed before (and leaves any other handler alone)."""
+    global _worker
+    _worker = worker
     redact = Redactor(config.keys.prefixes.values())
     options = config.logging
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     formatter = JsonFormatter if options.format == "json" else TextFormatter
     handler.setFormatter(formatter(redact))
     handler.set_name("gateway")
+    if worker is not None:
+        handler.addFilter(WorkerField(worker))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "gateway"]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS[options.level])
+    libraries = max(LEVELS[options.libraries], LEVELS[options.level])  # never below level
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(libraries)
     return handler
+
+
+class WorkerField(logging.Filter):
+    """Puts ``worker`` (its number) on every record the handler writes."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.number = number
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.number
+        return True
 
 
 class AccessLog:
@@ -151,6 +177,7 @@ class AccessLog:
 
     def __init__(self, config: Config, stream: TextIO | None = None) -> None:
         self._json = config.logging.format == "json"
+        self._worker = _worker  # set by configure_logging in this process, before services
         self._key = Redactor(config.keys.prefixes.values()).pattern
         self.stream = stream  # None: sys.stderr as it is at each write (it may be redirected)
         self._lines: list[bytes] = []
@@ -187,6 +214,8 @@ class AccessLog:
             "client": request.remote,
             "error": exchange.error_code,
         }
+        if self._worker is not None:
+            fields["worker"] = self._worker
         line = orjson.dumps(fields) if self._json else text_line(fields).encode()
         self._lines.append(line)
         self._size += len(line) + 1

@@ -61,14 +61,16 @@ EXIT_FAILURE = 1
 mark_process_dead: Callable[[int, str], None] = multiprocess.mark_process_dead
 
 
-def run_worker(config: Config, parent: Connection) -> None:
-    """A worker's entry point, in the spawned interpreter."""
-    configure_logging(config)  # nothing of the parent's logging set-up survives spawn
+def run_worker(config: Config, parent: Connection, number: int = 0) -> None:
+    """A worker's entry point, in the spawned interpreter; ``number`` is its slot (1..N),
+    named by every line it logs."""
+    # nothing of the parent's logging set-up survives spawn
+    configure_logging(config, worker=number or None)
     install_uvloop()
     try:
         asyncio.run(serve(config, parent=parent))
     except (OSError, ConfigError, StoreUnavailable) as exc:  # e.g. the port is taken
-        sys.stderr.write(f"gateway: worker {os.getpid()}: {exc}\n")
+        sys.stderr.write(f"gateway: worker {number} (pid {os.getpid()}): {exc}\n")
         sys.exit(EXIT_FAILURE)
 
 
@@ -149,7 +151,7 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         channel, worker_end = self._context.Pipe()
         process = self._context.Process(
-            target=run_worker, args=(self.config, worker_end),
+            target=run_worker, args=(self.config, worker_end, slot.number),
             name=f"gateway-worker-{slot.number}",
         )
         # the child starts with SIGHUP held back (its default action is fatal) until it ignores it

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway.cli import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, main
+from gateway.cli import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, build_parser, main
 
 
 @pytest.fixture
@@ -161,3 +165,146 @@ def test_member_commands_have_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["members", "add", "--help"])
     out = capsys.readouterr().out
     assert "unique in the workspace" in out and "what the member may do" in out
+
+
+# ---- SPEC §13: help everywhere, --version, admin keys, projects, namespaces, the store line ----
+
+
+def _actions(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    """Every (command path, argparse action) of ``parser``, sub-commands included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                yield f"{path} {name}", helps.get(name)
+                yield from _actions(child, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_command_and_flag_has_help() -> None:
+    missing = []
+    for path, action in _actions(build_parser(), "gateway"):
+        text = action if isinstance(action, str | None) else action.help
+        if not text:
+            missing.append(f"{path} {getattr(action, 'option_strings', '') or ''}".strip())
+    assert missing == []
+    commands = {path for path, action in _actions(build_parser(), "gateway")
+                if isinstance(action, str | None)}
+    assert {"gateway admin-key list", "gateway admin-key revoke", "gateway projects create",
+            "gateway projects list", "gateway namespaces create",
+            "gateway namespaces list"} <= commands
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert re.fullmatch(r"gateway \S+\n", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["keys", "create"], ["frob"], ["keys", "list", "--workspace", "w", "--limit", "x"],
+     ["admin-key", "revoke"]],
+)
+def test_usage_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == EXIT_USAGE
+    assert err.count("\n") == 1 and err.startswith("gateway") and "--help" in err
+
+
+def test_config_check_prints_the_route_table(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config.write_text(config.read_text() + """\
+  - name: pub
+    path: /pub/
+    upstream: ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+    auth: none
+    rate_limit: {requests: 5, window: 60}
+    timeout: 2.5
+  - {name: perms, path: /p/, upstream: "http://h:1", permissions: {GET: [read], POST: [write]}}
+  - {name: check, path: /_verify/, mode: verify}
+""")
+    code, out, _ = run(capsys, "config", "check", "-c", str(config))
+    head, columns, *rows = out.splitlines()
+    assert code == EXIT_OK and head == f"{config}: ok (4 routes)"
+    assert columns.split() == ["ROUTE", "PATH", "UPSTREAM", "AUTH", "PERMISSIONS", "RATE",
+                               "LIMIT", "TIMEOUT"]
+    assert [row.split() for row in rows] == [
+        ["api", "/api/", "http://127.0.0.1:9000", "required", "any", "key", "-", "30s"],
+        ["pub", "/pub/", "http://127.0.0.1:9001,http://127.0.0.1:9002", "none", "-", "5/60s",
+         "2.5s"],
+        ["perms", "/p/", "http://h:1", "required", "GET:read", "POST:write", "-", "30s"],
+        ["check", "/_verify/", "(forward", "auth)", "-", "-", "-", "-"],
+    ]
+
+
+def test_admin_keys_list_and_revoke(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("-c", str(config))
+    ws = json.loads(run(capsys, "workspaces", "create", "--name", "acme", *c)[1])["id"]
+    operator = json.loads("\n".join(
+        run(capsys, "admin-key", "create", "--name", "ops", *c)[1].splitlines()[:-1]))
+    scoped = json.loads("\n".join(run(capsys, "admin-key", "create", "--name", "ws-ops",
+                                      "--workspace", ws, *c)[1].splitlines()[:-1]))
+    standard = json.loads("\n".join(
+        run(capsys, "keys", "create", "--workspace", ws, "--name", "k", *c)[1].splitlines()[:-1]))
+    code, out, _ = run(capsys, "admin-key", "list", *c)
+    listed = json.loads(out)
+    assert code == EXIT_OK and listed["total"] == 2
+    assert {k["key_id"] for k in listed["results"]} == {operator["key_id"], scoped["key_id"]}
+    assert "key_hash" not in out
+    code, out, _ = run(capsys, "admin-key", "list", "--workspace", ws, *c)
+    assert [k["key_id"] for k in json.loads(out)["results"]] == [scoped["key_id"]]
+    code, _, err = run(capsys, "admin-key", "revoke", standard["key_id"], *c)
+    assert code == EXIT_NOT_FOUND and err.count("\n") == 1 and "keys revoke" in err
+    code, out, _ = run(capsys, "admin-key", "revoke", operator["key_id"], *c)
+    assert code == EXIT_OK and json.loads(out)["status"] == "revoked"
+    code, out, _ = run(capsys, "admin-key", "list", *c)
+    assert [k["key_id"] for k in json.loads(out)["results"]] == [scoped["key_id"]]
+    code, out, _ = run(capsys, "admin-key", "list", "--include-revoked", *c)
+    assert json.loads(out)["total"] == 2
+
+
+def test_projects_and_namespaces(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("-c", str(config))
+    ws = json.loads(run(capsys, "workspaces", "create", "--name", "acme", *c)[1])
+    code, out, _ = run(capsys, "projects", "create", "--workspace", ws["id"], "--name", "prod",
+                       *c)
+    project = json.loads(out)
+    assert code == EXIT_OK and project["id"].startswith("proj_")
+    assert project["workspace_id"] == ws["id"] and project["name"] == "prod"
+    listed = json.loads(run(capsys, "projects", "list", "--workspace", ws["id"], *c)[1])
+    assert {p["id"] for p in listed["results"]} == {ws["default_project_id"], project["id"]}
+    code, out, _ = run(capsys, "namespaces", "create", "--workspace", ws["id"], "--name", "eu",
+                       *c)
+    namespace = json.loads(out)
+    assert code == EXIT_OK and namespace["id"].startswith("ns_")
+    listed = json.loads(run(capsys, "namespaces", "list", "--workspace", ws["id"], *c)[1])
+    assert listed == {"results": [namespace], "total": 1}
+    code, _, err = run(capsys, "namespaces", "create", "--workspace", ws["id"], "--name", "eu",
+                       *c)
+    assert code == EXIT_CONFLICT and err.count("\n") == 1 and "key store" not in err
+    code, _, err = run(capsys, "projects", "list", "--workspace", "ws_nope", *c)
+    assert code == EXIT_NOT_FOUND and err.count("\n") == 1
+
+
+def test_a_writing_command_names_its_store_relative_to_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    config = directory / "gateway.yaml"
+    config.write_text("database: sqlite:///./data.db\n"
+                      "routes: [{name: a, path: /a/, upstream: 'http://127.0.0.1:9'}]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = run(capsys, "workspaces", "create", "--name", "x", "-c", str(config))
+    assert code == EXIT_OK and err == f"gateway: wrote to key store sqlite:///{directory}/data.db\n"
+    assert (directory / "data.db").exists() and not list(elsewhere.iterdir())
+    code, _, err = run(capsys, "workspaces", "list", "-c", str(config))  # reads: no line
+    assert code == EXIT_OK and err == ""

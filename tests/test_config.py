@@ -50,7 +50,8 @@ def test_example_config_loads_with_expected_routes() -> None:
     assert config.source == str(EXAMPLE)
     assert config.listen == Listen("127.0.0.1", 8080)
     assert config.admin_listen == Listen("127.0.0.1", 8081)
-    assert (config.workers, config.database, config.redis) == (1, "sqlite:///./gateway.db", None)
+    database = f"sqlite:///{ROOT}/config/gateway.db"  # relative to the config file
+    assert (config.workers, config.database, config.redis) == (1, database, None)
     assert config.keys.prefixes == {"live": "sk_live", "test": "sk_test"}
     assert config.keys.hash_pepper is None
     assert config.implies == {"eval:manage": ("eval:create", "eval:read"), "write": ("read",)}
@@ -107,6 +108,7 @@ def test_defaults_when_only_routes_are_given() -> None:
     config = parse_config(minimal(), "t.yaml", {})
     assert config == Config(
         source="t.yaml",
+        database=f"sqlite:///{Path.cwd()}/gateway.db",  # the default, beside t.yaml
         routes=config.routes,
     )
     (route,) = config.routes
@@ -228,7 +230,7 @@ def test_env_redis_override_to_none(value: str) -> None:
 
 def test_env_empty_database_override_is_ignored() -> None:
     config = parse_config(minimal(), "t.yaml", {"GATEWAY_DATABASE_URL": ""})
-    assert config.database == "sqlite:///./gateway.db"
+    assert config.database == f"sqlite:///{Path.cwd()}/gateway.db"  # beside t.yaml
 
 
 def test_env_overrides_are_validated_and_secrets_masked() -> None:
@@ -245,10 +247,26 @@ def test_env_overrides_are_validated_and_secrets_masked() -> None:
 
 @pytest.mark.parametrize(
     "database",
-    ["sqlite:///./gw.db", "sqlite:////var/gw.db", "sqlite:///:memory:", "postgres://h/db"],
+    ["sqlite:////var/gw.db", "sqlite:///:memory:", "postgres://h/db"],
 )
 def test_accepted_databases(database: str) -> None:
     assert parse_config(minimal(database=database), "t.yaml", {}).database == database
+
+
+@pytest.mark.parametrize(
+    ("database", "environ", "file"),
+    [
+        ("sqlite:///./gw.db", {}, "/etc/gw/gw.db"),
+        ("sqlite:///data/../gw.db?mode=rwc", {}, "/etc/gw/gw.db?mode=rwc"),
+        (None, {}, "/etc/gw/gateway.db"),  # the default
+        ("postgres://h/db", {"GATEWAY_DATABASE_URL": "sqlite:///x.db"}, "/etc/gw/x.db"),
+    ],
+)
+def test_a_relative_sqlite_file_is_relative_to_the_config_file(
+    database: str | None, environ: dict[str, str], file: str
+) -> None:
+    data = minimal() if database is None else minimal(database=database)
+    assert parse_config(data, "/etc/gw/gateway.yaml", environ).database == "sqlite:///" + file
 
 
 @pytest.mark.parametrize(

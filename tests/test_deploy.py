@@ -251,7 +251,8 @@ def test_the_image_config_is_where_gateway_config_points() -> None:
 
 def test_the_image_config_loads_with_and_without_the_environment() -> None:
     plain = container_config({})
-    assert (plain.workers, plain.database, plain.redis) == (1, "sqlite:///./gateway.db", None)
+    assert (plain.workers, plain.database, plain.redis) == (
+        1, "sqlite:////var/lib/gateway/gateway.db", None)
     environ = {**SAMPLE_ENV, "GATEWAY_WORKERS": "3", "GATEWAY_UPSTREAM": "http://api:9000"}
     config = container_config(environ)
     assert config.workers == 3 and config.routes[0].upstreams == ("http://api:9000",)
@@ -333,3 +334,70 @@ def test_the_systemd_unit_reloads_and_stops_gracefully() -> None:
     config = load_config(ROOT / "config" / "gateway.yaml")
     margin = STOP_MARGIN if config.workers > 1 else 0
     assert int(values["TimeoutStopSec"][0]) > config.drain_timeout + margin
+
+
+def unit_values() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in (DEPLOY / "gateway.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def readme_block(after: str) -> str:
+    """The first ```sh block of README.md after the text ``after``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(after)
+    (block,) = re.findall(r"```sh\n(.*?)```", text[start:], re.DOTALL)[:1]
+    return str(block)
+
+
+def test_the_systemd_install_steps_make_what_the_unit_uses() -> None:
+    steps = readme_block("**systemd** (`deploy/gateway.service`")
+    values = unit_values()
+    (start,) = values["ExecStart"]
+    binary, command = start.split()
+    venv = binary.removesuffix("/bin/gateway")
+    assert command == "serve" and f"python3 -m venv {venv}\n" in steps
+    assert f"{venv}/bin/pip install ." in steps
+    (user,) = values["User"]
+    home = re.search(rf"useradd .*--home-dir (\S+) .*{user}\n", steps)
+    assert home is not None, steps
+    assert values["WorkingDirectory"] == [home[1]] == values["ReadWritePaths"]
+    (config,) = [v.split("=", 1)[1] for v in values["Environment"]
+                 if v.startswith("GATEWAY_CONFIG=")]
+    assert f"config/gateway.yaml {config}\n" in steps
+    assert f"{values['EnvironmentFile'][0].lstrip('-')}" in steps
+    assert "deploy/gateway.service /etc/systemd/system/gateway.service" in steps
+    assert "systemctl enable --now gateway" in steps
+    assert f"-c {config} admin-key create" in steps
+    assert f"sqlite:///{home[1]}/gateway.db" in steps  # the one directory the unit may write
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    unit = tmp_path / "gateway.service"
+    # the binaries it names exist only on an installed host: point them at ones that exist here
+    text = (DEPLOY / "gateway.service").read_text().replace("/opt/gateway/.venv/bin/gateway",
+                                                            "/bin/true")
+    unit.write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    problems = [line for line in done.stderr.splitlines() if "gateway.service" in line]
+    assert done.returncode == 0 and problems == [], done.stderr
+
+
+def test_the_image_tag_the_build_command_and_the_manifests_agree() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    tag = f"apikey-gateway:{version}"
+    command = f"docker build -f deploy/Dockerfile -t {tag} ."
+    assert container()["image"] == tag
+    assert compose()["services"]["gateway"]["image"] == tag
+    assert command in (ROOT / "README.md").read_text()
+    assert command in (DEPLOY / "Dockerfile").read_text()
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed: the Makefile's image target is not checked")
+    done = subprocess.run(["make", "-n", "--no-print-directory", "image"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.strip() == command

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from gateway import logs
 from gateway.config import Config, LoggingConfig, parse_config
 from gateway.exchange import Exchange
 from gateway.keys.model import generate_key
@@ -88,9 +89,29 @@ def test_timestamp() -> None:
 def root_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    libraries = {name: logging.getLogger(name).level for name in logs.LIBRARY_LOGGERS}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, old in libraries.items():
+        logging.getLogger(name).setLevel(old)
+    logs._worker = None
+
+
+def test_libraries_log_at_their_own_level_and_workers_are_named(root_logging: None) -> None:
+    out = io.StringIO()
+    configure_logging(config(level="debug"), out, worker=3)
+    logging.getLogger("asyncpg.pool").debug("driver chatter")
+    logging.getLogger("aiohttp.access").info("aiohttp's access line")
+    logging.getLogger("gateway.decision").debug("authenticate: pass")
+    (line,) = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert (line["message"], line["worker"]) == ("authenticate: pass", 3)
+    assert AccessLog(config())._worker == 3
+    configure_logging(config(level="debug", libraries="debug"), out)
+    logging.getLogger("asyncpg.pool").debug("driver chatter")
+    assert "driver chatter" in out.getvalue()
+    configure_logging(config(level="error"), out)  # libraries never below the level
+    assert logging.getLogger("aiohttp").level == logging.ERROR
 
 
 def test_configure_logging_replaces_only_its_own_handler(root_logging: None) -> None:

@@ -33,7 +33,7 @@ from gateway.admin import (
     workspaces,
 )
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
-from gateway.admin.failure import errors_middleware, hide_server
+from gateway.admin.failure import continue_only, errors_middleware, hide_server
 from gateway.admin.query import query_allowlist
 from gateway.admin.route import Route
 from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES
@@ -73,8 +73,9 @@ def create_admin_app(
     app[OPENAPI] = openapi.build_openapi(ROUTES)
     app[DRAINING] = asyncio.Event()
     for route in ROUTES:
-        if route.method == "GET":
-            app.router.add_get(route.path, route.handler)  # and HEAD, as aiohttp does
+        if route.method == "GET":  # and HEAD, as aiohttp does
+            app.router.add_get(route.path, route.handler, expect_handler=continue_only)
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, route.handler,
+                                 expect_handler=continue_only)
     return app

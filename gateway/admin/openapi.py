@@ -134,7 +134,6 @@ KEY_OBJECT: dict[str, Schema] = {
     "key_type": {"type": "string", "enum": list(KEY_TYPES)},
     "environment": {"type": "string", "enum": list(ENVIRONMENTS)},
     "key_prefix": _STRING, "hint": _STRING,
-    "key_hash": {"type": "string", "description": "hex SHA-256 (or HMAC) of the key"},
     "permissions": {"type": "array", "items": _STRING},
     "scopes": {"type": "array", "items": ref("Scope")},
     "allowed_origins": {"type": "array", "items": _STRING},

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 
 import yaml
 
 from gateway.config.model import Config
-from gateway.config.parsers import Ctx, database_url, join, redis_url
+from gateway.config.parsers import Ctx, anchored_database, database_url, join, redis_url
 from gateway.config.plans import default_plan_known
 from gateway.config.section import build, keys_of
 from gateway.errors import ConfigError
@@ -54,7 +55,14 @@ def parse_config(data: object, source: str, environ: Mapping[str, str]) -> Confi
 
 def _top_rules(ctx: Ctx, top: Mapping[str, object], path: str, config: Config) -> Config:
     """The rules that span top-level keys."""
-    return default_plan_known(ctx, top, path, _separate_ports(ctx, top, path, config))
+    config = default_plan_known(ctx, top, path, _separate_ports(ctx, top, path, config))
+    return _config_relative(config)
+
+
+def _config_relative(config: Config) -> Config:
+    """A relative SQLite file is relative to the config file, whether it came from the file,
+    the default or GATEWAY_DATABASE_URL (README "Config-relative paths")."""
+    return replace(config, database=anchored_database(config.source, config.database))
 
 
 def _separate_ports(ctx: Ctx, top: Mapping[str, object], path: str, config: Config) -> Config:

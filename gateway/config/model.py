@@ -79,13 +79,19 @@ class LimiterConfig:
     expected_nodes: int = option(1, parsers.integer(1, 10_000))
 
 
+LOG_LEVEL = parsers.choice("debug", "info", "warning", "error")
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    """Extension: log lines on stderr (gateway.logs); ``access_log``: one per proxied request."""
+    """Extension: log lines on stderr (gateway.logs); ``access_log``: one per proxied request;
+    ``libraries``: the level of the drivers' and aiohttp's own loggers (asyncpg, aiosqlite,
+    redis, aiohttp, asyncio), kept apart so ``level: debug`` shows the gateway's decisions."""
 
-    level: str = option("info", parsers.choice("debug", "info", "warning", "error"))
+    level: str = option("info", LOG_LEVEL)
     format: str = option("json", parsers.choice("json", "text"))
     access_log: bool = option(True, parsers.boolean)
+    libraries: str = option("warning", LOG_LEVEL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ ConfigError line ``<file>: <dotted.path>: <what>, got <repr>``.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -257,6 +258,48 @@ def database_url(ctx: Ctx, value: object, path: str) -> str:
     except ValueError:
         ctx.fail(path, "has an invalid port", text)
     return text
+
+
+SQLITE = "sqlite:///"
+
+
+def config_relative(source: str, path: str) -> str:
+    """``path`` as an absolute path, a relative one taken from the directory of the config file
+    ``source`` (README "Config-relative paths"): the CLI and the server then agree on a file
+    wherever they are run from."""
+    base = os.path.dirname(os.path.abspath(source))
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def anchored_database(source: str, url: str) -> str:
+    """A ``sqlite:///`` URL naming a relative file, made absolute by ``config_relative``; any
+    other URL (Postgres, ``:memory:``, an absolute file) unchanged."""
+    if not url.startswith(SQLITE):
+        return url
+    file, mark, query = url[len(SQLITE) :].partition("?")
+    if file == ":memory:" or os.path.isabs(file):
+        return url
+    return SQLITE + config_relative(source, file) + mark + query
+
+
+def display_url(url: str) -> str:
+    """``url`` fit for a log line or the terminal: its password replaced by ``***``."""
+    return _CREDENTIALS_RE.sub(r"\1:***@", url)
+
+
+def url_target(url: str, default_port: int) -> str:
+    """Where ``url`` connects, for a log line or an error: ``host:port``, or a unix socket's
+    path (never a user or password)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    host = parts.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    return f"{host}:{port}"
 
 
 def redis_url(ctx: Ctx, value: object, path: str) -> str | None:

@@ -144,7 +144,8 @@ class KeyRecord:
         return replace(self, **changes)
 
     def to_public(self, now: datetime) -> dict[str, Any]:
-        """The key object of the admin API and CLI: everything but the plaintext."""
+        """The key object of the admin API and CLI: everything but the plaintext and the hash,
+        which is nobody's business outside the store (README "Keys")."""
         return {
             "key_id": self.key_id,
             "name": self.name,
@@ -156,7 +157,6 @@ class KeyRecord:
             "environment": self.environment,
             "key_prefix": self.key_prefix,
             "hint": self.hint,
-            "key_hash": self.key_hash,
             "permissions": list(self.permissions),
             "scopes": [
                 {"resource_id": s.resource_id, "operations": list(s.operations)}

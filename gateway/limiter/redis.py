@@ -53,6 +53,7 @@ import secrets
 from typing import Any
 
 from gateway.config import LimiterConfig
+from gateway.config.parsers import url_target
 from gateway.errors import LimiterUnavailable
 from gateway.limiter.base import (
     Decision,
@@ -206,12 +207,14 @@ ADMIT, PEEK, RENEW, UNDO, USAGE = b"a", b"p", b"r", b"u", b"q"
 # mode budget scope limit window cap member, the route's window, the quota
 Op = tuple[bytes, str, str, int, float, int, bytes, Window | None, QuotaAsk | None]
 RATE_LIMIT_REFUSED, ADMITTED, BUSY = 0, 1, 2
+REDIS_PORT = 6379
 RELEASE_DELAY = 0.002  # seconds a given-back slot waits for a batch to ride along with
 
 
 class RedisRateLimiter:
     def __init__(self, url: str, options: LimiterConfig, *, retry_interval: float = 0.25) -> None:
         self._url = url
+        self.target = url_target(url, REDIS_PORT)  # named by every log line and error
         self._prefix = options.prefix.encode()
         self._timeout = options.timeout
         self._lease_ttl_us = str(int(options.lease_ttl * 1_000_000)).encode()
@@ -274,12 +277,14 @@ class RedisRateLimiter:
                     raise
             except Exception as exc:  # whatever it is, keep trying: limits must come back
                 if not reported:
-                    log.warning("redis is unreachable (%s); on_limiter_error applies", exc)
+                    log.warning("redis at %s is unreachable (%s); on_limiter_error applies",
+                                self.target, exc)
                     reported = True
                 await asyncio.sleep(self._retry_interval)
                 continue
             if reported:
-                log.warning("redis is reachable again; limits are shared once more")
+                log.warning("redis at %s is reachable again; limits are shared once more",
+                            self.target)
                 reported = False
             self._conn = conn
             self._connected.set()
@@ -289,7 +294,7 @@ class RedisRateLimiter:
             self._held.clear()  # a restarted Redis has none of them; a live one expires them
             self._releases.clear()
             self._undos.clear()
-            log.warning("redis connection lost; reconnecting")
+            log.warning("redis connection to %s lost; reconnecting", self.target)
 
     # ---- the contract ------------------------------------------------------------------------
 
@@ -330,12 +335,13 @@ class RedisRateLimiter:
     async def ping(self) -> None:
         conn = self._conn
         if conn is None:
-            raise LimiterUnavailable("redis is unreachable")
+            raise LimiterUnavailable(f"redis at {self.target} is unreachable")
         try:
             async with asyncio.timeout(self._timeout):
                 await conn.call(encode(b"PING"))
         except (OSError, TimeoutError, ReplyError) as exc:
-            raise LimiterUnavailable(f"redis did not answer PING: {exc}") from exc
+            raise LimiterUnavailable(
+                f"redis at {self.target} did not answer PING: {exc}") from exc
 
     def stats(self) -> LimiterStats:
         return LimiterStats(self.batches, self.commands)
@@ -353,7 +359,7 @@ class RedisRateLimiter:
     def _queue(self, op: Op, waiter: asyncio.Future[Any]) -> None:
         """Into this tick's batch; while there is no connection, fail at once without waiting."""
         if self._conn is None:
-            waiter.set_exception(LimiterUnavailable("redis is unreachable"))
+            waiter.set_exception(LimiterUnavailable(f"redis at {self.target} is unreachable"))
             return
         if self._batch is None:
             self._start_batch()
@@ -504,7 +510,7 @@ class RedisRateLimiter:
             self._release_timer = None
         conn = self._conn
         if conn is None:
-            batch.set_exception(ConnectionError("redis is unreachable"))
+            batch.set_exception(ConnectionError(f"redis at {self.target} is unreachable"))
             batch.exception()  # retrieved: a batch of releases only has nobody waiting
             return
         sha, lease_ttl = SHA, self._lease_ttl_us
@@ -553,7 +559,8 @@ class RedisRateLimiter:
 
     def _expire(self, batch: asyncio.Future[list[Any]], conn: RespConnection) -> None:
         if not batch.done():
-            log.warning("redis did not answer within %.3f s; reconnecting", self._timeout)
+            log.warning("redis at %s did not answer within %.3f s; reconnecting", self.target,
+                        self._timeout)
             batch.set_exception(TimeoutError(f"no answer within {self._timeout} s"))
             conn.close()  # replies would now arrive for the wrong batch: start afresh
 

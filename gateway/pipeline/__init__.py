@@ -38,6 +38,7 @@ from gateway.pipeline import (
     rate_limit,
     request_id,
     tenancy,
+    trace,
     verify,
 )
 from gateway.pipeline.record import build_recorder
@@ -81,7 +82,10 @@ def build_checks(
     route: RouteConfig,
     services: Services,
 ) -> tuple[Check, ...]:
-    return tuple(c for stage in stages if (c := stage(route, services)))
+    checks = [(stage, c) for stage in stages if (c := stage(route, services))]
+    if trace.is_wanted():  # debug: every verdict logged (decided here, once)
+        checks = [(stage, trace.traced(trace.stage_name(stage), c)) for stage, c in checks]
+    return tuple(c for _stage, c in checks)
 
 
 def route_paths(services: Services) -> dict[str, RoutePath]:
@@ -92,7 +96,10 @@ def route_paths(services: Services) -> dict[str, RoutePath]:
     verifying = [r for r in routes if r.mode == "verify"]
     if verifying:
         chains = {r.name: build_checks(VERIFY_STAGES, r, services) for r in proxied}
-        checking = RoutePath((verify.build(proxied, chains, services),))  # one for them all
+        check = verify.build(proxied, chains, services)
+        if trace.is_wanted():
+            check = trace.traced("forward_auth", check)  # the inner answer is "verify"
+        checking = RoutePath((check,))  # one for them all
         paths.update((r.name, checking) for r in verifying)
     return paths
 
@@ -105,6 +112,9 @@ class Pipeline:
     def __init__(self, services: Services) -> None:
         self.paths = route_paths(services)
         self.front = tuple(stage(services) for stage in FRONT_STAGES)
+        if trace.is_wanted():
+            names = (trace.stage_name(stage) for stage in FRONT_STAGES)
+            self.front = tuple(trace.traced(n, c) for n, c in zip(names, self.front, strict=True))
         self.handle_errors = failure.build(services)
         self.record = build_recorder(services)  # metrics and access log, once per request
         self.in_flight = 0

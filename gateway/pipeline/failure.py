@@ -20,6 +20,7 @@ from gateway.errors import (
     GatewayError,
     GatewayFailure,
     StoreUnavailable,
+    UpstreamError,
     as_failure,
 )
 from gateway.exchange import Exchange
@@ -48,6 +49,8 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
         if failure is None:
             log.error("unhandled error", exc_info=exc, extra={"request_id": exchange.request_id})
             failure = INTERNAL
+        elif isinstance(exc, UpstreamError | StoreUnavailable):
+            log_dependency(exchange, exc)
         exchange.error_code = code = failure.kind.code
         match = exchange.match
         metrics.count_error(code, match.route.name if match is not None else NO_ROUTE)
@@ -61,6 +64,18 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
         return response
 
     return handle_error
+
+
+def log_dependency(exchange: Exchange, exc: UpstreamError | StoreUnavailable) -> None:
+    """A failed upstream or key store, named (README "Metrics and logs"): the client only
+    reads 502/504/503, the operator needs to know which server to look at."""
+    extra = {"request_id": exchange.request_id}
+    match = exchange.match
+    if isinstance(exc, UpstreamError) and match is not None:
+        extra["route"] = match.route.name
+        log.warning("upstream %s failed: %s", ", ".join(match.route.upstreams), exc, extra=extra)
+    else:
+        log.warning("%s", exc, extra=extra)
 
 
 def must_close(failure: GatewayFailure, request: web.BaseRequest) -> bool:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg  # type: ignore[import-untyped]  # no stubs
 
 from gateway.config import KeyStoreConfig
+from gateway.config.parsers import url_target
 from gateway.errors import Conflict, NotFound, StoreUnavailable
 from gateway.keys.notify import NOTIFY_CHANNEL, ChangeFeedListener
 from gateway.store import Store
@@ -127,11 +128,13 @@ class PostgresDialect:
 # --------------------------------------------------------------------------------------------
 # the connection pool
 
+POSTGRES_PORT = 5432
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def _translated(target: str) -> Iterator[None]:
+    """Driver errors as the store's own; an outage names the server (``host:port``)."""
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
@@ -142,7 +145,7 @@ def _translated() -> Iterator[None]:
         raise ValueError(f"invalid key-store value ({exc.constraint_name})") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(
-            f"postgres key store unavailable: {type(exc).__name__}: {exc}"
+            f"postgres key store at {target} unavailable: {type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -187,6 +190,7 @@ class PostgresDb(Statements):
         if not is_postgres_url(url):
             raise ValueError("Postgres URL must start with postgresql:// or postgres://")
         self.url = url
+        self.target = url_target(url, POSTGRES_PORT)
         self.connect_timeout = float(connect_timeout)
         self.command_timeout = float(command_timeout)
         self._lock_timeout_ms = int(lock_timeout_ms)
@@ -197,7 +201,7 @@ class PostgresDb(Statements):
         """Create the pool (one connection up front)."""
         if self._pool is not None:
             return
-        with _translated():
+        with _translated(self.target):
             self._pool = await asyncio.wait_for(
                 asyncpg.create_pool(
                     self.url,
@@ -230,9 +234,9 @@ class PostgresDb(Statements):
         statement) is bounded by ``deadline`` (default ``command_timeout``) in total."""
         pool = self._pool
         if pool is None:
-            raise StoreUnavailable("postgres key store is not open")
+            raise StoreUnavailable(f"postgres key store at {self.target} is not open")
         limit = self.command_timeout if deadline is None else deadline
-        with _translated():
+        with _translated(self.target):
             async with asyncio.timeout(limit), pool.acquire(timeout=limit) as conn:
                 yield conn
 

@@ -282,8 +282,9 @@ class SqliteDb(Statements):
 
 
 def database_path(url: str) -> str:
-    """The file (or ``:memory:``) of a ``sqlite:///`` URL: ``sqlite:///./rel.db`` is relative to
-    the working directory, ``sqlite:////abs/path.db`` absolute."""
+    """The file (or ``:memory:``) of a ``sqlite:///`` URL: ``sqlite:////abs/path.db`` absolute,
+    ``sqlite:///./rel.db`` relative to the working directory (the config loader has already made
+    a configured one absolute, relative to the config file: README "Config-relative paths")."""
     if not url.startswith(URL_PREFIX):
         raise ValueError("SQLite URL must start with sqlite:///")
     path = url[len(URL_PREFIX) :].split("?", 1)[0]

@@ -42,8 +42,9 @@ async def test_every_mutation_is_audited_without_secrets(
                                                   "grace_period_seconds": 60}
     assert by_action["key.revoke"]["changes"] == {"status": "revoked"}
     assert by_action["key.create"]["changes"]["permissions"] == ["read"]
-    for secret in (created["key"], created["key_hash"], rotated["key"], rotated["key_hash"],
-                   operator.token):
+    hashed = gateway.services.hasher
+    for secret in (created["key"], hashed(created["key"]), rotated["key"],
+                   hashed(rotated["key"]), operator.token):
         assert secret not in raw
     everything = await operator.ok("GET", "/admin/v1/audit")  # operator: every workspace
     assert len(everything["results"]) >= len(events)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from tests.admin.conftest import Admin
-from tests.conftest import Gateway
+from tests.conftest import Gateway, bearer, raw_request
 
 KEY_FIELDS = {
     "key_id", "name", "description", "workspace_id", "project_id", "user_id", "key_type",
-    "environment", "key_prefix", "hint", "key_hash", "permissions", "scopes",
+    "environment", "key_prefix", "hint", "permissions", "scopes",
     "allowed_origins", "rate_limit_override", "concurrency_limit", "status", "expires_at",
     "last_used_at", "created_at", "created_by", "revoked_at", "revoked_by", "rotated_from",
     "organization_id", "internal_id", "principal_id", "disabled_at",
@@ -120,3 +120,33 @@ async def test_unknown_path_and_method(operator: Admin) -> None:
     async with operator.http.put(f"{operator.base}/admin/v1/workspaces",
                                  headers={"Authorization": f"Bearer {operator.token}"}) as r:
         assert r.status == 405 and "GET" in r.headers["Allow"]
+
+
+async def test_no_key_hash_in_any_answer_or_schema(gateway: Gateway, operator: Admin) -> None:
+    ws = gateway.workspace.id
+    created = await operator.ok("POST", f"/admin/v1/workspaces/{ws}/keys", {"name": "h"})
+    hashed = gateway.services.hasher(created["key"])
+    key = f"/admin/v1/keys/{created['key_id']}"
+    answers = [created, await operator.ok("GET", key),
+               await operator.ok("GET", f"/admin/v1/workspaces/{ws}/keys"),
+               await operator.ok("PATCH", key, {"name": "h2"}),
+               await operator.ok("POST", f"{key}/rotate", {"grace_period_seconds": 60}),
+               await operator.ok("DELETE", key)]
+    for answer in answers:
+        assert "key_hash" not in str(answer) and hashed not in str(answer)
+    assert "key_hash" not in str(await operator.ok("GET", "/admin/v1/openapi.json"))
+
+
+async def test_an_unknown_expectation_is_ignored_and_100_continue_answered(
+    gateway: Gateway, operator: Admin
+) -> None:
+    """aiohttp would answer any Expect other than 100-continue with a bare 417 before
+    authentication; the admin API answers as if it were absent (RFC 9110 §10.1.1 allows it)."""
+    port = int(gateway.admin_url.rsplit(":", 1)[1])
+    answer = await raw_request(port, "GET /admin/v1/workspaces HTTP/1.1\nHost: x\nExpect: )wzwW\n")
+    assert answer.status == 401 and answer.header("Content-Type") == "application/problem+json"
+    async with operator.http.post(
+        gateway.admin_url + "/admin/v1/workspaces", json={"name": "continued"}, expect100=True,
+        headers=bearer(str(operator.token)),
+    ) as response:
+        assert response.status == 201

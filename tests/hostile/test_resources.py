@@ -29,9 +29,12 @@ def head(key: str, extra: str = "", target: str = "/api/ai/x", method: str = "GE
 
 
 def is_problem(answer: Answer, status: int, code: str) -> bool:
+    """``status`` as problem+json with ``code`` and the request id its header names."""
     if answer.status != status or answer.header("Content-Type") != "application/problem+json":
         return False
-    return json.loads(answer.body)["code"] == code
+    body = json.loads(answer.body)
+    request_id = answer.header("X-Request-Id")
+    return body["code"] == code and bool(request_id) and body["request_id"] == request_id
 
 
 async def test_oversized_heads_get_problem_json(hostile: Gateway, strict: StrictUpstream) -> None:
@@ -83,14 +86,14 @@ async def test_limits_are_configurable(
     answer = await send_raw(admin_port, (
         f"POST /admin/v1/workspaces HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {admin}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-    assert answer.status == 413 and json.loads(answer.body)["code"] == "body_too_large"
+    assert is_problem(answer, 413, "body_too_large"), answer
 
 
 async def test_bodies_past_the_limit(hostile: Gateway, strict: StrictUpstream) -> None:
     key = await hostile.key()
     by_length = head(key, f"Content-Length: {LIMIT + 1}\r\n", method="POST") + b"a" * 100
     answer = await send_raw(hostile.port, by_length)
-    assert answer.status == 413 and json.loads(answer.body)["code"] == "payload_too_large"
+    assert is_problem(answer, 413, "payload_too_large"), answer
     reader, writer = await asyncio.open_connection("127.0.0.1", hostile.port)
     writer.write(head(key, "Transfer-Encoding: chunked\r\n", method="POST"))
     chunk = b"a" * 8192

@@ -5,11 +5,13 @@ anything to its upstream."""
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, bearer, well_formed_unknown_key
-from tests.verify.conftest import VERIFY_PATH, check, until_usage
+from tests.conftest import Gateway, GatewayFactory, Upstream, bearer, well_formed_unknown_key
+from tests.verify.conftest import VERIFY_PATH, check, until_usage, verify_routes
 
 
 async def test_allowed_request_answers_200_with_identity_and_limits(
@@ -241,3 +243,23 @@ async def test_checks_count_usage_like_requests(
     assert (await check(http, gateway, "GET", "/api/ai/x", key)).status == 401
     await until_usage(gateway, record.key_id,
                       {"success": 2, "forbidden": 1, "rate_limited": 1, "rejected": 1})
+
+
+async def test_debug_decisions_name_the_checked_routes_stages(
+    make_gateway: GatewayFactory, upstream: Upstream, http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With debug on (README "Metrics and logs"), a check logs the matched route's stages and
+    its own verdict; the answer is ``verify``'s."""
+    with caplog.at_level(logging.DEBUG, logger="gateway.decision"):
+        gateway = await make_gateway(verify_routes(upstream.url))
+        key = await gateway.key(permissions=["read"])
+        answer = await check(http, gateway, "GET", "/api/ai/x", key, {"X-Request-Id": "dbg-1"})
+        assert answer.status == 200
+    decisions = [(r.stage, r.decision) for r in caplog.records  # type: ignore[attr-defined]
+                 if getattr(r, "request_id", None) == "dbg-1"]
+    assert decisions == [
+        ("request_id", "pass"), ("match", "pass"), ("cors", "pass"), ("authenticate", "pass"),
+        ("authorize", "pass"), ("tenancy", "pass"), ("rate_limit", "pass"),
+        ("verify", "answered 200"), ("forward_auth", "answered 200"),
+    ]
