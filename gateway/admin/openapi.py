@@ -203,7 +203,8 @@ SCHEMAS: dict[str, Schema] = {
         **_WINDOW,
         "last_used_at": _OPT_TIME,
         "requests": {"type": "integer", "minimum": 0,
-                     "description": "lifetime: requests that reached the upstream"},
+                     "description": "lifetime: requests that reached the upstream or "
+                                    "passed a check"},
         "rate_limited": {"type": "integer", "minimum": 0,
                          "description": "lifetime: refused by the rate limit or the quota"},
     }),
