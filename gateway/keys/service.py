@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.errors import Conflict, NotFound, ValidationError
+from gateway.keys.console import ConsoleAccess
 from gateway.keys.members import MemberService
 from gateway.keys.model import (
     AuditEvent,
@@ -71,6 +72,8 @@ class KeyService:
         self._on_change = on_change or (lambda _hash: None)
         self._on_tenancy_change = on_tenancy_change or (lambda _ws: None)
         self.members = MemberService(store, self._audit, self._on_change)
+        self.console = ConsoleAccess(store, self._hasher, lambda: self._live_config().console,
+                                     self._audit, self.members.by_email)
 
     # workspaces, projects, namespaces ---------------------------------------------------------
     async def create_workspace(self, name: Any, actor: str | None) -> Workspace:
