@@ -170,6 +170,11 @@ class KeyService:
             raise NotFound(f"key {key_id} not found")
         return record
 
+    async def rotation_chain(self, record: KeyRecord) -> list[KeyRecord]:
+        """Every key of ``record``'s rotation chain, oldest first (``rotated_from`` names the
+        chain's first key, README "Decisions where the spec was silent")."""
+        return await self._store.keys.chain(record.rotated_from or record.key_id)
+
     async def list_keys(self, workspace_id: str | None, **filters: Any) -> KeyPage:
         if workspace_id is not None:
             await self.get_workspace(workspace_id)
@@ -280,6 +285,17 @@ class KeyService:
             **report(window, points),
             "top_keys": [{"key_id": t.key_id, "name": t.name, "total": t.total} for t in top],
         }
+
+    async def daily_usage(
+        self, key_ids: list[str], start: int, end: int
+    ) -> dict[str, dict[int, int]]:
+        """Requests per key and UTC day in [start, end) for a page of keys (the console's
+        sparklines), in one query."""
+        return await self._store.usage.daily_totals(key_ids, start, end)
+
+    async def audit_page(self, workspace_id: str, **filters: Any) -> list[AuditEvent]:
+        """The console's audit log (``AuditLog.page``: filters, ``before`` for the next page)."""
+        return await self._store.audit.page(workspace_id, **filters)
 
     async def audit(self, workspace_id: str | None, limit: int = 100) -> list[AuditEvent]:
         """Newest first; ``workspace_id`` None means every event (operators only)."""

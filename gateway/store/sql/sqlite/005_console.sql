@@ -30,3 +30,6 @@ CREATE TABLE console_reveals (
     sealed       TEXT NOT NULL,
     expires_at   TEXT        NOT NULL
 );
+
+-- a key's detail page shows its rotation chain: the keys rotated from its first key
+CREATE INDEX api_keys_rotated_from ON api_keys (rotated_from);
