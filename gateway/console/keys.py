@@ -31,6 +31,7 @@ from gateway.keys.console import WILDCARD_HOSTS
 from gateway.keys.model import ENVIRONMENTS, STATUSES, KeyRecord, utcnow
 from gateway.keys.service import KeyService
 from gateway.keys.usage_report import Window
+from gateway.keys.validation import CREATE_FIELDS, validate_fields
 
 PAGE_SIZE = 50
 DAY = 86400
@@ -107,7 +108,11 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     form = KeyForm.read(await read_form(request))
     chooses = manages_all(request)
     body = form.body(owner=None if chooses else me.user_id, may_choose_owner=chooses)
-    if form.errors:
+    if form.errors:  # with the service's own findings, all at once
+        try:
+            validate_fields(body, CREATE_FIELDS, required=("name",))
+        except ValidationError as exc:
+            form.take(exc.errors)
         return await _key_form(request, form, 400)
     try:
         record, plaintext = await keys(request).create_key(me.workspace_id, body, me.user_id)
