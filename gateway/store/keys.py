@@ -316,7 +316,10 @@ class KeyTable:
         if status is not None:
             if status not in STATUS_WHERE:
                 raise ValidationError({"status": f"must be one of {', '.join(STATUS_WHERE)}"})
-            clauses.append(STATUS_WHERE[status].format(now=params.add(self._stamp(utcnow()))))
+            clause = STATUS_WHERE[status]
+            if "{now}" in clause:  # every parameter sent must be used (Postgres)
+                clause = clause.format(now=params.add(self._stamp(utcnow())))
+            clauses.append(clause)
         if search:
             pattern = "%" + like_escape(search.lower()) + "%"
             clauses.append(SEARCH.format(pattern=params.add(pattern), exact=params.add(search)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -174,7 +176,6 @@ def console(request: pytest.FixtureRequest, tmp_path: Path, echo_upstream: str
         database = f"sqlite:///{tmp_path}/gateway.db"
     gateway = GatewayProcess.create(
         tmp_path, routes(echo_upstream), database=database,
-        console={"insecure_cookies": True},  # plain http on loopback: no Secure flag
         permissions={"implies": {"write": ["read"]}},
         plans={"team": {"quota": {"day": 5000, "month": 100000}}}, default_plan="team",
         key_cache={"poll_interval": 0.05},
@@ -190,3 +191,55 @@ def console(request: pytest.FixtureRequest, tmp_path: Path, echo_upstream: str
         gateway.stop()
         if request.param == "postgres":
             run_async(lambda: drop_pg_database(database))
+
+
+async def seed_keys(database: str, workspace: str, count: int) -> None:
+    """``count`` keys straight into the store, in one transaction (no plaintext exists)."""
+    from gateway.keys.model import KeyRecord, new_id, utcnow
+    from gateway.store.keys import KINDS, PRINCIPAL, SUBSCRIPTION
+    from gateway.store.rows import Rows
+    from tests.keys.conftest import build_store
+
+    store = build_store(database)
+    await store.open()
+    try:
+        rows = Rows("api_keys", KeyRecord, KINDS, store.db.dialect,
+                    {"principal_id": PRINCIPAL, **SUBSCRIPTION})
+        found = await store.get_workspace(workspace)
+        start = utcnow()
+        records = [
+            KeyRecord(key_id=new_id("key"), key_hash=new_id("hash"), key_prefix="sk_live_Ab12",
+                      hint=f"{i:04d}"[-4:], name=f"service {i:05d}", workspace_id=workspace,
+                      project_id=found.default_project_id, user_id=None,
+                      environment="test" if i % 4 == 0 else "live",
+                      created_at=start - timedelta(seconds=count - i))
+            for i in range(count)
+        ]
+        async with store.db.transaction() as tx:
+            await tx.executemany(rows.insert, [rows.params(r) for r in records])
+    finally:
+        await store.close()
+
+
+async def seed_usage(database: str, workspace: str, key_ids: list[str], days: int = 7) -> None:
+    """Hourly minutes of traffic for the keys over the last ``days`` (shapes for the charts)."""
+    from gateway.store.usage import MinuteCounts
+    from tests.keys.conftest import build_store
+
+    store = build_store(database)
+    await store.open()
+    try:
+        now = int(time.time()) // 60 * 60
+        minutes = []
+        for k, key_id in enumerate(key_ids):
+            for hour in range(days * 24):
+                start = now - hour * 3600
+                wave = 20 + int(15 * math.sin(hour / 4 + k)) + (k + 1) * 6
+                minutes.append(MinuteCounts.of(
+                    key_id, workspace, start, success=wave,
+                    rate_limited=wave // 9 if hour % 7 == 0 else 0,
+                    upstream_error=2 if hour % 11 == k else 0,
+                    forbidden=1 if hour % 5 == 0 else 0))
+        await store.usage.add(minutes)
+    finally:
+        await store.close()

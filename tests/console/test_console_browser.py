@@ -5,13 +5,14 @@ CSRF, escaping, sign-out, workspaces, and screenshots of every page for the READ
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 import pytest
 
-from tests.console.conftest import CHROMIUM, Console
+from tests.console.conftest import CHROMIUM, Console, run_async, seed_keys, seed_usage
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
@@ -71,7 +72,7 @@ def test_a_sign_in_link_works_once_and_sets_a_strict_http_only_cookie(
     assert page.get_by_role("button", name="Sign out").is_visible()
     [cookie] = context.cookies()
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
-    assert cookie["secure"] is False  # console.insecure_cookies: true in these tests
+    assert cookie["secure"] is True  # Chromium keeps it on http://127.0.0.1 (loopback)
     assert cookie["path"] == "/console"
     console.shot(page, "keys-empty", full_page=False)
 
@@ -332,3 +333,57 @@ def test_the_audit_log_and_the_plan_pages(browser: Any, console: Console) -> Non
     assert page.goto(console.url + "/?status=lost").status == 400
     assert "status" in page.content()
     assert page.goto(console.url + "/keys/key_nope?range=1y").status == 404
+
+
+# ten thousand keys, and the pictures --------------------------------------------------------------
+def test_the_keys_page_is_fast_with_ten_thousand_keys(browser: Any, console: Console) -> None:
+    run_async(lambda: seed_keys(console.database, console.workspace, 10_000))
+    page = console.sign_in(browser, "admin")
+    assert page.locator("p.count").inner_text() == "10000 keys"
+    assert page.locator("table.keys tbody tr").count() == 50
+    assert key_link(page, "service 09999").is_visible()  # newest first
+    [cookie] = page.context.cookies()
+    jar = f"{cookie['name']}={cookie['value']}"
+    for query in ("", "?q=service+04242", "?environment=test&status=active", "?q=9999",
+                  "?include_revoked=1&owner=usr_nobody"):
+        started = time.monotonic()
+        assert raw(console.url + "/" + query, jar)[0] == 200
+        took = time.monotonic() - started
+        assert took < 2.0, (query, took)  # typically 30-150 ms
+    page.get_by_label("Search").fill("service 04242")
+    page.get_by_role("button", name="Filter").click()
+    assert page.locator("p.count").inner_text() == "1 key"
+    page.goto(console.url + "/?environment=test")
+    assert page.locator("p.count").inner_text() == "2500 keys"
+    page.get_by_role("link", name="Next page").click()
+    assert key_link(page, "service 09796").is_visible()  # the 51st newest test key
+    page.get_by_role("link", name="First page").click()
+    assert key_link(page, "service 09996").is_visible()
+
+
+def test_screenshots_of_a_workspace_in_use(browser: Any, console: Console) -> None:
+    """The pictures of the README: keys with traffic, a key's usage, the plan."""
+    console.member("member")
+    made = [console.cli_key("--workspace", console.workspace, "--name", name,
+                            "--permission", "read", "--user-email", email)[0]
+            for name, email in (("checkout-api", "admin@example.com"),
+                                ("mobile app", "member@example.com"),
+                                ("nightly export", "admin@example.com"))]
+    rotated = console.cli_key("--workspace", console.workspace, "--name", "search indexer",
+                              "--environment", "test")[0]
+    console.gateway.command("keys", "rotate", rotated["key_id"], "--grace-period", "3600")
+    run_async(lambda: seed_usage(console.database, console.workspace,
+                                 [k["key_id"] for k in made], days=30))
+    page = console.sign_in(browser, "admin")
+    assert page.locator("svg.spark").count() == 5
+    console.shot(page, "keys", full_page=False)
+    key_link(page, "checkout-api").click()
+    page.get_by_role("link", name="7d").click()
+    assert page.locator("figure.chart rect").count() > 100
+    console.shot(page, "key-detail")
+    page.get_by_role("link", name="Plan").click()
+    assert page.locator("figure.chart rect").count() > 30
+    console.shot(page, "plan")
+    page.goto(console.url + "/?q=search+indexer&include_revoked=1")
+    key_link(page, "search indexer").first.click()
+    assert page.locator("ol.chain li").count() == 2
