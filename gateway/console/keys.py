@@ -5,6 +5,7 @@ signed-in member as the actor of every change."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ from gateway.admin.subscriptions import plan_quota
 from gateway.console.chart import RANGES, sparkline, usage_chart
 from gateway.console.key_form import EXPIRY_PRESETS, GRACE_PRESETS, KeyForm
 from gateway.console.page import (
+    Handler,
     Page,
     can,
     manages_all,
@@ -197,14 +199,18 @@ async def rotate(request: web.Request) -> web.Response:
     return await _to_shown_once(request, new, plaintext)
 
 
-def change(apply: str, done: str) -> Any:
-    """A body-less change (disable, enable, revoke) through ``KeyService.<apply>``."""
+KeyChange = Callable[[KeyService, str, str | None, str | None], Awaitable[KeyRecord]]
 
-    async def handle(request: web.Request) -> web.Response:
+
+def change(apply: KeyChange, done: str) -> Handler:
+    """A body-less change (disable, enable, revoke): the ``KeyService`` method ``apply``,
+    then back to the key's page saying it is ``done``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
         me = session(request)
         record = await visible_key(request, request.match_info["key_id"])
         try:
-            await getattr(keys(request), apply)(record.key_id, me.user_id, me.workspace_id)
+            await apply(keys(request), record.key_id, me.user_id, me.workspace_id)
         except Conflict as exc:
             raise web.HTTPConflict(text=str(exc)) from None
         return see_other(f"/keys/{record.key_id}?done={done}")
@@ -219,7 +225,7 @@ PAGES = (
     Page("GET", "/keys/{key_id}", key_detail, "viewer"),
     Page("GET", "/keys/{key_id}/shown", shown_once, "member"),
     Page("POST", "/keys/{key_id}/rotate", rotate, "member"),
-    Page("POST", "/keys/{key_id}/disable", change("disable_key", "disabled"), "member"),
-    Page("POST", "/keys/{key_id}/enable", change("enable_key", "enabled"), "member"),
-    Page("POST", "/keys/{key_id}/revoke", change("revoke_key", "revoked"), "member"),
+    Page("POST", "/keys/{key_id}/disable", change(KeyService.disable_key, "disabled"), "member"),
+    Page("POST", "/keys/{key_id}/enable", change(KeyService.enable_key, "enabled"), "member"),
+    Page("POST", "/keys/{key_id}/revoke", change(KeyService.revoke_key, "revoked"), "member"),
 )
