@@ -308,3 +308,26 @@ def test_a_writing_command_names_its_store_relative_to_the_config(
     assert (directory / "data.db").exists() and not list(elsewhere.iterdir())
     code, _, err = run(capsys, "workspaces", "list", "-c", str(config))  # reads: no line
     assert code == EXIT_OK and err == ""
+
+
+def test_console_link(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README "Web console": the sign-in URL alone on the last line; strangers exit 3."""
+    code, out, _ = run(capsys, "workspaces", "create", "--name", "acme", "-c", str(config))
+    workspace = json.loads(out)["id"]
+    run(capsys, "members", "add", "--workspace", workspace, "--email", "a@example.com",
+        "--role", "viewer", "-c", str(config))
+    code, out, err = run(capsys, "console-link", "--workspace", workspace, "--email",
+                         "A@example.com", "-c", str(config))
+    assert code == EXIT_OK
+    assert re.fullmatch(r"http://127\.0\.0\.1:18081/console/sign-in/[A-Za-z0-9_-]{43}",
+                        out.strip().splitlines()[-1])
+    assert "wrote to key store" in err
+    code, out, err = run(capsys, "console-link", "--workspace", workspace, "--email",
+                         "nobody@example.com", "-c", str(config))
+    assert code == EXIT_NOT_FOUND and out == ""
+    assert err.count("\n") == 1 and "nobody@example.com" in err
+    with config.open("a") as more:
+        more.write("console: {public_url: 'https://admin.example.com/'}\n")
+    code, out, _ = run(capsys, "console-link", "--workspace", workspace, "--email",
+                       "a@example.com", "-c", str(config))
+    assert out.strip().startswith("https://admin.example.com/console/sign-in/")

@@ -303,7 +303,7 @@ CASES: dict[str, str] = {
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
         "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
-        "limiter, logging, limits, usage, plans, default_plan, routes), got []"
+        "limiter, logging, limits, usage, console, plans, default_plan, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",

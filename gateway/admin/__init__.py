@@ -17,7 +17,7 @@ OpenAPI document, the query allowlist and the open paths are all built from it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
@@ -60,13 +60,20 @@ def create_admin_app(
     services: Services,
     key_service: KeyService,
     authenticators: Sequence[Authenticator] | None = None,
+    mounts: Mapping[str, web.Application] | None = None,
 ) -> web.Application:
-    """The admin app; ``authenticators`` say who is acting (default: bearer admin keys)."""
+    """The admin app; ``authenticators`` say who is acting (default: bearer admin keys).
+    ``mounts``: path prefix -> an app served under it that authenticates its own requests and
+    reads its own query (the web console, README "Web console")."""
+    mounts = mounts or {}
+    prefixes = tuple(mounts)
     app = web.Application(middlewares=[
         errors_middleware,
-        authentication(authenticators or (bearer_admin_key(services),), PUBLIC_PATHS),
-        query_allowlist(ROUTES, PUBLIC_PATHS),
+        authentication(authenticators or (bearer_admin_key(services),), PUBLIC_PATHS, prefixes),
+        query_allowlist(ROUTES, PUBLIC_PATHS, prefixes),
     ], client_max_size=services.config.limits.admin_max_body_bytes)
+    for prefix, mounted in mounts.items():
+        app.add_subapp(prefix, mounted)
     app.on_response_prepare.append(hide_server)
     app[SERVICES] = services
     app[KEY_SERVICE] = key_service

@@ -128,6 +128,20 @@ class UsageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The web console (README "Web console"): ``public_url`` is the base of the sign-in links
+    (default: the admin listener's address); ``insecure_cookies`` drops the cookie's ``Secure``
+    flag (plain-http admin listeners); in seconds, ``idle_timeout`` of a session and
+    ``link_ttl`` of a sign-in link; ``sign_in_rate_limit``: sign-in attempts per client address."""
+
+    public_url: str | None = option(None, parsers.public_url)
+    insecure_cookies: bool = option(False, parsers.boolean)
+    idle_timeout: float = option(12 * 3600.0, parsers.positive_number)
+    link_ttl: float = option(15 * 60.0, parsers.positive_number)
+    sign_in_rate_limit: RateLimit = option(RateLimit(10, 60.0), section(RateLimit))
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     rate_limit: RateLimit = option(RateLimit(100, 60.0), section(RateLimit))
     max_concurrent: int | None = option(10, parsers.nullable(parsers.count))
@@ -231,6 +245,7 @@ class Config:
     logging: LoggingConfig = subsection(LoggingConfig)
     limits: LimitsConfig = subsection(LimitsConfig)
     usage: UsageConfig = subsection(UsageConfig)
+    console: ConsoleConfig = subsection(ConsoleConfig)
     plans: Mapping[str, PlanConfig] = option({}, plan_table(PlanConfig))
     default_plan: str | None = option(None, parsers.string)  # for workspaces without one
     routes: tuple[RouteConfig, ...] = required(route_table(RouteConfig), kw_only=True)
