@@ -45,6 +45,8 @@ async def test_revocation_evicts_and_listener_loss_caps_ttl(pg_url: str) -> None
         assert invalidator.connected
         ws = await writer.create_workspace("w")
         key = await writer.create_key(make_record(ws.id), max_active_per_user=10)
+        # the creation is a change too: once heard, it cannot evict what is cached next
+        await until(lambda: invalidator.notifications >= 1)
         assert (await cache.get(key.key_hash)) == key
         assert len(cache) == 1
 
