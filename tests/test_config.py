@@ -365,6 +365,13 @@ CASES: dict[str, str] = {
     "on_limiter_error_bad.yaml": (
         "defaults.on_limiter_error: must be one of open, closed, local, got 'fail'"
     ),
+    "algorithm_bad.yaml": (
+        "defaults.algorithm: must be one of sliding_log, sliding_counter, got 'token_bucket'"
+    ),
+    "route_algorithm_without_rate_limit.yaml": (
+        "routes[0].algorithm: applies to the route's own rate_limit, which it does not set, "
+        "got 'sliding_counter'"
+    ),
     "logging_format_bad.yaml": "logging.format: must be one of json, text, got 'xml'",
     "key_cache_ttl_zero.yaml": "key_cache.ttl: must be a number > 0, got 0",
     "limits_target_too_small.yaml": "limits.max_target_bytes: must be an integer >= 256, got 10",
@@ -393,7 +400,7 @@ CASES: dict[str, str] = {
     "route_unknown_key.yaml": (
         "routes[0].upstreams: unknown key (did you mean 'upstream'? allowed: name, path, "
         "upstream, health, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
-        "on_limiter_error, timeout, max_body_bytes, cors, resource, operations), got "
+        "on_limiter_error, algorithm, timeout, max_body_bytes, cors, resource, operations), got "
         "['http://127.0.0.1:9001']"
     ),
     "route_bad_name.yaml": (

@@ -185,6 +185,7 @@ def pattern(regex: re.Pattern[str], what: str) -> Parser[str]:
 
 count = integer(1)
 limiter_policy = choice("open", "closed", "local")
+algorithm = choice("sliding_log", "sliding_counter")  # README "Algorithms"
 permission = pattern(_PERMISSION_RE, "must be a permission name (1-100 of A-Za-z0-9_.:*-)")
 permission_list = tuple_of(permission)
 header_names = tuple_of(pattern(_TOKEN_RE, "must be a header name (an RFC 9110 token)"))

@@ -69,6 +69,9 @@ def route_table(cls: type[RouteConfig]) -> Parser[tuple[RouteConfig, ...]]:
 
 def route_rules(ctx: Ctx, data: Mapping[str, object], path: str, route: RouteConfig) -> RouteConfig:
     route = _resource_rules(ctx, data, path, route)
+    if route.algorithm is not None and route.rate_limit is None:  # README "Algorithms"
+        what = "applies to the route's own rate_limit, which it does not set"
+        ctx.fail(join(path, "algorithm"), what, route.algorithm)
     if route.auth == "none":
         if any(route.permissions.values()):
             what = "cannot be checked with auth: none"

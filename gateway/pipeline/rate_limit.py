@@ -72,8 +72,10 @@ class Limits:
     """One route's limits for any key, precomputed per plan (README "Rate limits")."""
 
     def __init__(self, route: RouteConfig, config: Config) -> None:
+        self.algorithm = config.defaults.algorithm  # the key-wide budget's, on every route
         self.also = (
-            Window(route.name, route.rate_limit.requests, route.rate_limit.window)
+            Window(route.name, route.rate_limit.requests, route.rate_limit.window,
+                   route.algorithm or self.algorithm)
             if route.rate_limit is not None else None
         )
         self._plans = {name: plan_limits(p, route, config) for name, p in config.plans.items()}
@@ -154,7 +156,9 @@ def peek_headers_for(
     async def peek(key: KeyRecord) -> dict[str, str]:
         limit, window, _, _ = limits.of(key)
         try:
-            return quota_headers(await services.limiter.peek(budget_of(key), "", limit, window))
+            decision = await services.limiter.peek(budget_of(key), "", limit, window,
+                                                   limits.algorithm)
+            return quota_headers(decision)
         except LimiterUnavailable:
             return {}
 
@@ -191,7 +195,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         return None
     config = services.config
     limits = Limits(route, config)
-    also = limits.also
+    also, algorithm = limits.also, limits.algorithm
     policy = route.on_limiter_error or config.defaults.on_limiter_error
     nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
     local_also = also._replace(limit=local_share(also.limit, nodes)) if also else None
@@ -209,7 +213,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
             if quota is not None:
                 quota = quota._replace(day=quota.day and local_share(quota.day, nodes),
                                        month=quota.month and local_share(quota.month, nodes))
-            decision = await local.admit(budget, "", share, window, local_cap, local_also, quota)
+            decision = await local.admit(budget, "", share, window, local_cap, local_also, quota,
+                                         algorithm)
             return decision, local
         return None, local  # open: admit without a quota to report
 
@@ -220,7 +225,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         decision: Decision | None
         decider: RateLimiter = limiter
         try:
-            decision = await limiter.admit(budget, "", limit, window, cap, also, quota)
+            decision = await limiter.admit(budget, "", limit, window, cap, also, quota, algorithm)
         except LimiterUnavailable:
             metrics.count_limiter_error(policy)
             if policy == "closed":
@@ -234,7 +239,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         assert key is not None  # authenticate runs first on every auth route
         budget = budget_of(key)
         limit, window, cap, quota = limits.of(key)
-        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota)
+        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota, algorithm)
         if decision is None:  # a shared limiter: the driver awaits its answer
             return decide(exchange, budget, limit, window, cap, quota)
         apply(exchange, decision, limiter, budget, cap)
