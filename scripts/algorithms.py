@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import redis
@@ -58,8 +56,8 @@ def poisson(rng: random.Random, rate: float, start: float, end: float) -> Iterat
 
 
 def bursty(rng: random.Random, limit: int, window: float, duration: float) -> list[float]:
-    """A background at 0.3x the limit's rate, and bursts at 4x it (10 s on, 60 s off on
-    average, both exponential)."""
+    """A background at 0.3x the limit's rate (the limit per window, spread evenly), and
+    bursts at 4x it (10 s on, 60 s off on average, both exponential)."""
     rate = limit / window
     times = list(poisson(rng, 0.3 * rate, 0, duration))
     t = rng.uniform(0, 60)
@@ -70,13 +68,19 @@ def bursty(rng: random.Random, limit: int, window: float, duration: float) -> li
     return sorted(times)
 
 
-def steady(factor: float):  # type: ignore[no-untyped-def]
+Trace = Callable[[random.Random, int, float, float], list[float]]
+
+
+def steady(factor: float) -> Trace:
     def trace(rng: random.Random, limit: int, window: float, duration: float) -> list[float]:
         return list(poisson(rng, factor * limit / window, 0, duration))
     return trace
 
 
-TRACES = {"bursty": bursty, "steady at 1x": steady(1.0), "steady at 3x": steady(3.0)}
+TRACES: dict[str, Trace] = {
+    "bursty": bursty, "steady at 0.5x": steady(0.5), "steady at 1x": steady(1.0),
+    "steady at 3x": steady(3.0),
+}
 
 
 class Accuracy(NamedTuple):
@@ -145,9 +149,8 @@ def free_port() -> int:
 
 
 def evalsha_stats(client: redis.Redis) -> tuple[int, int]:
-    info = client.execute_command("INFO", "commandstats").decode()
-    found = re.search(r"^cmdstat_evalsha:calls=(\d+),usec=(\d+)", info, re.M)
-    return (int(found[1]), int(found[2])) if found else (0, 0)
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
 
 
 async def offer(limiter: RedisRateLimiter, keys: int, offers: int, limit: int,
@@ -222,7 +225,7 @@ def main() -> None:
         server, port = private_redis(directory)
         try:
             client = redis.Redis(port=port)
-            print(f"\n{client.info('server')['redis_version']=}")
+            print(f"\nRedis {client.info('server')['redis_version']}")
             asyncio.run(cost(f"redis://127.0.0.1:{port}/0", client))
         finally:
             server.kill()
