@@ -65,7 +65,8 @@ from gateway.limiter.base import (
     Window,
     nearest_quota,
 )
-from gateway.limiter.resp import ReplyError, RespConnection, encode
+from gateway.limiter.cluster import ClusterConnection
+from gateway.limiter.resp import Connect, Link, ReplyError, RespConnection, encode
 from gateway.periodic import Periodic
 
 log = logging.getLogger("gateway.limiter.redis")
@@ -266,14 +267,18 @@ RELEASE_DELAY = 0.002  # seconds a given-back slot waits for a batch to ride alo
 
 
 class RedisRateLimiter:
-    def __init__(self, url: str, options: LimiterConfig, *, retry_interval: float = 0.25) -> None:
+    def __init__(
+        self, url: str, options: LimiterConfig, *, retry_interval: float = 0.25,
+        connect: Connect = RespConnection.open,
+    ) -> None:
         self._url = url
+        self._connect = connect  # one Redis, or a Redis Cluster (README "Redis Cluster")
         self.target = url_target(url, REDIS_PORT)  # named by every log line and error
         self._prefix = options.prefix.encode()
         self._timeout = options.timeout
         self._lease_ttl_us = str(int(options.lease_ttl * 1_000_000)).encode()
         self._retry_interval = retry_interval
-        self._conn: RespConnection | None = None
+        self._conn: Link | None = None
         self._connected = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._renewer = Periodic(options.lease_ttl / 3, self._renew)
@@ -284,7 +289,8 @@ class RedisRateLimiter:
         self._reloading: set[asyncio.Future[None]] = set()  # _retry tasks (kept referenced)
         self._batch: asyncio.Future[list[Any]] | None = None
         self._releases: dict[str, list[bytes]] = {}  # budget -> leases to give back
-        self._undos: list[bytes] = []  # compensations (commands), sent like releases
+        self._undos: list[tuple[bytes, bytes]] = []  # compensations (command, its key), sent
+        # like releases
         self._release_timer: asyncio.TimerHandle | None = None
         self._held: dict[str, set[bytes]] = {}  # budget -> leases this node holds (renewed)
         self._node = secrets.token_hex(4).encode()  # members are <node>.<sequence>: unique
@@ -323,7 +329,7 @@ class RedisRateLimiter:
         reported = False
         while True:
             try:
-                conn = await RespConnection.open(self._url, self._timeout)
+                conn = await self._connect(self._url, self._timeout)
                 try:
                     await self._send_script(conn)
                 except BaseException:
@@ -397,7 +403,7 @@ class RedisRateLimiter:
             raise LimiterUnavailable(f"redis at {self.target} is unreachable")
         try:
             async with asyncio.timeout(self._timeout):
-                await conn.call(encode(b"PING"))
+                await conn.broadcast(encode(b"PING"))
         except (OSError, TimeoutError, ReplyError) as exc:
             raise LimiterUnavailable(
                 f"redis at {self.target} did not answer PING: {exc}") from exc
@@ -475,13 +481,13 @@ class RedisRateLimiter:
         quota_ok = not isinstance(quota, ReplyError) and quota[0] == 0
         if rate_ok and not quota_ok:
             _, budget, scope, _, _, _, member, also, _, kinds = op
-            self._undos.append(encode(b"EVALSHA", SHA, 3,
-                                      *self._rate_keys(budget, scope, also, kinds), UNDO, kinds,
-                                      member))
+            keys = self._rate_keys(budget, scope, also, kinds)
+            self._undos.append((encode(b"EVALSHA", SHA, 3, *keys, UNDO, kinds, member), keys[1]))
         elif quota_ok and not rate_ok:
             workspace = op[8].workspace  # type: ignore[union-attr]  # a quota op has one
-            self._undos.append(encode(b"EVALSHA", QUOTA_SHA, 1, self._quota_key(workspace),
-                                      UNDO, quota[5], quota[6]))
+            key = self._quota_key(workspace)
+            self._undos.append((encode(b"EVALSHA", QUOTA_SHA, 1, key, UNDO, quota[5], quota[6]),
+                                key))
         else:
             return
         if self._batch is None:  # out before the refused client hears back: no lingering count
@@ -575,16 +581,17 @@ class RedisRateLimiter:
             return
         sha, lease_ttl = SHA, self._lease_ttl_us
         parts: list[bytes] = []
+        routes: list[bytes] = []  # a key of each command: a Redis Cluster routes by its slot
         carried: list[tuple[int, str, list[bytes]]] = []  # releases inside an admit script
         for mode, budget, scope, limit, window, cap, member, also, quota, kinds in ops:
             if mode == USAGE:
-                parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, self._quota_key(budget), PEEK))
+                key = self._quota_key(budget)
+                parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, key, PEEK))
+                routes.append(key)
                 continue
             window_us = int(window * 1_000_000)
-            args: list[bytes | int] = [
-                b"EVALSHA", sha, 3, *self._rate_keys(budget, scope, also, kinds), mode, kinds,
-                limit, window_us,
-            ]
+            keys = self._rate_keys(budget, scope, also, kinds)
+            args: list[bytes | int] = [b"EVALSHA", sha, 3, *keys, mode, kinds, limit, window_us]
             if mode == ADMIT:
                 args += (member, cap, lease_ttl)
                 args += (also.limit, int(also.window * 1_000_000)) if also else (0, 0)
@@ -592,15 +599,21 @@ class RedisRateLimiter:
                     args += given_back
                     carried.append((len(parts), budget, given_back))
             parts.append(encode(*args))
+            routes.append(keys[1])
             if quota is not None:  # its own slot: a script of its own, in the same batch
-                parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, self._quota_key(quota.workspace),
-                                    ADMIT, quota.day, quota.month))
+                key = self._quota_key(quota.workspace)
+                parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, key, ADMIT, quota.day, quota.month))
+                routes.append(key)
         for budget, members in releases.items():
-            parts.append(encode(b"ZREM", self._tag(budget) + b":c", *members))
-        parts += undos
+            key = self._tag(budget) + b":c"
+            parts.append(encode(b"ZREM", key, *members))
+            routes.append(key)
+        for undo, key in undos:
+            parts.append(undo)
+            routes.append(key)
         self.batches += 1
         self.commands += len(parts)
-        conn.send(b"".join(parts), len(parts), batch)
+        conn.pipeline(parts, routes, batch)
         timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, batch, conn)
         batch.add_done_callback(functools.partial(_settled, timer))
         if carried:
@@ -618,12 +631,11 @@ class RedisRateLimiter:
                 for member in members:
                     self._give_back(budget, member)
 
-    def _expire(self, batch: asyncio.Future[list[Any]], conn: RespConnection) -> None:
+    def _expire(self, batch: asyncio.Future[list[Any]], conn: Link) -> None:
         if not batch.done():
             log.warning("redis at %s did not answer within %.3f s; reconnecting", self.target,
                         self._timeout)
-            batch.set_exception(TimeoutError(f"no answer within {self._timeout} s"))
-            conn.close()  # replies would now arrive for the wrong batch: start afresh
+            conn.expire(batch, TimeoutError(f"no answer within {self._timeout} s"))
 
     async def _load_script(self) -> None:
         """After NOSCRIPT: load it again (a failure shows in the retried decision)."""
@@ -631,10 +643,11 @@ class RedisRateLimiter:
             with contextlib.suppress(OSError, TimeoutError, ReplyError):
                 await self._send_script(self._conn)
 
-    async def _send_script(self, conn: RespConnection) -> None:
+    async def _send_script(self, conn: Link) -> None:
+        """Into every Redis that decides (each master of a cluster loads them when it joins)."""
         async with asyncio.timeout(self._timeout):
-            await conn.call(encode(b"SCRIPT", b"LOAD", SCRIPT))
-            await conn.call(encode(b"SCRIPT", b"LOAD", QUOTA_SCRIPT))
+            await conn.broadcast(encode(b"SCRIPT", b"LOAD", SCRIPT), keep=True)
+            await conn.broadcast(encode(b"SCRIPT", b"LOAD", QUOTA_SCRIPT), keep=True)
 
     def _rate_keys(
         self, budget: str, scope: str, also: Window | None, kinds: bytes
@@ -662,13 +675,14 @@ class RedisRateLimiter:
         conn = self._conn
         if conn is None or not self._held:
             return
-        parts = []
+        parts, routes = [], []
         for budget, members in self._held.items():
             tag = self._tag(budget)
             parts.append(encode(b"EVALSHA", SHA, b"2", tag + b":r", tag + b":c", RENEW,
                                 self._lease_ttl_us, *members))
+            routes.append(tag + b":c")
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        conn.send(b"".join(parts), len(parts), future)
+        conn.pipeline(parts, routes, future)
         with contextlib.suppress(ConnectionError, TimeoutError):
             async with asyncio.timeout(self._timeout):
                 replies = await future
@@ -694,3 +708,9 @@ def _kinds(algorithm: str, also: Window | None) -> bytes:
     """The script's ARGV[2]: the kind of the key's window, then of ``also`` (else the same)."""
     kind = KIND[algorithm]
     return kind + (KIND[also.algorithm] if also is not None else kind)
+
+
+def cluster_limiter(url: str, options: LimiterConfig) -> RedisRateLimiter:
+    """The same limiter on a Redis Cluster: one connection per master (README "Redis
+    Cluster")."""
+    return RedisRateLimiter(url, options, connect=ClusterConnection.open)
