@@ -11,11 +11,12 @@ tag (a workspace's quota, ``{q:…}``), so each command has one slot.
   background after a ``MOVED``, a lost master, or a command for a slot without one, every
   ``retry_interval`` until every slot has a reachable master again (failover: the promoted
   replica appears there).
-* **Redirections**, each followed at most once per command within the batch's deadline:
-  ``MOVED`` (the map is refreshed; the command goes to the slot's new master), ``ASK`` (a slot
-  being migrated: ``ASKING`` and the command on the importing master). ``TRYAGAIN``,
-  ``CLUSTERDOWN`` and a second redirection are errors of that command alone; the limiter
-  applies ``on_limiter_error`` to its request.
+* **Redirections**, at most ``FOLLOW`` per command within the batch's deadline: ``MOVED``
+  (the map is refreshed; the command goes to the slot's new master), ``ASK`` (a slot being
+  migrated: ``ASKING`` and the command on the importing master), ``TRYAGAIN`` (some of the
+  decision's keys moved already, the others not yet: the same again after ``TRYAGAIN_PAUSE``).
+  ``CLUSTERDOWN``, one redirection too many and the deadline are errors of that command alone;
+  the limiter applies ``on_limiter_error`` to its request.
 * **A master that fails** or does not answer within ``limiter.timeout``: its commands fail, its
   connection is dropped, and until the map gives its slots a reachable master, commands for
   them fail at once without waiting. Commands on the other masters are not affected.
@@ -64,6 +65,10 @@ class Node:
 
 
 Part = tuple[Node, list[int], asyncio.Future[list[Any]]]  # a master, its commands, their replies
+Target = tuple[Node, bool]  # where a command goes again, and whether after ASKING
+REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN")
+FOLLOW = 3  # redirections followed per command and batch (MOVED, then TRYAGAIN, then ASK)
+TRYAGAIN_PAUSE = 0.01  # seconds before a command that met a half-migrated slot goes again
 
 
 class ClusterConnection:
@@ -152,11 +157,14 @@ class ClusterConnection:
         self, parts: list[bytes], routes: list[bytes], replies: list[Any], sent: list[Part],
         future: asyncio.Future[list[Any]],
     ) -> None:
-        """Every master's replies into their places; redirected commands sent once more."""
+        """Every master's replies into their places; a redirected command is sent again, at
+        most ``FOLLOW`` times."""
         try:
-            redirects = await self._gather(sent, replies)
-            if redirects:
-                await self._follow(parts, routes, replies, redirects)
+            targets = await self._gather(sent, replies)
+            for _ in range(FOLLOW):
+                if not targets:
+                    break
+                targets = await self._follow(parts, routes, replies, targets)
         except asyncio.CancelledError:  # past the deadline (``expire``)
             for node, indexes, part in sent:
                 if not part.done():
@@ -171,11 +179,11 @@ class ClusterConnection:
         if not future.done():
             future.set_result(replies)
 
-    async def _gather(self, sent: list[Part], replies: list[Any]) -> list[int]:
-        """Wait for each master's part; the commands that were redirected, by index."""
+    async def _gather(self, sent: list[Part], replies: list[Any]) -> dict[int, Target]:
+        """Wait for each master's part; the commands to send again, and where."""
         if sent:
             await asyncio.wait([part for _, _, part in sent])
-        redirects = []
+        targets: dict[int, Target] = {}
         for node, indexes, part in sent:
             failure = part.exception()
             if failure is not None:
@@ -185,28 +193,42 @@ class ClusterConnection:
                 continue
             for index, reply in zip(indexes, part.result(), strict=True):
                 replies[index] = reply
-                if isinstance(reply, ReplyError) and str(reply).startswith(("MOVED", "ASK")):
-                    redirects.append(index)
-        return redirects
+                if isinstance(reply, ReplyError) and str(reply).startswith(REDIRECTS):
+                    targets[index] = (node, False)
+        return targets
 
     async def _follow(
-        self, parts: list[bytes], routes: list[bytes], replies: list[Any], redirects: list[int]
-    ) -> None:
-        """Send each redirected command once to where its reply pointed, all together."""
-        sends = []
-        for index in redirects:
-            kind, _, where = str(replies[index]).split(" ")
-            host, _, port = where.rpartition(":")
-            node = self._node((host, int(port)))
-            if kind == "MOVED":
-                self._slots[slot_of(routes[index])] = node
-                self._stale.set()  # more of the map has probably moved: read it again
-            sends.append(self._resend(node, parts[index], asking=kind == "ASK"))
-        for index, reply in zip(redirects, await asyncio.gather(*sends), strict=True):
+        self, parts: list[bytes], routes: list[bytes], replies: list[Any],
+        targets: dict[int, Target],
+    ) -> dict[int, Target]:
+        """Send each redirected command where its reply points, all together: ``MOVED`` to
+        the slot's new master (the map is read again), ``ASK`` with ``ASKING`` to the importing
+        one, ``TRYAGAIN`` (a slot's keys half migrated) to the same place after a pause. The
+        commands redirected again, and where they went."""
+        sends = {}
+        for index, (node, asking) in targets.items():
+            kind, *where = str(replies[index]).split(" ")
+            if kind in ("MOVED", "ASK"):
+                host, _, port = where[1].rpartition(":")
+                node, asking = self._node((host, int(port))), kind == "ASK"
+                if kind == "MOVED":
+                    self._slots[slot_of(routes[index])] = node
+                    self._stale.set()  # more of the map has probably moved: read it again
+            sends[index] = (node, asking)
+        pause = any(str(replies[i]).startswith("TRYAGAIN") for i in targets)
+        answers = await asyncio.gather(*(self._resend(node, parts[index], asking, pause)
+                                         for index, (node, asking) in sends.items()))
+        again = {}
+        for (index, target), reply in zip(sends.items(), answers, strict=True):
             replies[index] = reply
+            if isinstance(reply, ReplyError) and str(reply).startswith(REDIRECTS):
+                again[index] = target
+        return again
 
-    async def _resend(self, node: Node, payload: bytes, *, asking: bool) -> Any:
+    async def _resend(self, node: Node, payload: bytes, asking: bool, pause: bool) -> Any:
         try:
+            if pause:
+                await asyncio.sleep(TRYAGAIN_PAUSE)
             await self._join(node)
             assert node.conn is not None
             future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()

@@ -71,7 +71,9 @@ class RedisCluster:
         while time.monotonic() < deadline:
             try:
                 states = [self.client(p).execute_command("CLUSTER", "INFO") for p in alive]
-                if all(b"cluster_state:ok" in s for s in states) and self.is_whole():
+                ranges = self.slots()
+                if (all(b"cluster_state:ok" in s for s in states) and self.is_whole()
+                        and all(replicas for *_, replicas in ranges)):  # each one attached
                     return
             except redis.RedisError:
                 pass
