@@ -19,7 +19,8 @@ tag (a workspace's quota, ``{q:…}``), so each command has one slot.
   the limiter applies ``on_limiter_error`` to its request.
 * **A master that fails** or does not answer within ``limiter.timeout``: its commands fail, its
   connection is dropped, and until the map gives its slots a reachable master, commands for
-  them fail at once without waiting. Commands on the other masters are not affected.
+  them fail at once without waiting. Commands on the other masters do not fail; while a master
+  stalls (rather than dies), those batched with its own wait for the deadline, once.
 * **Scripts** broadcast with ``keep`` (SCRIPT LOAD) go to every master now and to each master
   that joins later; a NOSCRIPT from one master reloads them everywhere (``RedisRateLimiter``).
 """
@@ -167,12 +168,16 @@ class ClusterConnection:
                 targets = await self._follow(parts, routes, replies, targets)
         except asyncio.CancelledError:  # past the deadline (``expire``)
             for node, indexes, part in sent:
-                if not part.done():
-                    log.warning("redis cluster master %s did not answer within %.3f s; "
-                                "reconnecting", node, self._timeout)
-                    self._drop(node)
-                    for index in indexes:
-                        replies[index] = ReplyError(f"TIMEOUT master {node} did not answer")
+                if part.done():
+                    if replies[indexes[0]] is None:  # answered in time: the replies stand
+                        self._take(node, indexes, part, replies)
+                    continue
+                log.warning("redis cluster master %s did not answer within %.3f s; "
+                            "reconnecting", node, self._timeout)
+                part.add_done_callback(_retrieved)  # it fails once the connection is dropped
+                self._drop(node)
+                for index in indexes:
+                    replies[index] = ReplyError(f"TIMEOUT master {node} did not answer")
         for index, reply in enumerate(replies):
             if reply is None:
                 replies[index] = ReplyError("TIMEOUT no answer within the deadline")
@@ -185,17 +190,26 @@ class ClusterConnection:
             await asyncio.wait([part for _, _, part in sent])
         targets: dict[int, Target] = {}
         for node, indexes, part in sent:
-            failure = part.exception()
-            if failure is not None:
-                self._drop(node)
-                for index in indexes:
-                    replies[index] = ReplyError(f"CLUSTERDOWN master {node}: {failure}")
-                continue
-            for index, reply in zip(indexes, part.result(), strict=True):
-                replies[index] = reply
-                if isinstance(reply, ReplyError) and str(reply).startswith(REDIRECTS):
-                    targets[index] = (node, False)
+            self._take(node, indexes, part, replies, targets)
         return targets
+
+    def _take(
+        self, node: Node, indexes: list[int], part: asyncio.Future[list[Any]],
+        replies: list[Any], targets: dict[int, Target] | None = None,
+    ) -> None:
+        """A master's answered part into its places (the redirected ones into ``targets``)."""
+        failure = part.exception()
+        if failure is not None:
+            self._drop(node)
+            for index in indexes:
+                replies[index] = ReplyError(f"CLUSTERDOWN master {node}: {failure}")
+            return
+        for index, reply in zip(indexes, part.result(), strict=True):
+            replies[index] = reply
+            if targets is not None and isinstance(reply, ReplyError) and str(
+                reply
+            ).startswith(REDIRECTS):
+                targets[index] = (node, False)
 
     async def _follow(
         self, parts: list[bytes], routes: list[bytes], replies: list[Any],
@@ -344,6 +358,11 @@ class ClusterConnection:
             finally:
                 conn.close()
         raise ConnectionError(f"no node of the cluster answered CLUSTER SLOTS: {errors}")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _joined(node: Node, task: asyncio.Task[None]) -> None:

@@ -5,6 +5,7 @@ afterwards, whatever happened."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -102,6 +103,12 @@ class RedisCluster:
     def node_id(self, port: int) -> str:
         return str(self.client(port).execute_command("CLUSTER", "MYID").decode())
 
+    def pause(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+
     def kill(self, port: int) -> None:
         process = self.processes.pop(port)
         process.kill()
@@ -109,6 +116,7 @@ class RedisCluster:
 
     def stop(self) -> None:
         for port in list(self.processes):
+            self.resume(port)
             self.kill(port)
 
 

@@ -174,6 +174,50 @@ async def test_a_killed_master_fails_its_slots_at_once_and_its_replica_takes_ove
     assert len(waits[doomed_budget]) > 0
 
 
+async def test_a_stalled_master_costs_its_slots_one_timeout_and_nothing_else(
+    own_redis_cluster: RedisCluster,
+) -> None:
+    """SIGSTOP, shorter than the failover: the first decisions on its slots wait the whole
+    ``limiter.timeout``, later ones fail at once; the others never fail; after SIGCONT its
+    slots are decided again within 2 s."""
+    cluster = own_redis_cluster
+    prefix = "stall:"
+    stalled_budget, *others = budgets_on_every_master(cluster, prefix, 3)
+    stalled = cluster.master_of(f"{prefix}{{{stalled_budget}}}")
+    timeout = 0.25
+    waits: dict[str, list[float]] = {b: [] for b in (stalled_budget, *others)}
+    failures: Counter[str] = Counter()
+    last_failure: dict[str, float] = {}
+    async with opened(cluster, prefix, timeout=timeout) as limiter:
+        stop = asyncio.Event()
+
+        async def client(name: str) -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await limiter.admit(name, "", 1_000_000, 60, 3)
+                except LimiterUnavailable:
+                    failures[name] += 1
+                    last_failure[name] = time.monotonic()
+                waits[name].append(time.monotonic() - started)
+                await asyncio.sleep(0.005)
+
+        clients = [asyncio.ensure_future(client(b)) for b in waits for _ in range(2)]
+        await asyncio.sleep(0.3)
+        cluster.pause(stalled)
+        await asyncio.sleep(0.6)  # under cluster-node-timeout: no failover
+        cluster.resume(stalled)
+        resumed = time.monotonic()
+        await asyncio.sleep(2.2)
+        stop.set()
+        await asyncio.gather(*clients)
+    print(f"\nstall: failures {failures}; back {last_failure[stalled_budget] - resumed:+.2f} s "
+          f"after SIGCONT; longest waits { {b: round(max(w), 3) for b, w in waits.items()} }")
+    assert max(max(w) for w in waits.values()) < timeout + 0.1
+    assert failures[stalled_budget] > 0 and all(failures[b] == 0 for b in others)
+    assert last_failure[stalled_budget] < resumed + 2.0
+
+
 def wait_for_master(cluster: RedisCluster, replica: int, timeout: float) -> float:
     """Poll until ``replica`` serves slots as a master; when it was first seen so."""
     deadline = time.monotonic() + timeout
