@@ -8,9 +8,10 @@ counter decides otherwise than the exact sliding log, and what each costs Redis.
   replayed through the in-process limiter of each algorithm on a fake clock — the arithmetic
   Redis's script repeats (tests/limiter/test_redis.py checks they agree) — counting the
   decisions that differ, and the most requests the counter let into any sliding window.
-* **Cost**: a ``redis-server`` of the script's own on a free port; ``INFO commandstats``
-  gives the Redis CPU per EVALSHA (one decision) for a limit that refuses half the offers and
-  for a large limit that admits all, and ``MEMORY USAGE`` gives a key's bytes at several limits.
+* **Cost**: a ``redis-server`` of the script's own on a free port (``--redis-cluster``: then a
+  local Redis Cluster, 3 masters + 3 replicas, too); ``INFO commandstats`` gives the Redis CPU
+  per EVALSHA (one decision) for a limit that refuses half the offers and for a large limit
+  that admits all, and ``MEMORY USAGE`` gives a key's bytes at several limits.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import redis
+from redis_cluster import RedisCluster  # scripts/redis_cluster.py, beside this file
 
 from gateway.config import LimiterConfig
 from gateway.limiter.memory import MemoryRateLimiter
-from gateway.limiter.redis import RedisRateLimiter
+from gateway.limiter.redis import RedisRateLimiter, cluster_limiter
 
 ALGORITHMS = ("sliding_log", "sliding_counter")
 
@@ -148,9 +152,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def evalsha_stats(client: redis.Redis) -> tuple[int, int]:
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
-    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+@dataclass
+class Deployment:
+    """Where the Redis part runs: one Redis, or a Redis Cluster's masters."""
+
+    url: str
+    masters: list[redis.Redis]
+    holder: Callable[[str], redis.Redis]  # the Redis that holds a key
+    open: Callable[[str, LimiterConfig], RedisRateLimiter] = RedisRateLimiter
+
+    def evalsha(self) -> list[tuple[int, int, float]]:
+        """(calls, µs) of EVALSHA so far, and the process's CPU seconds, per master."""
+        found = []
+        for master in self.masters:
+            stats = master.info("commandstats").get("cmdstat_evalsha", {})
+            used = master.info("cpu")
+            found.append((int(stats.get("calls", 0)), int(stats.get("usec", 0)),
+                          float(used["used_cpu_user"]) + float(used["used_cpu_sys"])))
+        return found
 
 
 async def offer(limiter: RedisRateLimiter, keys: int, offers: int, limit: int,
@@ -162,24 +181,34 @@ async def offer(limiter: RedisRateLimiter, keys: int, offers: int, limit: int,
                                for key, _ in pending[start:start + 256]))
 
 
-async def cost(url: str, client: redis.Redis) -> None:
-    print("\nRedis CPU per decision (INFO commandstats, usec_per_call of EVALSHA)")
+async def cpu(where: Deployment, workload: tuple[str, int, int, int], algorithm: str) -> str:
+    """µs of Redis CPU per decision, and (several masters) how the decisions spread."""
+    _, keys, offers, limit = workload
+    limiter = where.open(where.url, LimiterConfig(prefix=f"cpu:{algorithm}:", timeout=5))
+    await limiter.open()
+    before = where.evalsha()
+    await offer(limiter, keys, offers, limit, algorithm)
+    after = where.evalsha()
+    await limiter.close()
+    calls = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
+    usec = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    process = sum(a[2] - b[2] for a, b in zip(after, before, strict=True)) * 1e6
+    text = f"{usec / sum(calls):.2f} µs (process: {process / sum(calls):.1f} µs)"
+    if len(calls) > 1:
+        text += f" ({' / '.join(f'{c / sum(calls):.0%}' for c in calls)} of the decisions)"
+    return text
+
+
+async def cost(where: Deployment) -> None:
+    print("\nRedis CPU per decision (INFO commandstats, usec_per_call of EVALSHA; process: the "
+          f"whole redis-server's user+sys CPU per decision; over {len(where.masters)} master(s))")
     print("| workload | sliding_log | sliding_counter |")
     print("|---|---|---|")
     workloads = [("limit 100, 200 offered per key (half refused), 500 keys", 500, 200, 100),
                  ("limit 10000, all admitted (a full log of 10000), 10 keys", 10, 10_000, 10_000)]
-    for name, keys, offers, limit in workloads:
-        row = []
-        for algorithm in ALGORITHMS:
-            limiter = RedisRateLimiter(url, LimiterConfig(prefix=f"cpu:{algorithm}:",
-                                                          timeout=5))
-            await limiter.open()
-            before = evalsha_stats(client)
-            await offer(limiter, keys, offers, limit, algorithm)
-            calls, usec = (a - b for a, b in zip(evalsha_stats(client), before, strict=True))
-            await limiter.close()
-            row.append(f"{usec / calls:.2f} µs")
-        print(f"| {name} | {' | '.join(row)} |")
+    for workload in workloads:
+        row = [await cpu(where, workload, algorithm) for algorithm in ALGORITHMS]
+        print(f"| {workload[0]} | {' | '.join(row)} |")
     print("\nRedis memory per active key (MEMORY USAGE, the key's window full)")
     print("| limit | sliding_log | sliding_counter |")
     print("|---|---|---|")
@@ -187,11 +216,12 @@ async def cost(url: str, client: redis.Redis) -> None:
         row = []
         for algorithm, suffix in zip(ALGORITHMS, (":r", ":n"), strict=True):
             prefix = f"mem{limit}:{algorithm}:"
-            limiter = RedisRateLimiter(url, LimiterConfig(prefix=prefix, timeout=5))
+            limiter = where.open(where.url, LimiterConfig(prefix=prefix, timeout=5))
             await limiter.open()
             await offer(limiter, 1, limit, limit, algorithm)
             await limiter.close()
-            row.append(f"{client.memory_usage(f'{prefix}{{k0}}{suffix}')} B")
+            key = f"{prefix}{{k0}}{suffix}"
+            row.append(f"{where.holder(key).memory_usage(key)} B")
         print(f"| {limit} | {' | '.join(row)} |")
 
 
@@ -213,23 +243,47 @@ def private_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("redis-server did not start")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keys", type=int, default=100, help="traces per kind (default 100)")
-    parser.add_argument("--accuracy-only", action="store_true", help="skip the Redis part")
-    args = parser.parse_args()
-    report_accuracy(args.keys, limit=100, window=60, duration=3600)
-    if args.accuracy_only:
-        return
+def on_one_redis() -> None:
     with tempfile.TemporaryDirectory() as directory:
         server, port = private_redis(directory)
         try:
             client = redis.Redis(port=port)
-            print(f"\nRedis {client.info('server')['redis_version']}")
-            asyncio.run(cost(f"redis://127.0.0.1:{port}/0", client))
+            print(f"\nOne Redis {client.info('server')['redis_version']}")
+            asyncio.run(cost(Deployment(f"redis://127.0.0.1:{port}/0", [client],
+                                        lambda _: client)))
         finally:
             server.kill()
             server.wait()
+
+
+def on_a_cluster() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        cluster = RedisCluster(Path(directory))
+        try:
+            cluster.start()
+            masters = [cluster.client(port) for port in cluster.masters()]
+            print(f"\nA Redis Cluster of {len(masters)} masters + their replicas "
+                  f"({masters[0].info('server')['redis_version']})")
+            asyncio.run(cost(Deployment(cluster.url, masters,
+                                        lambda key: cluster.client(cluster.master_of(key)),
+                                        cluster_limiter)))
+        finally:
+            cluster.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=100, help="traces per kind (default 100)")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the Redis part")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="the Redis part on a local 3+3 Redis Cluster too")
+    args = parser.parse_args()
+    report_accuracy(args.keys, limit=100, window=60, duration=3600)
+    if args.accuracy_only:
+        return
+    on_one_redis()
+    if args.redis_cluster:
+        on_a_cluster()
 
 
 if __name__ == "__main__":
