@@ -71,10 +71,79 @@ from gateway.periodic import Periodic
 
 log = logging.getLogger("gateway.limiter.redis")
 
+# KEYS[1] the key's sliding log, KEYS[2] the leases, KEYS[3] a route's own log (KEYS[1] again
+# when there is none). ARGV[1] mode: a(dmit) | p(eek) | r(enew) | u(ndo).
+# admit: ARGV[2] limit, [3] window µs, [4] member id, [5] max in flight (0: none), [6] lease
+# TTL µs, [7] the route's limit (0: none), [8] its window µs, [9..] leases to give back first.
+# Replies {status, count, reset µs, which}: status 1 admitted (count includes it), 0 over a rate
+# limit, 2 every concurrency slot held; which: 0 the key's window, 1 the route's (the refusing
+# one, else the one nearer to running out). undo: ARGV[2] a member admitted before, taken out
+# of both logs and the leases (its request was refused by a quota).
+SCRIPT = b"""
+local mode = ARGV[1]
+if mode == 'u' then
+  for i = 1, 3 do redis.call('ZREM', KEYS[i], ARGV[2]) end
+  return 1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if mode == 'r' then
+  local ttl = tonumber(ARGV[2])
+  for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i]) end
+  redis.call('PEXPIRE', KEYS[2], math.ceil(ttl / 1000))
+  return 1
+end
+local function trim(log, window)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  return redis.call('ZCARD', log)
+end
+local function reset(log, window, count, nth)
+  if count == 0 then return window end
+  return tonumber(redis.call('ZRANGE', log, nth, nth, 'WITHSCORES')[2]) + window - now
+end
+local limit = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local log = KEYS[1]
+local count = trim(log, window)
+if mode == 'p' then return {1, count, reset(log, window, count, 0), 0} end
+local leases = KEYS[2]
+if #ARGV > 8 then redis.call('ZREM', leases, unpack(ARGV, 9)) end
+if count >= limit then return {0, count, reset(log, window, count, count - limit), 0} end
+local rlimit, rwindow, rlog, rcount = tonumber(ARGV[7]), tonumber(ARGV[8]), KEYS[3], 0
+if rlimit > 0 then
+  rcount = trim(rlog, rwindow)
+  if rcount >= rlimit then return {0, rcount, reset(rlog, rwindow, rcount, rcount - rlimit), 1} end
+end
+local which = 0
+if rlimit > 0 and rlimit - rcount < limit - count then which = 1 end
+local function answer(status, added)
+  if which == 1 then return {status, rcount + added, reset(rlog, rwindow, rcount + added, 0), 1} end
+  return {status, count + added, reset(log, window, count + added, 0), 0}
+end
+local cap = tonumber(ARGV[5])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  if redis.call('ZCARD', leases) >= cap then return answer(2, 0) end
+  local ttl = tonumber(ARGV[6])
+  redis.call('ZADD', leases, now + ttl, ARGV[4])
+  redis.call('PEXPIRE', leases, math.ceil(ttl / 1000))
+end
+redis.call('ZADD', log, now, ARGV[4])
+redis.call('PEXPIRE', log, math.ceil(window / 1000))
+if rlimit > 0 then
+  redis.call('ZADD', rlog, now, ARGV[4])
+  redis.call('PEXPIRE', rlog, math.ceil(rwindow / 1000))
+end
+return answer(1, 1)
+"""
+SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
+
+# SCRIPT again for decisions with a sliding counter among their windows (README "Algorithms";
+# the exact log alone keeps SCRIPT, which costs Redis 7 % fewer instructions than this one).
 # KEYS[1] the key's window, KEYS[2] the leases, KEYS[3] a route's own window (KEYS[1] again
 # when there is none). A window is a sliding log (a sorted set) or a sliding counter (a hash: n
 # the current fixed window's number, c its count, p the previous one's), as ARGV[2] says: two
-# letters, l or c, for KEYS[1] and KEYS[3]. ARGV[1] mode: a(dmit) | p(eek) | r(enew) | u(ndo).
+# letters, l or c, for KEYS[1] and KEYS[3]. ARGV[1] mode: a(dmit) | p(eek) | u(ndo).
 # admit: ARGV[3] limit, [4] window µs, [5] member id, [6] max in flight (0: none), [7] lease
 # TTL µs, [8] the route's limit (0: none), [9] its window µs, [10..] leases to give back first.
 # Replies {status, count, reset µs, which}: status 1 admitted (count includes it), 0 over a rate
@@ -82,8 +151,7 @@ log = logging.getLogger("gateway.limiter.redis")
 # one, else the one nearer to running out); a counter's count is its estimate, rounded up.
 # undo: ARGV[3] a member admitted before, taken out of both windows and the leases (its request
 # was refused by a quota); a counter counts one less (in the previous window if it has turned).
-# renew: ARGV[2] lease TTL µs, [3..] this node's leases.
-SCRIPT = b"""
+COUNTER_SCRIPT = b"""
 local mode, kinds = ARGV[1], ARGV[2]
 local function uncount(key)
   if redis.call('HINCRBY', key, 'c', -1) < 0 then
@@ -102,12 +170,6 @@ if mode == 'u' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if mode == 'r' then
-  local ttl = tonumber(ARGV[2])
-  for i = 3, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i]) end
-  redis.call('PEXPIRE', KEYS[2], math.ceil(ttl / 1000))
-  return 1
-end
 local counters = {}  -- a counter's {number, count, previous count}, as read by used()
 local function used(kind, key, window)
   if kind == 'l' then
@@ -186,7 +248,7 @@ add(kind, key, window, ARGV[5])
 if rlimit > 0 then add(rkind, rkey, rwindow, ARGV[5]) end
 return answer(1, 1)
 """
-SHA = hashlib.sha1(SCRIPT).hexdigest().encode()  # Redis names scripts by their SHA-1
+COUNTER_SHA = hashlib.sha1(COUNTER_SCRIPT).hexdigest().encode()
 
 # The UTC calendar in Lua (H. Hinnant's civil_from_days): day number -> year, month, day of
 # the month, days in that month; ``periods``: epoch ms -> day number, month number, the epoch ms
@@ -259,7 +321,8 @@ QUOTA_SHA = hashlib.sha1(QUOTA_SCRIPT).hexdigest().encode()
 ADMIT, PEEK, RENEW, UNDO, USAGE = b"a", b"p", b"r", b"u", b"q"
 # mode budget scope limit window cap member, the route's window, the quota, the windows' kinds
 Op = tuple[bytes, str, str, int, float, int, bytes, Window | None, QuotaAsk | None, bytes]
-KIND = {SLIDING_LOG: b"l", SLIDING_COUNTER: b"c"}  # a window's letter in the script's ARGV[2]
+KIND = {SLIDING_LOG: b"l", SLIDING_COUNTER: b"c"}  # a window's letter in COUNTER_SCRIPT's ARGV[2]
+LOGS = b"ll"  # both windows exact logs: SCRIPT decides
 SUFFIX = {b"l": b":r", b"c": b":n"}  # ... and its Redis key: <prefix>{<budget>}<suffix>[:<route>]
 RATE_LIMIT_REFUSED, ADMITTED, BUSY = 0, 1, 2
 REDIS_PORT = 6379
@@ -482,7 +545,10 @@ class RedisRateLimiter:
         if rate_ok and not quota_ok:
             _, budget, scope, _, _, _, member, also, _, kinds = op
             keys = self._rate_keys(budget, scope, also, kinds)
-            self._undos.append((encode(b"EVALSHA", SHA, 3, *keys, UNDO, kinds, member), keys[1]))
+            undo: tuple[bytes | int, ...] = (
+                (SHA, 3, *keys, UNDO) if kinds == LOGS else (COUNTER_SHA, 3, *keys, UNDO, kinds)
+            )
+            self._undos.append((encode(b"EVALSHA", *undo, member), keys[1]))
         elif quota_ok and not rate_ok:
             workspace = op[8].workspace  # type: ignore[union-attr]  # a quota op has one
             key = self._quota_key(workspace)
@@ -591,7 +657,10 @@ class RedisRateLimiter:
                 continue
             window_us = int(window * 1_000_000)
             keys = self._rate_keys(budget, scope, also, kinds)
-            args: list[bytes | int] = [b"EVALSHA", sha, 3, *keys, mode, kinds, limit, window_us]
+            args: list[bytes | int] = (
+                [b"EVALSHA", sha, 3, *keys, mode, limit, window_us] if kinds == LOGS
+                else [b"EVALSHA", COUNTER_SHA, 3, *keys, mode, kinds, limit, window_us]
+            )
             if mode == ADMIT:
                 args += (member, cap, lease_ttl)
                 args += (also.limit, int(also.window * 1_000_000)) if also else (0, 0)
@@ -648,6 +717,7 @@ class RedisRateLimiter:
         async with asyncio.timeout(self._timeout):
             await conn.broadcast(encode(b"SCRIPT", b"LOAD", SCRIPT), keep=True)
             await conn.broadcast(encode(b"SCRIPT", b"LOAD", QUOTA_SCRIPT), keep=True)
+            await conn.broadcast(encode(b"SCRIPT", b"LOAD", COUNTER_SCRIPT), keep=True)
 
     def _rate_keys(
         self, budget: str, scope: str, also: Window | None, kinds: bytes
@@ -655,6 +725,10 @@ class RedisRateLimiter:
         """The budget's window for ``scope``, its leases, and the window of ``also`` (else the
         first again), each named by its kind: one Cluster slot, the ``{budget}`` tag."""
         tag = self._tag(budget)
+        if kinds == LOGS:
+            rate_key = tag + b":r:" + scope.encode() if scope else tag + b":r"
+            route_key = tag + b":r:" + also.scope.encode() if also is not None else rate_key
+            return rate_key, tag + b":c", route_key
         rate_key = tag + SUFFIX[kinds[:1]]
         if scope:
             rate_key += b":" + scope.encode()

@@ -215,8 +215,10 @@ async def test_a_counter_admits_up_to_the_limit_then_refuses(open_limiter: OpenL
                  for _ in range(4)]
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions] == [2, 1, 0, 0]
-    # a fresh counter: the refusal waits for this fixed window to end, then admits
-    assert 0 < decisions[3].retry_after <= 3600 and decisions[3].reset == decisions[3].retry_after
+    # a fresh counter: the refusal waits past this fixed window's end, until its 3 requests,
+    # weighed as the previous window's, leave room for one (a third of the next window)
+    assert 1200 < decisions[3].retry_after <= 3600 + 1200
+    assert decisions[3].reset == decisions[3].retry_after
     assert (await limiter.peek("key_a", "", 3, 3600, COUNTER)).remaining == 0
     assert (await limiter.peek("key_a", "", 3, 3600)).remaining == 3  # the log is another budget
 
