@@ -11,7 +11,9 @@ counter decides otherwise than the exact sliding log, and what each costs Redis.
 * **Cost**: a ``redis-server`` of the script's own on a free port (``--redis-cluster``: then a
   local Redis Cluster, 3 masters + 3 replicas, too); ``INFO commandstats`` gives the Redis CPU
   per EVALSHA (one decision) for a limit that refuses half the offers and for a large limit
-  that admits all, and ``MEMORY USAGE`` gives a key's bytes at several limits.
+  that admits all, and ``MEMORY USAGE`` gives a key's bytes at several limits;
+  ``--instructions``: the instructions ``redis-server`` runs per decision under callgrind,
+  which do not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -34,7 +37,7 @@ from redis_cluster import RedisCluster  # scripts/redis_cluster.py, beside this 
 
 from gateway.config import LimiterConfig
 from gateway.limiter.memory import MemoryRateLimiter
-from gateway.limiter.redis import RedisRateLimiter, cluster_limiter
+from gateway.limiter.redis import COUNTER_SCRIPT, SCRIPT, RedisRateLimiter, cluster_limiter
 
 ALGORITHMS = ("sliding_log", "sliding_counter")
 
@@ -243,6 +246,58 @@ def private_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("redis-server did not start")
 
 
+def redis_instructions(script: bytes, argv: Callable[[int], list[object]], calls: int) -> int:
+    """Instructions ``redis-server`` executes (under callgrind, start to shutdown) running
+    ``script`` ``calls`` times over 64 keys: deterministic, unlike CPU time on a busy machine."""
+    with tempfile.TemporaryDirectory() as directory:
+        out, port = Path(directory) / "callgrind.out", free_port()
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
+             "--port", str(port), "--save", "", "--appendonly", "no", "--dir", directory],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=port, socket_timeout=30)
+        for _ in range(600):
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.05)
+        sha = client.script_load(script)
+        pipe = client.pipeline(transaction=False)
+        for i in range(calls):
+            tag = f"{{k{i % 64}}}"
+            pipe.evalsha(sha, 3, f"{tag}:r", f"{tag}:c", f"{tag}:r", *argv(i))
+            if i % 200 == 199:
+                pipe.execute()
+        pipe.execute()
+        client.shutdown(nosave=True)
+        server.wait()
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+        assert found is not None
+        return int(found[1])
+
+
+def report_instructions(calls: int = 3000) -> None:
+    """Per decision, limit 100 per 60 s with at most 5 in flight, 64 keys (most decisions
+    past the first ones are refused), the instructions of an idle server taken away."""
+    print("\nredis-server instructions per decision (callgrind)")
+    print("| script | instructions |")
+    print("|---|---|")
+    common = [100, 60_000_000]
+    rest = [5, 30_000_000, 0, 0]
+    variants = {
+        "SCRIPT, both windows logs": (SCRIPT, lambda i: ["a", *common, f"m{i}", *rest]),
+        "COUNTER_SCRIPT, both windows counters": (
+            COUNTER_SCRIPT, lambda i: ["a", "cc", *common, f"m{i}", *rest]),
+        "COUNTER_SCRIPT, both windows logs (not used: for comparison)": (
+            COUNTER_SCRIPT, lambda i: ["a", "ll", *common, f"m{i}", *rest]),
+    }
+    for name, (script, argv) in variants.items():
+        idle = redis_instructions(script, argv, 0)
+        busy = redis_instructions(script, argv, calls)
+        print(f"| {name} | {(busy - idle) / calls / 1000:.1f}k |")
+
+
 def on_one_redis() -> None:
     with tempfile.TemporaryDirectory() as directory:
         server, port = private_redis(directory)
@@ -277,6 +332,8 @@ def main() -> None:
     parser.add_argument("--accuracy-only", action="store_true", help="skip the Redis part")
     parser.add_argument("--redis-cluster", action="store_true",
                         help="the Redis part on a local 3+3 Redis Cluster too")
+    parser.add_argument("--instructions", action="store_true",
+                        help="redis-server's instructions per decision under callgrind too")
     args = parser.parse_args()
     report_accuracy(args.keys, limit=100, window=60, duration=3600)
     if args.accuracy_only:
@@ -284,6 +341,8 @@ def main() -> None:
     on_one_redis()
     if args.redis_cluster:
         on_a_cluster()
+    if args.instructions:
+        report_instructions()
 
 
 if __name__ == "__main__":
