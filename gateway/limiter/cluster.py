@@ -82,6 +82,7 @@ class ClusterConnection:
         self._kept: list[bytes] = []  # broadcast with keep: every joining master gets them
         self._batches: dict[asyncio.Future[list[Any]], asyncio.Task[None]] = {}
         self._stale = asyncio.Event()  # the slot map needs a refresh
+        self._reported: set[object] = set()  # masters (and the map) said to be unreachable
         self._refresher: asyncio.Task[None] | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -309,10 +310,23 @@ class ClusterConnection:
             try:
                 await self._refresh()
             except Exception as exc:  # whatever it is, keep trying: limits must come back
-                log.warning("redis cluster slot map refresh failed (%s)", exc)
+                self._report(self, "redis cluster: no node answered for the slot map (%s)", exc)
+            else:
+                self._recovered(self, "redis cluster: the slot map is read again")
             if not self._is_whole():
                 self._stale.set()
             await asyncio.sleep(self._retry_interval)
+
+    def _report(self, what: object, message: str, *args: object) -> None:
+        """Once per outage of ``what``, not once per retry."""
+        if what not in self._reported:
+            self._reported.add(what)
+            log.warning(message, *args)
+
+    def _recovered(self, what: object, message: str, *args: object) -> None:
+        if what in self._reported:
+            self._reported.discard(what)
+            log.warning(message, *args)
 
     def _is_whole(self) -> bool:
         return all(node is not None and node.conn is not None for node in set(self._slots))
@@ -325,7 +339,10 @@ class ClusterConnection:
         results = await asyncio.gather(*(self._join(n) for n in masters), return_exceptions=True)
         for node, result in zip(masters, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("redis cluster master %s is unreachable (%s)", node, result)
+                self._report(node, "redis cluster master %s is unreachable (%s); its slots "
+                             "follow on_limiter_error", node, result)
+            else:
+                self._recovered(node, "redis cluster master %s decides again", node)
         slots: list[Node | None] = [None] * SLOTS
         for first, last, address in ranges:
             slots[first:last + 1] = [self._nodes[address]] * (last - first + 1)

@@ -132,7 +132,7 @@ async def test_a_slot_migrated_under_traffic_fails_no_decision_and_stays_exact(
 
 
 async def test_a_killed_master_fails_its_slots_at_once_and_its_replica_takes_over(
-    own_redis_cluster: RedisCluster,
+    own_redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture,
 ) -> None:
     cluster = own_redis_cluster
     prefix = "failover:"
@@ -161,6 +161,8 @@ async def test_a_killed_master_fails_its_slots_at_once_and_its_replica_takes_ove
         await asyncio.sleep(0.3)
         cluster.kill(doomed)
         killed = time.monotonic()
+        await asyncio.sleep(0.1)
+        await limiter.ping()  # ready: the other masters answer
         promoted = await asyncio.to_thread(wait_for_master, cluster, replica, 30)
         await asyncio.sleep(2.5)
         stop.set()
@@ -171,7 +173,23 @@ async def test_a_killed_master_fails_its_slots_at_once_and_its_replica_takes_ove
     assert failures[doomed_budget] > 0  # on_limiter_error applied to its slots
     assert all(failures[b] == 0 for b in others)  # the other masters were not affected
     assert last_failure[doomed_budget] < promoted + 2.0  # the replica decides within 2 s
-    assert len(waits[doomed_budget]) > 0
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1, [r.getMessage() for r in caplog.records]  # once, not per retry
+
+
+async def test_no_reachable_seed_fails_decisions_at_once() -> None:
+    limiter = cluster_limiter("redis+cluster://127.0.0.1:1,127.0.0.1:2",
+                              LimiterConfig(timeout=0.1))
+    await limiter.open()
+    try:
+        started = time.monotonic()
+        with pytest.raises(LimiterUnavailable, match="unreachable"):
+            await limiter.admit("b", "", 10, 60, None)
+        assert time.monotonic() - started < 0.05
+        with pytest.raises(LimiterUnavailable):
+            await limiter.ping()
+    finally:
+        await limiter.close()
 
 
 async def test_a_stalled_master_costs_its_slots_one_timeout_and_nothing_else(
