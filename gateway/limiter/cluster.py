@@ -105,18 +105,18 @@ class ClusterConnection:
         self, parts: list[bytes], routes: list[bytes], future: asyncio.Future[list[Any]]
     ) -> None:
         replies: list[Any] = [None] * len(parts)
-        groups: dict[Node, list[int]] = {}
+        groups: dict[Node, tuple[RespConnection, list[int]]] = {}
         slots = self._slots
         for index, route in enumerate(routes):
             node = slots[slot_of(route)]
             if node is None or node.conn is None:
                 replies[index] = self._unreachable(node)
             else:
-                groups.setdefault(node, []).append(index)
+                groups.setdefault(node, (node.conn, []))[1].append(index)
         sent: list[Part] = []
-        for node, indexes in groups.items():
+        for node, (conn, indexes) in groups.items():
             part: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            node.conn.send(b"".join([parts[i] for i in indexes]), len(indexes), part)  # type: ignore[union-attr]
+            conn.send(b"".join([parts[i] for i in indexes]), len(indexes), part)
             sent.append((node, indexes, part))
         task = asyncio.ensure_future(self._collect(parts, routes, replies, sent, future))
         self._batches[future] = task
@@ -173,8 +173,8 @@ class ClusterConnection:
                     if replies[indexes[0]] is None:  # answered in time: the replies stand
                         self._take(node, indexes, part, replies)
                     continue
-                log.warning("redis cluster master %s did not answer within %.3f s; "
-                            "reconnecting", node, self._timeout)
+                self._report(node, "redis cluster master %s did not answer within %.3f s; "
+                             "its slots follow on_limiter_error", node, self._timeout)
                 part.add_done_callback(_retrieved)  # it fails once the connection is dropped
                 self._drop(node)
                 for index in indexes:
