@@ -80,7 +80,8 @@ async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
     try:
         await conn.execute("DELETE FROM schema_migrations")
         await conn.execute(
-            "DROP TABLE usage_key_buckets, usage_workspace_buckets, usage_rollup, members, "
+            "DROP TABLE usage_key_buckets, usage_key_running, usage_workspace_buckets, "
+            "usage_rollup, members, "
             "subscriptions, audit_log, key_changes, key_usage, api_keys, namespaces, projects, "
             "workspaces CASCADE"
         )
