@@ -31,6 +31,8 @@ run: install  ## the demo: echo upstream on :9000 + gateway with config/gateway.
 	until grep -q listening $$ready; do \
 	  kill -0 $$echo_pid 2>/dev/null || exit 1; sleep 0.1; \
 	done; \
+	echo "web console: $(BIN)/gateway console-link -c $(CONFIG) --workspace WS --email EMAIL" \
+	  "prints a sign-in link (README \"Web console\")"; \
 	$(BIN)/gateway serve -c $(CONFIG)
 
 lint:

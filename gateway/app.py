@@ -6,6 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.admin import create_admin_app
+from gateway.console import PREFIX as CONSOLE_PREFIX
+from gateway.console import create_console_app
 from gateway.keys.service import KeyService
 from gateway.pipeline import PipelineHolder, build_pipeline
 from gateway.proxy_server import ProxyServer, parser_limits
@@ -39,4 +41,8 @@ def create_proxy_server(services: Services, holder: PipelineHolder | None = None
 
 
 def create_admin(services: Services) -> web.Application:
-    return create_admin_app(services, create_key_service(services))
+    """The admin API with the web console mounted under /console/ (README "Web console");
+    both call the same key service."""
+    key_service = create_key_service(services)
+    console = create_console_app(services, key_service)
+    return create_admin_app(services, key_service, mounts={CONSOLE_PREFIX + "/": console})

@@ -30,6 +30,7 @@ from gateway.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from gateway.keys.console import sign_in_url
 from gateway.keys.model import OUTCOMES, KeyRecord, utcnow
 from gateway.keys.service import KeyService
 from gateway.keys.usage_report import parse_window
@@ -338,6 +339,16 @@ async def cmd_members_remove(args: argparse.Namespace, config: Config) -> int:
     return await with_service(config, action, writes=True)
 
 
+async def cmd_console_link(args: argparse.Namespace, config: Config) -> int:
+    """README "Web console": the URL is the last line of stdout, like a new key."""
+    async def action(service: KeyService) -> int:
+        token = await service.console.make_link(args.workspace, args.email, "cli")
+        print(sign_in_url(config, token))
+        return EXIT_OK
+
+    return await with_service(config, action, writes=True)
+
+
 COMMANDS: dict[tuple[str, str | None], Command] = {
     ("migrate", None): cmd_migrate,
     ("config", "check"): cmd_config_check,
@@ -362,6 +373,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("projects", "list"): cmd_projects_list,
     ("namespaces", "create"): cmd_namespaces_create,
     ("namespaces", "list"): cmd_namespaces_list,
+    ("console-link", None): cmd_console_link,
 }
 
 

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     _keys_parser(sub)
     _tenancy_parser(sub)
     _members_parser(sub)
+    link = _command(sub, "console-link", "print a single-use sign-in URL of the web console "
+                    "for a member (last line of stdout; valid console.link_ttl, 15 minutes)")
+    link.add_argument("--workspace", required=True, metavar="WS", help=WORKSPACE_HELP)
+    link.add_argument("--email", required=True, help="the member's email (any case)")
     return parser
 
 

@@ -155,7 +155,9 @@ class Reloader:
         services = self.services
         old_upstreams = list(services.upstreams.values())
         old_routes = {r.name: r for r in services.config.routes}
-        upstreams = {r.name: self._group(r, old_routes.get(r.name)) for r in config.routes}
+        upstreams = {
+            r.name: self._group(r, old_routes.get(r.name)) for r in config.routes if r.upstreams
+        }
         self._swap(Pipeline(_snapshot(services, config, upstreams)))
         services.config = config
         services.upstreams.clear()  # the same dict: whoever watches it sees the new pools

@@ -2,7 +2,8 @@
 
 ``open_services(config)`` picks the key store backend by the URL scheme of ``database`` (one
 registry: the backend brings its change feed too) and the limiter by whether ``redis`` is set,
-then opens the cache, the change feed, the usage writer and one upstream pool group per route.
+then opens the cache, the change feed, the usage writer and one upstream pool group per proxy
+route.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         rollup = UsageRollup(store, config.usage)
         rollup.start()
         stack.push_async_callback(rollup.stop)
-        upstreams = {r.name: upstream_group(r) for r in config.routes}
+        # a verify route (README "Forward auth") has no upstream of its own
+        upstreams = {r.name: upstream_group(r) for r in config.routes if r.upstreams}
         for group in upstreams.values():
             stack.push_async_callback(group.close)
             group.start()

@@ -227,10 +227,11 @@ def test_config_check_prints_the_route_table(
     rate_limit: {requests: 5, window: 60}
     timeout: 2.5
   - {name: perms, path: /p/, upstream: "http://h:1", permissions: {GET: [read], POST: [write]}}
+  - {name: check, path: /_verify/, mode: verify}
 """)
     code, out, _ = run(capsys, "config", "check", "-c", str(config))
     head, columns, *rows = out.splitlines()
-    assert code == EXIT_OK and head == f"{config}: ok (3 routes)"
+    assert code == EXIT_OK and head == f"{config}: ok (4 routes)"
     assert columns.split() == ["ROUTE", "PATH", "UPSTREAM", "AUTH", "PERMISSIONS", "RATE",
                                "LIMIT", "TIMEOUT"]
     assert [row.split() for row in rows] == [
@@ -238,6 +239,7 @@ def test_config_check_prints_the_route_table(
         ["pub", "/pub/", "http://127.0.0.1:9001,http://127.0.0.1:9002", "none", "-", "5/60s",
          "2.5s"],
         ["perms", "/p/", "http://h:1", "required", "GET:read", "POST:write", "-", "30s"],
+        ["check", "/_verify/", "(forward", "auth)", "-", "-", "-", "-"],
     ]
 
 
@@ -306,3 +308,26 @@ def test_a_writing_command_names_its_store_relative_to_the_config(
     assert (directory / "data.db").exists() and not list(elsewhere.iterdir())
     code, _, err = run(capsys, "workspaces", "list", "-c", str(config))  # reads: no line
     assert code == EXIT_OK and err == ""
+
+
+def test_console_link(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README "Web console": the sign-in URL alone on the last line; strangers exit 3."""
+    code, out, _ = run(capsys, "workspaces", "create", "--name", "acme", "-c", str(config))
+    workspace = json.loads(out)["id"]
+    run(capsys, "members", "add", "--workspace", workspace, "--email", "a@example.com",
+        "--role", "viewer", "-c", str(config))
+    code, out, err = run(capsys, "console-link", "--workspace", workspace, "--email",
+                         "A@example.com", "-c", str(config))
+    assert code == EXIT_OK
+    assert re.fullmatch(r"http://127\.0\.0\.1:18081/console/sign-in/[A-Za-z0-9_-]{43}",
+                        out.strip().splitlines()[-1])
+    assert "wrote to key store" in err
+    code, out, err = run(capsys, "console-link", "--workspace", workspace, "--email",
+                         "nobody@example.com", "-c", str(config))
+    assert code == EXIT_NOT_FOUND and out == ""
+    assert err.count("\n") == 1 and "nobody@example.com" in err
+    with config.open("a") as more:
+        more.write("console: {public_url: 'https://admin.example.com/'}\n")
+    code, out, _ = run(capsys, "console-link", "--workspace", workspace, "--email",
+                       "a@example.com", "-c", str(config))
+    assert out.strip().startswith("https://admin.example.com/console/sign-in/")

@@ -61,7 +61,9 @@ def test_example_config_loads_with_expected_routes() -> None:
     assert config.defaults.rate_limit == RateLimit(100, 60.0)
     assert (config.defaults.max_concurrent, config.defaults.on_limiter_error) == (10, "local")
 
-    models, retrievers, public = config.routes
+    models, retrievers, public, forward_auth = config.routes
+    assert (models.mode, forward_auth.mode) == ("proxy", "verify")
+    assert (forward_auth.path, forward_auth.upstreams) == ("/_verify/", ())
     assert (models.name, models.path, models.upstreams) == (
         "models",
         "/api/ai/",
@@ -304,7 +306,7 @@ CASES: dict[str, str] = {
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
         "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
-        "limiter, logging, limits, usage, plans, default_plan, routes), got []"
+        "limiter, logging, limits, usage, console, plans, default_plan, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -409,10 +411,19 @@ CASES: dict[str, str] = {
     ),
     "route_unknown_key.yaml": (
         "routes[0].upstreams: unknown key (did you mean 'upstream'? allowed: name, path, "
-        "upstream, health, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
+        "mode, upstream, health, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
         "on_limiter_error, algorithm, timeout, max_body_bytes, cors, resource, operations), got "
         "['http://127.0.0.1:9001']"
     ),
+    "route_verify_with_upstream.yaml": (
+        "routes[1].upstream: a verify route (mode: verify) has no upstream, "
+        "got 'http://127.0.0.1:9000'"
+    ),
+    "route_verify_with_permissions.yaml": (
+        "routes[1].permissions: not used by a verify route (mode: verify): the route the "
+        "original request matches decides, got ['read']"
+    ),
+    "route_bad_mode.yaml": "routes[0].mode: must be one of proxy, verify, got 'forward'",
     "route_bad_name.yaml": (
         "routes[0].name: must be 1-64 characters of A-Za-z0-9_.-, got 'my route'"
     ),

@@ -116,6 +116,34 @@ async def test_new_requests_get_the_new_config_in_flight_ones_finish_on_the_old(
         raise AssertionError("the old upstream pool was not closed")
 
 
+async def test_a_reload_adds_a_verify_route_and_a_route_turned_verify_loses_its_pool(
+    running: Running, first: Tagged, http: aiohttp.ClientSession
+) -> None:
+    """README "Forward auth": a verify route has no upstream pool; switching a proxy route to
+    verify closes the pool it had."""
+    group = running.services.upstreams["r"]
+    verify = {"name": "v", "path": "/v/", "mode": "verify"}
+    running.rewrite(routes=[route("r", "/r/", first.url), verify])
+    assert await running.reloader.reload()
+    assert set(running.services.upstreams) == {"r"}
+    headers = {"X-Original-Method": "GET", "X-Original-URI": "/r/x"}
+    async with http.get(f"{running.url}/v/", headers=headers) as response:
+        assert response.status == 200
+    assert first.arrived == 0  # asked about, never forwarded
+
+    running.rewrite(routes=[{"name": "r", "path": "/r/", "mode": "verify"}])
+    assert await running.reloader.reload()
+    assert running.services.upstreams == {}
+    async with http.get(f"{running.url}/r/", headers=headers) as response:
+        assert response.status == 404  # no proxy route left to match
+    for _ in range(100):
+        if await is_closed(group):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the pool of the route turned verify was not closed")
+
+
 async def test_a_route_whose_upstream_did_not_change_keeps_its_pool(
     running: Running, first: Tagged, second: Tagged, http: aiohttp.ClientSession
 ) -> None:

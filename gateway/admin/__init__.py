@@ -17,13 +17,14 @@ OpenAPI document, the query allowlist and the open paths are all built from it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
 from gateway.admin import (
     audit,
     health,
+    key_check,
     keys,
     members,
     openapi,
@@ -32,7 +33,7 @@ from gateway.admin import (
     workspaces,
 )
 from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
-from gateway.admin.failure import errors_middleware, hide_server
+from gateway.admin.failure import continue_only, errors_middleware, hide_server
 from gateway.admin.query import query_allowlist
 from gateway.admin.route import Route
 from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES
@@ -45,6 +46,7 @@ ROUTES: tuple[Route, ...] = (
     *workspaces.ROUTES,  # workspaces, and their projects and namespaces
     *members.ROUTES,
     *subscriptions.ROUTES,  # a workspace's plan and its quota counters
+    *key_check.ROUTES,  # before keys': /keys/verify is no {key_id}
     *keys.ROUTES,
     *usage.ROUTES,  # a key's and a workspace's usage over time
     *audit.ROUTES,
@@ -58,21 +60,29 @@ def create_admin_app(
     services: Services,
     key_service: KeyService,
     authenticators: Sequence[Authenticator] | None = None,
+    mounts: Mapping[str, web.Application] | None = None,
 ) -> web.Application:
-    """The admin app; ``authenticators`` say who is acting (default: bearer admin keys)."""
+    """The admin app; ``authenticators`` say who is acting (default: bearer admin keys).
+    ``mounts``: path prefix -> an app served under it that authenticates its own requests and
+    reads its own query (the web console, README "Web console")."""
+    mounts = mounts or {}
+    prefixes = tuple(mounts)
     app = web.Application(middlewares=[
         errors_middleware,
-        authentication(authenticators or (bearer_admin_key(services),), PUBLIC_PATHS),
-        query_allowlist(ROUTES, PUBLIC_PATHS),
+        authentication(authenticators or (bearer_admin_key(services),), PUBLIC_PATHS, prefixes),
+        query_allowlist(ROUTES, PUBLIC_PATHS, prefixes),
     ], client_max_size=services.config.limits.admin_max_body_bytes)
+    for prefix, mounted in mounts.items():
+        app.add_subapp(prefix, mounted)
     app.on_response_prepare.append(hide_server)
     app[SERVICES] = services
     app[KEY_SERVICE] = key_service
     app[OPENAPI] = openapi.build_openapi(ROUTES)
     app[DRAINING] = asyncio.Event()
     for route in ROUTES:
-        if route.method == "GET":
-            app.router.add_get(route.path, route.handler)  # and HEAD, as aiohttp does
+        if route.method == "GET":  # and HEAD, as aiohttp does
+            app.router.add_get(route.path, route.handler, expect_handler=continue_only)
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, route.handler,
+                                 expect_handler=continue_only)
     return app

@@ -49,13 +49,16 @@ def bearer_admin_key(services: Services) -> Authenticator:
 
 
 def authentication(
-    authenticators: Sequence[Authenticator], public_paths: frozenset[str]
+    authenticators: Sequence[Authenticator], public_paths: frozenset[str],
+    own_auth: tuple[str, ...] = (),
 ) -> Middleware:
-    """The middleware: the first principal an authenticator returns acts on the request."""
+    """The middleware: the first principal an authenticator returns acts on the request.
+    Paths under the ``own_auth`` prefixes belong to mounted apps that authenticate their own
+    requests (the web console's session cookie, README "Web console")."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in public_paths:
+        if request.path in public_paths or request.path.startswith(own_auth):
             return await handler(request)
         for authenticator in authenticators:
             principal = await authenticator(request)

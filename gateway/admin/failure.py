@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway.admin.route import Handler
 from gateway.admin.state import REQUEST_ID, SERVICES
@@ -75,3 +75,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def hide_server(request: web.Request, response: web.StreamResponse) -> None:
     """No version banner (aiohttp's default names itself and Python)."""
     response.headers["Server"] = SERVER_NAME
+
+
+async def continue_only(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered; any other expectation is ignored (RFC 9110 §10.1.1
+    allows either), so the request gets the answer it would get without it: a 401 before
+    authentication, not aiohttp's bare 417 ahead of every check."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the body has not started yet (as aiohttp does)

@@ -38,6 +38,7 @@ from gateway.keys.validation import (
     EMAIL_PATTERN,
     FREE_TEXT_PATTERN,
     GRACE_MAX,
+    KEY_MAX,
     NAME_MAX,
     NAME_PATTERN,
     ORIGIN_PATTERN,
@@ -202,9 +203,36 @@ SCHEMAS: dict[str, Schema] = {
         **_WINDOW,
         "last_used_at": _OPT_TIME,
         "requests": {"type": "integer", "minimum": 0,
-                     "description": "lifetime: requests that reached the upstream"},
+                     "description": "lifetime: requests that reached the upstream or "
+                                    "passed a check"},
         "rate_limited": {"type": "integer", "minimum": 0,
                          "description": "lifetime: refused by the rate limit or the quota"},
+    }),
+    "KeyCheckAsk": _body({
+        "key": {"type": "string", "minLength": 1, "maxLength": KEY_MAX,
+                "description": "the plaintext key to check (never echoed back)"},
+        "permissions": {**PERMISSIONS, "description": "each must be granted (through "
+                        "permissions.implies)"},
+        "resource_id": {"type": "string", "minLength": 1, "maxLength": RESOURCE_ID_MAX,
+                        "pattern": PLAIN_TEXT_PATTERN,
+                        "description": "with operation: checked against the key's scopes"},
+        "operation": {"type": "string", "pattern": PERMISSION_PATTERN,
+                      "description": "with resource_id"},
+    }, ["key"]) | {"dependentRequired": {"resource_id": ["operation"],
+                                         "operation": ["resource_id"]}},
+    "KeyCheck": _object({
+        "valid": {"type": "boolean", "description": "code is ok: the request path would admit "
+                  "it (one request was spent)"},
+        "code": {"type": "string", "description": "ok, or the request path's error code "
+                 "(README \"Errors\")"},
+        "key_id": _OPT_STRING, "workspace_id": _OPT_STRING, "project_id": _OPT_STRING,
+        "principal_id": _OPT_STRING,
+        "permissions": {"type": "array", "items": _STRING},
+        "ratelimit": _nullable(_object({
+            "limit": {"type": "integer", "minimum": 0},
+            "remaining": {"type": "integer", "minimum": 0},
+            "reset": {"type": "integer", "minimum": 0, "description": "seconds"},
+        })),
     }),
     "WorkspaceUsage": _object({
         "workspace_id": _STRING,

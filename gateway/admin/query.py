@@ -12,7 +12,10 @@ from gateway.admin.route import Handler, Route
 from gateway.errors import ValidationError
 
 
-def query_allowlist(routes: Iterable[Route], public_paths: frozenset[str]) -> Middleware:
+def query_allowlist(
+    routes: Iterable[Route], public_paths: frozenset[str], own_rules: tuple[str, ...] = ()
+) -> Middleware:
+    """``own_rules``: prefixes of mounted apps that read their own query (the web console)."""
     allowed = {
         (route.method, route.path): frozenset(p["name"] for p in route.query) for route in routes
     }
@@ -20,7 +23,8 @@ def query_allowlist(routes: Iterable[Route], public_paths: frozenset[str]) -> Mi
     @web.middleware
     async def check_query(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
-        if resource is not None and request.path not in public_paths:
+        if (resource is not None and request.path not in public_paths
+                and not request.path.startswith(own_rules)):
             names = allowed.get((request.method, resource.canonical), frozenset())
             unknown = sorted(set(request.query) - names)
             if unknown:

@@ -16,6 +16,8 @@ from gateway.admin.handler import actor, json_response, read_json, visible_works
 from gateway.admin.route import BAD, Route, returns
 from gateway.admin.state import KEY_SERVICE, SERVICES
 from gateway.keys.model import Subscription
+from gateway.keys.service import KeyService
+from gateway.services import Services
 
 SUBSCRIPTION = "/admin/v1/workspaces/{workspace_id}/subscription"
 QUOTA = "/admin/v1/workspaces/{workspace_id}/quota"
@@ -50,9 +52,15 @@ async def get_quota(request: web.Request) -> web.Response:
 
 
 async def quota_of(request: web.Request, workspace_id: str) -> dict[str, Any]:
-    """The plan in force with the live counters of the limiter (every node's, on Redis)."""
-    services = request.app[SERVICES]
-    found = await request.app[KEY_SERVICE].get_subscription(workspace_id)
+    return await plan_quota(request.app[SERVICES], request.app[KEY_SERVICE], workspace_id)
+
+
+async def plan_quota(
+    services: Services, key_service: KeyService, workspace_id: str
+) -> dict[str, Any]:
+    """The plan in force with the live counters of the limiter (every node's, on Redis); the
+    console's Plan page shows the same."""
+    found = await key_service.get_subscription(workspace_id)
     name = found.plan if found is not None else services.config.default_plan
     plan = services.config.plans.get(name) if name is not None else None
     usage = await services.limiter.quota_usage(workspace_id)

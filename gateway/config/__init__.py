@@ -11,6 +11,7 @@
 from gateway.config.load import load_config as load_config
 from gateway.config.load import parse_config as parse_config
 from gateway.config.model import Config as Config
+from gateway.config.model import ConsoleConfig as ConsoleConfig
 from gateway.config.model import CorsConfig as CorsConfig
 from gateway.config.model import Defaults as Defaults
 from gateway.config.model import HealthConfig as HealthConfig

@@ -128,6 +128,20 @@ class UsageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The web console (README "Web console"): ``public_url`` is the base of the sign-in links
+    (default: the admin listener's address); ``insecure_cookies`` drops the cookie's ``Secure``
+    flag (plain-http admin listeners); in seconds, ``idle_timeout`` of a session and
+    ``link_ttl`` of a sign-in link; ``sign_in_rate_limit``: sign-in attempts per client address."""
+
+    public_url: str | None = option(None, parsers.public_url)
+    insecure_cookies: bool = option(False, parsers.boolean)
+    idle_timeout: float = option(12 * 3600.0, parsers.positive_number)
+    link_ttl: float = option(15 * 60.0, parsers.positive_number)
+    sign_in_rate_limit: RateLimit = option(RateLimit(10, 60.0), section(RateLimit))
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     rate_limit: RateLimit = option(RateLimit(100, 60.0), section(RateLimit))
     max_concurrent: int | None = option(10, parsers.nullable(parsers.count))
@@ -186,13 +200,16 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
-    """``path``: a prefix ending in "/", may hold {param} segments; ``upstreams``: round robin;
-    ``permissions``: method -> permissions ("*": every method not listed); ``resource``: a path
-    parameter checked against the key's scopes with ``operations`` (method -> operation)."""
+    """``path``: a prefix ending in "/", may hold {param} segments; ``mode``: ``proxy``
+    forwards to ``upstreams`` (round robin, required), ``verify`` answers forward-auth checks
+    for the other routes and takes nothing else (README "Forward auth"); ``permissions``:
+    method -> permissions ("*": every method not listed); ``resource``: a path parameter checked
+    against the key's scopes with ``operations`` (method -> operation)."""
 
     name: str = required(route_name)
     path: str = required(route_path)
-    upstreams: tuple[str, ...] = required(upstream_urls, key="upstream")
+    mode: str = option("proxy", parsers.choice("proxy", "verify"))
+    upstreams: tuple[str, ...] = option((), upstream_urls, key="upstream")  # proxy: required
     health: HealthConfig = option(HealthConfig(), section(HealthConfig, health_rules))
     strip_prefix: bool = option(False, parsers.boolean)
     auth: str = option("required", parsers.choice("required", "none"))
@@ -230,6 +247,7 @@ class Config:
     logging: LoggingConfig = subsection(LoggingConfig)
     limits: LimitsConfig = subsection(LimitsConfig)
     usage: UsageConfig = subsection(UsageConfig)
+    console: ConsoleConfig = subsection(ConsoleConfig)
     plans: Mapping[str, PlanConfig] = option({}, plan_table(PlanConfig))
     default_plan: str | None = option(None, parsers.string)  # for workspaces without one
     routes: tuple[RouteConfig, ...] = required(route_table(RouteConfig), kw_only=True)

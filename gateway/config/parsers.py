@@ -261,6 +261,16 @@ def database_url(ctx: Ctx, value: object, path: str) -> str:
     return text
 
 
+def public_url(ctx: Ctx, value: object, path: str) -> str:
+    """An http(s) base URL with a host and no query or fragment; kept without a trailing "/"."""
+    text = string(ctx, value, path)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment or any(c.isspace() for c in text):
+        ctx.fail(path, "must be an http(s) URL with a host and no query or fragment", text)
+    return text.rstrip("/")
+
+
 SQLITE = "sqlite:///"
 
 

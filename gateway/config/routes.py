@@ -41,6 +41,8 @@ _PARAM_SEGMENT_RE = re.compile(r"\{([^{}]*)\}")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
+VERIFY_KEYS = ("name", "path", "mode")  # all a verify route takes (README "Forward auth")
+
 route_name = pattern(_ROUTE_NAME_RE, "must be 1-64 characters of A-Za-z0-9_.-")
 
 
@@ -68,6 +70,10 @@ def route_table(cls: type[RouteConfig]) -> Parser[tuple[RouteConfig, ...]]:
 
 
 def route_rules(ctx: Ctx, data: Mapping[str, object], path: str, route: RouteConfig) -> RouteConfig:
+    if route.mode == "verify":
+        return _verify_rules(ctx, data, path, route)
+    if "upstream" not in data:
+        ctx.fail(path, "missing required key 'upstream'", data)
     route = _resource_rules(ctx, data, path, route)
     if route.algorithm is not None and route.rate_limit is None:  # README "Algorithms"
         what = "applies to the route's own rate_limit, which it does not set"
@@ -78,6 +84,21 @@ def route_rules(ctx: Ctx, data: Mapping[str, object], path: str, route: RouteCon
             ctx.fail(join(path, "permissions"), what, data["permissions"])
         if route.resource is not None:
             ctx.fail(join(path, "resource"), "cannot be checked with auth: none", route.resource)
+    return route
+
+
+def _verify_rules(
+    ctx: Ctx, data: Mapping[str, object], path: str, route: RouteConfig
+) -> RouteConfig:
+    """A verify route answers for the route the original request matches: that route's
+    settings apply, so any of its own besides ``name``, ``path`` and ``mode`` is a mistake."""
+    for key, value in data.items():
+        if key == "upstream":
+            ctx.fail(join(path, key), "a verify route (mode: verify) has no upstream", value)
+        if key not in VERIFY_KEYS:
+            what = ("not used by a verify route (mode: verify): the route the original "
+                    "request matches decides")
+            ctx.fail(join(path, key), what, value)
     return route
 
 

@@ -46,6 +46,8 @@ def _permissions(route: RouteConfig) -> str:
 
 
 def route_row(route: RouteConfig) -> tuple[str, ...]:
+    if route.mode == "verify":  # checks for the other routes, with their settings
+        return (route.name, route.path, "(forward auth)", "-", "-", "-", "-")
     return (route.name, route.path, ",".join(route.upstreams), route.auth, _permissions(route),
             _rate(route.rate_limit), f"{route.timeout:g}s")
 

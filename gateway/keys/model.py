@@ -338,3 +338,17 @@ def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in console session (README "Web console") with its member's role as it is
+    now: a removed member has no session, a changed role applies on the next page."""
+
+    token_hash: str
+    workspace_id: str
+    user_id: str
+    email: str
+    role: str
+    created_at: datetime
+    last_seen_at: datetime

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.errors import Conflict, NotFound, ValidationError
+from gateway.keys.console import ConsoleAccess
 from gateway.keys.members import MemberService
 from gateway.keys.model import (
     AuditEvent,
@@ -71,6 +72,8 @@ class KeyService:
         self._on_change = on_change or (lambda _hash: None)
         self._on_tenancy_change = on_tenancy_change or (lambda _ws: None)
         self.members = MemberService(store, self._audit, self._on_change)
+        self.console = ConsoleAccess(store, self._hasher, lambda: self._live_config().console,
+                                     self._audit, self.members.by_email)
 
     # workspaces, projects, namespaces ---------------------------------------------------------
     async def create_workspace(self, name: Any, actor: str | None) -> Workspace:
@@ -166,6 +169,11 @@ class KeyService:
         if record is None or (workspace_id is not None and record.workspace_id != workspace_id):
             raise NotFound(f"key {key_id} not found")
         return record
+
+    async def rotation_chain(self, record: KeyRecord) -> list[KeyRecord]:
+        """Every key of ``record``'s rotation chain, oldest first (``rotated_from`` names the
+        chain's first key, README "Decisions where the spec was silent")."""
+        return await self._store.keys.chain(record.rotated_from or record.key_id)
 
     async def list_keys(self, workspace_id: str | None, **filters: Any) -> KeyPage:
         if workspace_id is not None:
@@ -277,6 +285,17 @@ class KeyService:
             **report(window, points),
             "top_keys": [{"key_id": t.key_id, "name": t.name, "total": t.total} for t in top],
         }
+
+    async def daily_usage(
+        self, key_ids: list[str], start: int, end: int
+    ) -> dict[str, dict[int, int]]:
+        """Requests per key and UTC day in [start, end) for a page of keys (the console's
+        sparklines), in one query."""
+        return await self._store.usage.daily_totals(key_ids, start, end)
+
+    async def audit_page(self, workspace_id: str, **filters: Any) -> list[AuditEvent]:
+        """The console's audit log (``AuditLog.page``: filters, ``before`` for the next page)."""
+        return await self._store.audit.page(workspace_id, **filters)
 
     async def audit(self, workspace_id: str | None, limit: int = 100) -> list[AuditEvent]:
         """Newest first; ``workspace_id`` None means every event (operators only)."""

@@ -107,6 +107,11 @@ class UsageRecorder:
             self._workspaces[key_id] = workspace_id
         counts[outcome] += 1
 
+    def record_outcome(self, key_id: str, workspace_id: str | None, code: str) -> None:
+        """One key check (README "Key check API") that ended in ``code``: ``ok``, or the error
+        code the request path would have answered; counted as that request would be."""
+        self.count(key_id, workspace_id, outcome_of(None if code == "ok" else code, 200))
+
     def start(self) -> None:
         self._periodic.start()
         self._schedule_minute()

@@ -225,6 +225,27 @@ def _project_id(value: Any) -> str | None:
     return value
 
 
+KEY_MAX = 512  # far above any key this gateway makes; never echoed in an error
+
+
+def _key(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= KEY_MAX:
+        raise ValueError(f"must be a string of 1 to {KEY_MAX} characters")
+    return value
+
+
+def _resource_id(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= RESOURCE_ID_MAX:
+        raise ValueError(f"must be a string of 1 to {RESOURCE_ID_MAX} characters")
+    return _no_control(value)
+
+
+def _operation(value: Any) -> str:
+    if not isinstance(value, str) or not PERMISSION.fullmatch(value):
+        raise ValueError("must be an operation name ([A-Za-z0-9_.:*-], 1-100 chars)")
+    return value
+
+
 FIELD_CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "name": _name,
     "description": _description,
@@ -243,6 +264,9 @@ FIELD_CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "key_type": _one_of(KEY_TYPES),
     "grace_period_seconds": grace_period,
     "plan": lambda value: _plan(value),
+    "key": _key,
+    "resource_id": _resource_id,
+    "operation": _operation,
 }
 
 
@@ -281,6 +305,7 @@ MEMBER_FIELDS = frozenset({"email", "role"})
 ROLE_FIELDS = frozenset({"role"})
 ROTATE_FIELDS = frozenset({"grace_period_seconds"})
 PLAN_FIELDS = frozenset({"plan"})
+KEY_CHECK_FIELDS = frozenset({"key", "permissions", "resource_id", "operation"})
 
 
 def validate_named(body: Any) -> str:
@@ -318,3 +343,15 @@ def validate_member(body: Any) -> tuple[str, str]:
 def validate_role(body: Any) -> str:
     """The ``{role}`` body of a member's role change."""
     return str(validate_fields(body, ROLE_FIELDS, required=("role",))["role"])
+
+
+def validate_key_check(body: Any) -> dict[str, Any]:
+    """The body of a key check: ``key`` required; ``resource_id`` and ``operation`` together
+    or not at all (a scope grants operations on a resource)."""
+    fields = validate_fields(body, KEY_CHECK_FIELDS, required=("key",))
+    alone = {"resource_id": "operation", "operation": "resource_id"}
+    errors = {name: f"needs {other} too" for name, other in alone.items()
+              if name in fields and other not in fields}
+    if errors:
+        raise ValidationError(errors)
+    return fields

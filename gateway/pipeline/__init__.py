@@ -39,6 +39,7 @@ from gateway.pipeline import (
     request_id,
     tenancy,
     trace,
+    verify,
 )
 from gateway.pipeline.record import build_recorder
 from gateway.services import Services
@@ -56,20 +57,51 @@ ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     rate_limit.build,  # sliding window + in-flight cap per key, one limiter call (429)
     forward.build,  # to the upstream, count usage: the last stage answers every request
 )
+# A verify route (README "Forward auth") runs, for the proxy route its original request
+# matches, those same stages with the last one answering 200 instead of forwarding: built from
+# ROUTE_STAGES, so a stage added there is checked by forward auth too.
+VERIFY_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
+    *ROUTE_STAGES[:-1],
+    verify.answer,  # 200, empty body, the identity headers the upstream would have received
+)
 # Failures from any of them: failure.build decides the answer (gateway.problem renders it),
 # in the driver below.
 
 
 class RoutePath:
-    """One route's stages, built once; the last one (forward) always answers."""
+    """One route's checks, built once; the last one (forward, or verify's) always answers."""
 
     __slots__ = ("checks",)
 
-    def __init__(self, route: RouteConfig, services: Services) -> None:
-        checks = [(stage, c) for stage in ROUTE_STAGES if (c := stage(route, services))]
-        if trace.is_wanted():  # debug: every verdict logged (decided here, once)
-            checks = [(stage, trace.traced(trace.stage_name(stage), c)) for stage, c in checks]
-        self.checks = tuple(c for _stage, c in checks)
+    def __init__(self, checks: tuple[Check, ...]) -> None:
+        self.checks = checks
+
+
+def build_checks(
+    stages: tuple[Callable[[RouteConfig, Services], Check | None], ...],
+    route: RouteConfig,
+    services: Services,
+) -> tuple[Check, ...]:
+    checks = [(stage, c) for stage in stages if (c := stage(route, services))]
+    if trace.is_wanted():  # debug: every verdict logged (decided here, once)
+        checks = [(stage, trace.traced(trace.stage_name(stage), c)) for stage, c in checks]
+    return tuple(c for _stage, c in checks)
+
+
+def route_paths(services: Services) -> dict[str, RoutePath]:
+    """Each route's checks by name; only a config with a verify route builds VERIFY_STAGES."""
+    routes = services.config.routes
+    proxied = [r for r in routes if r.mode == "proxy"]
+    paths = {r.name: RoutePath(build_checks(ROUTE_STAGES, r, services)) for r in proxied}
+    verifying = [r for r in routes if r.mode == "verify"]
+    if verifying:
+        chains = {r.name: build_checks(VERIFY_STAGES, r, services) for r in proxied}
+        check = verify.build(proxied, chains, services)
+        if trace.is_wanted():
+            check = trace.traced("forward_auth", check)  # the inner answer is "verify"
+        checking = RoutePath((check,))  # one for them all
+        paths.update((r.name, checking) for r in verifying)
+    return paths
 
 
 class Pipeline:
@@ -78,7 +110,7 @@ class Pipeline:
     __slots__ = ("front", "handle_errors", "idle", "in_flight", "paths", "record")
 
     def __init__(self, services: Services) -> None:
-        self.paths = {r.name: RoutePath(r, services) for r in services.config.routes}
+        self.paths = route_paths(services)
         self.front = tuple(stage(services) for stage in FRONT_STAGES)
         if trace.is_wanted():
             names = (trace.stage_name(stage) for stage in FRONT_STAGES)

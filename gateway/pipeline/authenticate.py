@@ -6,34 +6,13 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from gateway.config import RouteConfig
-from gateway.errors import (
-    DISABLED_API_KEY,
-    EXPIRED_API_KEY,
-    INSUFFICIENT_PERMISSIONS,
-    REVOKED_API_KEY,
-    GatewayError,
-)
 from gateway.exchange import Check, Exchange
 from gateway.http import bearer_token, invalid_key
+from gateway.keys.access import check_status
 from gateway.keys.cache import MISS
-from gateway.keys.model import KeyRecord, is_well_formed, utcnow
+from gateway.keys.model import KeyRecord, is_well_formed
 from gateway.pipeline import rate_limit
 from gateway.services import Services
-
-
-def check_status(record: KeyRecord) -> None:
-    derived = record.expires_at is not None or record.disabled_at is not None
-    status = record.effective_status(utcnow()) if derived else record.status
-    if status == "revoked":
-        raise GatewayError(REVOKED_API_KEY, "this API key has been revoked")
-    if status == "expired":
-        raise GatewayError(EXPIRED_API_KEY, "this API key has expired")
-    if status == "disabled":
-        raise GatewayError(DISABLED_API_KEY, "this API key is disabled")
-    if record.workspace_id is None:
-        raise GatewayError(
-            INSUFFICIENT_PERMISSIONS, "operator admin keys are valid on the admin API only"
-        )
 
 
 def build(route: RouteConfig, services: Services) -> Check | None:

@@ -3,7 +3,6 @@ against the key's scopes, and the request ``Origin`` against the key's ``allowed
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import lru_cache
 
 from aiohttp import web
@@ -16,41 +15,10 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.exchange import Check, Exchange
+from gateway.keys.access import expand, missing_permission, scope_allows
 from gateway.keys.model import KeyRecord
 from gateway.origins import is_origin_allowed
 from gateway.services import Services
-
-
-def expand(granted: tuple[str, ...], implies: Mapping[str, tuple[str, ...]]) -> frozenset[str]:
-    """The transitive closure of ``granted`` under ``implies`` (cycles are harmless)."""
-    seen: set[str] = set()
-    todo = list(granted)
-    while todo:
-        permission = todo.pop()
-        if permission not in seen:
-            seen.add(permission)
-            todo.extend(implies.get(permission, ()))
-    return frozenset(seen)
-
-
-def missing_permission(
-    required: tuple[str, ...], granted: frozenset[str]
-) -> str | None:
-    for permission in required:
-        if permission not in granted:
-            return permission
-    return None
-
-
-def scope_allows(key: KeyRecord, resource_id: str, operation: str | None) -> bool:
-    if not key.scopes:  # no scopes: every resource
-        return True
-    for scope in key.scopes:
-        if scope.resource_id in (resource_id, "*"):
-            ops = scope.operations
-            if operation is not None and (operation in ops or "*" in ops):
-                return True
-    return False
 
 
 def check_origin(request: web.Request, key: KeyRecord) -> None:

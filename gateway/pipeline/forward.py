@@ -98,11 +98,17 @@ def outbound_headers(exchange: Exchange) -> list[tuple[str, str]]:
         if canonical(name) not in drop and not canonical(name).startswith("x-forwarded-")
     ]
     headers.extend(identity_headers(exchange))
+    headers += [
+        ("X-Forwarded-For", request.remote or ""),  # the peer address
+        ("X-Forwarded-Proto", request.scheme),
+        ("X-Forwarded-Host", request.host),
+    ]
     return headers
 
 
 def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
-    request = exchange.request
+    """Who is calling, as the upstream hears it (README "What the upstream receives"); also a
+    forward-auth answer's headers (gateway.pipeline.verify)."""
     headers = [("X-Request-Id", exchange.request_id)]
     key = exchange.key
     if key is not None:
@@ -119,12 +125,6 @@ def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
         if exchange.namespace_id is not None:
             headers.append(("X-Namespace-Id", exchange.namespace_id))
             headers.append(("X-Namespace", exchange.namespace_name or ""))
-    peer = request.remote or ""
-    headers += [
-        ("X-Forwarded-For", peer),
-        ("X-Forwarded-Proto", request.scheme),
-        ("X-Forwarded-Host", request.host),
-    ]
     return headers
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.errors import BAD_REQUEST, HEADERS_TOO_LARGE, ROUTE_NOT_FOUND, GatewayError
 from gateway.exchange import Exchange
 from gateway.http import without_keys
-from gateway.routing import BadPath, RouteTable, normalize_path
+from gateway.routing import BadPath, NormalizedPath, RouteTable, normalize_path
 from gateway.services import Services
 
 
@@ -27,6 +27,25 @@ def check_headers(request: web.Request, max_bytes: int) -> None:
         raise GatewayError(HEADERS_TOO_LARGE, f"the headers exceed {max_bytes} bytes")
 
 
+def resolve(
+    exchange: Exchange, target: str, table: RouteTable, prefixes: frozenset[str]
+) -> NormalizedPath:
+    """Route the request target ``target``: 400 when it cannot be normalised safely, 404 when
+    no route matches; the exchange's path, query and match are set."""
+    try:
+        normalized = normalize_path(target)
+        found = table.resolve(normalized)
+    except BadPath as exc:
+        raise GatewayError(BAD_REQUEST, str(exc)) from None
+    if found is None:
+        raise GatewayError(ROUTE_NOT_FOUND, "no route matches this path")
+    exchange.path = normalized.path
+    # a key in the query string is never forwarded; without a header it is a 401 (http.py)
+    exchange.query = without_keys(normalized.query, prefixes) if normalized.query else ""
+    exchange.match = found
+    return normalized
+
+
 def build(services: Services) -> Callable[[Exchange], None]:
     table = RouteTable(services.config.routes)
     prefixes = services.prefixes
@@ -35,16 +54,6 @@ def build(services: Services) -> Callable[[Exchange], None]:
     def route(exchange: Exchange) -> None:
         request = exchange.request
         check_headers(request, max_header_bytes)
-        try:
-            normalized = normalize_path(request.raw_path)
-            found = table.resolve(normalized)
-        except BadPath as exc:
-            raise GatewayError(BAD_REQUEST, str(exc)) from None
-        if found is None:
-            raise GatewayError(ROUTE_NOT_FOUND, "no route matches this path")
-        exchange.path = normalized.path
-        # a key in the query string is never forwarded; without a header it is a 401 (http.py)
-        exchange.query = without_keys(normalized.query, prefixes) if normalized.query else ""
-        exchange.match = found
+        resolve(exchange, request.raw_path, table, prefixes)
 
     return route

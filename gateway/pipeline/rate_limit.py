@@ -26,11 +26,10 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
 
 from multidict import istr
 
-from gateway.config import Config, PlanConfig, RouteConfig
+from gateway.config import RouteConfig
 from gateway.errors import (
     CONCURRENCY_LIMITED,
     QUOTA_EXCEEDED,
@@ -41,70 +40,11 @@ from gateway.errors import (
 )
 from gateway.exchange import Check, Exchange
 from gateway.keys.model import KeyRecord
-from gateway.limiter.base import Decision, QuotaAsk, RateLimiter, Window, local_share
+from gateway.limiter.base import Decision, QuotaAsk, RateLimiter
+from gateway.limiter.budget import Limits, admit_local_share, budget_of
 from gateway.services import Services
 
 log = logging.getLogger("gateway.limiter")
-
-
-class PlanLimits(NamedTuple):
-    """What a plan (or no plan) means on one route: the key budget, the in-flight cap, the
-    quotas (0: none)."""
-
-    limit: int
-    window: float
-    cap: int | None
-    day: int
-    month: int
-
-
-def plan_limits(plan: PlanConfig | None, route: RouteConfig, config: Config) -> PlanLimits:
-    rate = (plan.rate_limit if plan else None) or config.defaults.rate_limit
-    cap = route.max_concurrent or (plan.max_concurrent if plan else None)
-    quota = plan.quota if plan else None
-    return PlanLimits(
-        rate.requests, rate.window, cap or config.defaults.max_concurrent,
-        (quota.day or 0) if quota else 0, (quota.month or 0) if quota else 0,
-    )
-
-
-class Limits:
-    """One route's limits for any key, precomputed per plan (README "Rate limits")."""
-
-    def __init__(self, route: RouteConfig, config: Config) -> None:
-        self.algorithm = config.defaults.algorithm  # the key-wide budget's, on every route
-        self.also = (
-            Window(route.name, route.rate_limit.requests, route.rate_limit.window,
-                   route.algorithm or self.algorithm)
-            if route.rate_limit is not None else None
-        )
-        self._plans = {name: plan_limits(p, route, config) for name, p in config.plans.items()}
-        default = config.plans.get(config.default_plan) if config.default_plan else None
-        self._default = plan_limits(default, route, config)
-        # (workspace, day, month) -> its QuotaAsk, made once rather than per request; as many
-        # entries as workspaces with a quota (the pipeline, and this, is rebuilt on reload)
-        self._asks: dict[tuple[str, int, int], QuotaAsk] = {}
-
-    def of(self, key: KeyRecord) -> tuple[int, float, int | None, QuotaAsk | None]:
-        """(limit, window, cap, quota) for ``key``: a plan no longer declared falls back to
-        ``default_plan`` (a reload refuses to drop a plan in use; a restart does not)."""
-        plan = self._default if key.plan is None else self._plans.get(key.plan, self._default)
-        if key.rate_limit_override is not None:
-            limit, window = key.rate_limit_override, 60.0
-        else:
-            limit, window = plan.limit, plan.window
-        quota = None
-        if (plan.day or plan.month) and key.workspace_id is not None:
-            name = (key.workspace_id, plan.day, plan.month)
-            quota = self._asks.get(name)
-            if quota is None:
-                quota = self._asks[name] = QuotaAsk(*name)
-        return limit, window, key.concurrency_limit or plan.cap, quota
-
-
-def budget_of(key: KeyRecord) -> str:
-    """A rotated key spends its predecessor's budget: the first key of the chain names it."""
-    return key.rotated_from or key.key_id
 
 
 @functools.lru_cache(maxsize=1024)
@@ -198,7 +138,6 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     also, algorithm = limits.also, limits.algorithm
     policy = route.on_limiter_error or config.defaults.on_limiter_error
     nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
-    local_also = also._replace(limit=local_share(also.limit, nodes)) if also else None
     limiter = services.limiter
     local = services.local_limiter
     metrics = services.metrics
@@ -208,13 +147,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     ) -> tuple[Decision | None, RateLimiter]:
         """The limiter failed and on_limiter_error is ``open`` or ``local``."""
         if policy == "local":  # this process's share of each limit
-            local_cap = None if cap is None else local_share(cap, nodes)
-            share = local_share(limit, nodes)
-            if quota is not None:
-                quota = quota._replace(day=quota.day and local_share(quota.day, nodes),
-                                       month=quota.month and local_share(quota.month, nodes))
-            decision = await local.admit(budget, "", share, window, local_cap, local_also, quota,
-                                         algorithm)
+            decision = await admit_local_share(local, nodes, budget, limit, window, cap, also,
+                                               quota, algorithm)
             return decision, local
         return None, local  # open: admit without a quota to report
 

@@ -6,6 +6,7 @@
           ├─ audit     AuditLog     audit_log         audit.py
           ├─ usage     UsageTable   key_usage, usage_*_buckets    usage.py
           ├─ subscriptions  Subscriptions  subscriptions  subscriptions.py
+          ├─ console   ConsoleTable console_links, console_sessions, console_reveals  console.py
           └─ changes   ChangeLog    key_changes       feed.py
                all on one Db (db.py): PostgresDb (postgres.py) or SqliteDb (sqlite.py),
                whose Dialect (dialect.py) says what their SQL differs in.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.store.audit import AuditLog
+from gateway.store.console import ConsoleTable
 from gateway.store.db import Db
 from gateway.store.feed import ChangeLog, KeyChange
 from gateway.store.keys import KeyTable
@@ -57,6 +59,7 @@ class Store:
         self.audit = AuditLog(db)
         self.usage = UsageTable(db)
         self.subscriptions = Subscriptions(db, self.changes)
+        self.console = ConsoleTable(db)
         self._follow = follow
         # The flat names the callers (KeyService, the caches, the usage recorder, the admin
         # API) used before the split, bound to the table that owns each.

@@ -43,3 +43,36 @@ class AuditLog:
                 limit,
             )
         return [self._rows.read(row) for row in rows]
+
+    async def page(
+        self, workspace_id: str, *, limit: int, before: int | None = None,
+        action: str | None = None, target: str | None = None, actor: str | None = None,
+        concerning: str | None = None,
+    ) -> list[AuditEvent]:
+        """The console's audit log: newest first, events older than id ``before``; ``action``
+        (``key.`` for every key action), ``target``, ``actor``; ``concerning`` a member: only
+        what they did or what was done to their keys."""
+        check_limit(limit)
+        where, values = ["workspace_id = $1"], list[object]([workspace_id])
+
+        def add(clause: str, value: object) -> None:
+            values.append(value)
+            where.append(clause.format(f"${len(values)}"))
+
+        if before is not None:
+            add("id < {}", before)
+        if action:
+            add("action LIKE {}", action + "%" if action.endswith(".") else action)
+        if target:
+            add("target = {}", target)
+        if actor:
+            add("actor = {}", actor)
+        if concerning:
+            add("(actor = {0} OR target IN (SELECT key_id FROM api_keys WHERE user_id = {0}))",
+                concerning)
+        values.append(limit)
+        rows = await self._db.fetch(
+            f"{self._rows.select} WHERE {' AND '.join(where)} ORDER BY id DESC "
+            f"LIMIT ${len(values)}", *values,
+        )
+        return [self._rows.read(row) for row in rows]

@@ -67,6 +67,19 @@ SUBSCRIPTION = {
 ACTIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > {now})"
 COUNT_ACTIVE = "SELECT COUNT(*) FROM api_keys WHERE user_id = $1 AND " + ACTIVE.format(now="$2")
 ORDER = "ORDER BY created_at, key_id"  # the stable order of pages (and of the index)
+NEWEST_FIRST = "ORDER BY created_at DESC, key_id DESC"  # the console's, on the same index
+# the effective status (KeyRecord.effective_status) as SQL; {now} is a parameter
+NOT_EXPIRED = "(expires_at IS NULL OR expires_at > {now})"
+STATUS_WHERE = {
+    "active": f"status = 'active' AND {NOT_EXPIRED} AND disabled_at IS NULL",
+    "disabled": f"status = 'active' AND {NOT_EXPIRED} AND disabled_at IS NOT NULL",
+    "revoked": "status = 'revoked'",
+    "expired": "status <> 'revoked' AND expires_at IS NOT NULL AND expires_at <= {now}",
+}
+SEARCH = (
+    "(LOWER(name) LIKE {pattern} ESCAPE '\\' OR key_id = {exact} OR key_prefix = {exact} "
+    "OR hint = {exact})"
+)
 # Who a key acts for (seed 003 principal_id), read with the key: the owner when it is a member of
 # the key's workspace, else the service principal svc_<first key id of its rotation chain>, the
 # same across rotations and never another key's.
@@ -107,6 +120,13 @@ class KeyTable:
     async def get(self, key_id: str) -> KeyRecord | None:
         return await self._get(self._db, key_id)
 
+    async def chain(self, root_key_id: str) -> list[KeyRecord]:
+        """A rotation chain, oldest first: its first key and every key rotated from it."""
+        rows = await self._db.fetch(
+            f"{self._rows.select} WHERE key_id = $1 OR rotated_from = $1 {ORDER}", root_key_id
+        )
+        return [self._rows.read(row) for row in rows]
+
     async def count_active(self, user_id: str) -> int:
         return int(await self._db.fetchval(COUNT_ACTIVE, user_id, self._stamp(utcnow())))
 
@@ -120,23 +140,34 @@ class KeyTable:
         key_type: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        search: str | None = None,
+        environment: str | None = None,
+        status: str | None = None,
+        newest_first: bool = False,
     ) -> KeyPage:
-        """Stable order (created_at, key_id); ``include_revoked`` also returns revoked and
-        expired keys; ``resource_id`` keeps keys whose scopes name it or have no scopes."""
+        """Stable order (created_at, key_id), or its reverse; ``include_revoked`` also returns
+        revoked and expired keys; ``resource_id`` keeps keys whose scopes name it or have no
+        scopes. The console's filters: ``search`` (a name containing it, any case, or a key id,
+        key prefix or hint equal to it), ``environment``, ``status`` (the effective status:
+        ``include_revoked`` is then moot)."""
         check_limit(limit)
         after = decode_cursor(cursor) if cursor is not None else None
         params = Params()
-        where = self._filter(params, workspace_id, include_revoked, user_id, resource_id, key_type)
+        where = self._filter(params, workspace_id, include_revoked or status is not None,
+                             user_id, resource_id, key_type)
+        where += self._console_filter(params, search, environment, status)
         count_values = list(params.values)
         page_where = where
         if after is not None:
             created_at, key_id = params.add(self._stamp(after[0])), params.add(after[1])
-            page_where = f"{where} AND (created_at, key_id) > ({created_at}, {key_id})"
+            beyond = "<" if newest_first else ">"
+            page_where = f"{where} AND (created_at, key_id) {beyond} ({created_at}, {key_id})"
         page_limit = params.add(limit + 1)
+        order = NEWEST_FIRST if newest_first else ORDER
         async with self._db.transaction(snapshot=True) as tx:
             total = await tx.fetchval(f"SELECT COUNT(*) FROM api_keys WHERE {where}", *count_values)
             rows = await tx.fetch(
-                f"{self._rows.select} WHERE {page_where} {ORDER} LIMIT {page_limit}",
+                f"{self._rows.select} WHERE {page_where} {order} LIMIT {page_limit}",
                 *params.values,
             )
         return self._key_page(rows, int(total), limit)
@@ -276,6 +307,24 @@ class KeyTable:
             clauses.append(self._dialect.has_resource(params.add(resource_id)))
         return " AND ".join(clauses) or "TRUE"
 
+    def _console_filter(
+        self, params: Params, search: str | None, environment: str | None, status: str | None
+    ) -> str:
+        clauses = []
+        if environment is not None:
+            clauses.append(f"environment = {params.add(environment)}")
+        if status is not None:
+            if status not in STATUS_WHERE:
+                raise ValidationError({"status": f"must be one of {', '.join(STATUS_WHERE)}"})
+            clause = STATUS_WHERE[status]
+            if "{now}" in clause:  # every parameter sent must be used (Postgres)
+                clause = clause.format(now=params.add(self._stamp(utcnow())))
+            clauses.append(clause)
+        if search:
+            pattern = "%" + like_escape(search.lower()) + "%"
+            clauses.append(SEARCH.format(pattern=params.add(pattern), exact=params.add(search)))
+        return "".join(f" AND {clause}" for clause in clauses)
+
     def _key_page(self, rows: list[Row], total: int, limit: int) -> KeyPage:
         page = [self._rows.read(row) for row in rows[:limit]]
         last = page[-1] if len(rows) > limit else None
@@ -296,6 +345,11 @@ def retire_changes(
     if old.expires_at is not None and old.expires_at <= old_expires_at:
         return {}
     return {"expires_at": old_expires_at}
+
+
+def like_escape(text: str) -> str:
+    """``text`` matched literally by LIKE … ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def encode_cursor(created_at: datetime, key_id: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.admin.conftest import Admin
-from tests.conftest import Gateway
+from tests.conftest import Gateway, bearer, raw_request
 
 KEY_FIELDS = {
     "key_id", "name", "description", "workspace_id", "project_id", "user_id", "key_type",
@@ -135,3 +135,18 @@ async def test_no_key_hash_in_any_answer_or_schema(gateway: Gateway, operator: A
     for answer in answers:
         assert "key_hash" not in str(answer) and hashed not in str(answer)
     assert "key_hash" not in str(await operator.ok("GET", "/admin/v1/openapi.json"))
+
+
+async def test_an_unknown_expectation_is_ignored_and_100_continue_answered(
+    gateway: Gateway, operator: Admin
+) -> None:
+    """aiohttp would answer any Expect other than 100-continue with a bare 417 before
+    authentication; the admin API answers as if it were absent (RFC 9110 §10.1.1 allows it)."""
+    port = int(gateway.admin_url.rsplit(":", 1)[1])
+    answer = await raw_request(port, "GET /admin/v1/workspaces HTTP/1.1\nHost: x\nExpect: )wzwW\n")
+    assert answer.status == 401 and answer.header("Content-Type") == "application/problem+json"
+    async with operator.http.post(
+        gateway.admin_url + "/admin/v1/workspaces", json={"name": "continued"}, expect100=True,
+        headers=bearer(str(operator.token)),
+    ) as response:
+        assert response.status == 201

@@ -79,12 +79,11 @@ async def test_migrate_from_empty_then_rerun(pg_url: str) -> None:
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("DELETE FROM schema_migrations")
-        await conn.execute(
-            "DROP TABLE usage_key_buckets, usage_key_running, usage_workspace_buckets, "
-            "usage_rollup, members, "
-            "subscriptions, audit_log, key_changes, key_usage, api_keys, namespaces, projects, "
-            "workspaces CASCADE"
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+            "AND tablename <> 'schema_migrations'"
         )
+        await conn.execute(f"DROP TABLE {', '.join(t['tablename'] for t in tables)} CASCADE")
     finally:
         await conn.close()
     again = postgres_store(pg_url, KeyStoreConfig())

@@ -8,11 +8,11 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.config import parse_config
 from gateway.errors import GatewayError
 from gateway.http import bearer_token, pick_request_id
+from gateway.keys.access import check_status, expand, missing_permission, scope_allows
 from gateway.keys.model import KeyRecord, Scope
 from gateway.limiter.base import Decision, QuotaAsk, Window
-from gateway.pipeline.authenticate import check_status
-from gateway.pipeline.authorize import expand, missing_permission, scope_allows
-from gateway.pipeline.rate_limit import Limits, budget_of, quota_headers
+from gateway.limiter.budget import Limits, budget_of
+from gateway.pipeline.rate_limit import quota_headers
 
 
 def key(**changes: object) -> KeyRecord:

@@ -36,18 +36,21 @@ CODES = {  # the outcome a response stands for, by its problem code
 class Upstream:
     url: str
     release: asyncio.Event
+    waiting: list[int]  # [requests waiting on /api/slow]
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """200 on /api/ok, 503 on /api/boom, /api/slow waits until released."""
     release = asyncio.Event()
+    waiting = [0]
 
     async def answer(request: web.Request) -> web.Response:
         tail = request.match_info["tail"]
         if tail == "boom":
             return web.Response(status=503, text="down")
         if tail == "slow":
+            waiting[0] += 1
             await release.wait()
         return web.Response(text="ok")
 
@@ -55,7 +58,7 @@ async def upstream() -> AsyncIterator[Upstream]:
     app.router.add_route("*", "/api/{tail:.*}", answer)
     runner = web.AppRunner(app, access_log=None)
     port = await start_site(runner)
-    yield Upstream(f"http://127.0.0.1:{port}", release)
+    yield Upstream(f"http://127.0.0.1:{port}", release, waiting)
     release.set()
     await runner.cleanup()
 
@@ -129,6 +132,13 @@ class Client:
         return {name: total[name] for name in OUTCOMES}
 
 
+async def until(condition: Any, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def eventually(read: Any, expected: Any, within: float) -> Any:
     """``await read()`` until it equals ``expected``; the last value read."""
     deadline = time.monotonic() + within
@@ -155,7 +165,7 @@ async def produce_every_outcome(client: Client, upstream: Upstream) -> dict[str,
     assert await client.call(busy, "/api/ok", headers={"X-Project-Id": "prj_nope"}) == 404
     # two in flight on the first node; the next request on that node is over the cap
     slow = [asyncio.ensure_future(client.call(busy, "/api/slow", node=0)) for _ in range(2)]
-    await asyncio.sleep(0.3)
+    await until(lambda: upstream.waiting[0] == 2)  # both hold their slot
     assert await client.call(busy, "/api/ok", node=0) == 429
     upstream.release.set()
     assert await asyncio.gather(*slow) == [200, 200]
@@ -219,7 +229,7 @@ async def check_reports(client: Client, made: dict[str, Any]) -> None:
         return usage["totals"]
 
     for key_id, expected in tally.items():  # written behind by both nodes: they add up
-        assert await eventually(lambda k=key_id: totals(k), expected, FLUSH + 3) == expected
+        assert await eventually(lambda k=key_id: totals(k), expected, FLUSH + 5) == expected
         for granularity in ("minute", "day"):
             assert await totals(key_id, granularity) == expected, granularity
 

@@ -1,0 +1,160 @@
+"""The key check API (README "Key check API"), end to end on both key stores:
+``POST /admin/v1/keys/verify`` answers what the request path would, spends the key's budget
+and counts its usage, and tells a workspace admin nothing about another workspace's keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.admin import ROUTES
+from gateway.admin.openapi import build_openapi
+from tests.admin.conftest import Admin, workspace_admin
+from tests.conftest import Gateway, GatewayFactory, bearer, well_formed_unknown_key
+from tests.verify.conftest import until_usage
+
+VERIFY = "/admin/v1/keys/verify"
+UNKNOWN = {"valid": False, "code": "invalid_api_key", "key_id": None, "workspace_id": None,
+           "project_id": None, "principal_id": None, "permissions": [], "ratelimit": None}
+
+
+async def verify(admin: Admin, **body: Any) -> Any:
+    status, answer = await admin.call("POST", VERIFY, body)
+    assert status == 200, answer
+    return answer
+
+
+async def test_a_valid_key_is_ok_and_spends_one_request(
+    gateway: Gateway, operator: Admin
+) -> None:
+    key = await gateway.key(permissions=["write"], rate_limit_override=5)
+    record = gateway.created[-1]
+    answer = await verify(operator, key=key, permissions=["read", "write"])
+    assert answer == {
+        "valid": True, "code": "ok", "key_id": record.key_id,
+        "workspace_id": gateway.workspace.id, "project_id": gateway.workspace.default_project_id,
+        "principal_id": record.principal_id, "permissions": ["write"],
+        "ratelimit": {"limit": 5, "remaining": 4, "reset": answer["ratelimit"]["reset"]},
+    }
+    assert 0 <= answer["ratelimit"]["reset"] <= 60
+    assert (await verify(operator, key=key))["ratelimit"]["remaining"] == 3
+
+
+async def test_refusals_carry_the_request_paths_codes(
+    gateway: Gateway, operator: Admin
+) -> None:
+    key = await gateway.key(permissions=["read"], rate_limit_override=5,
+                            scopes=[{"resource_id": "r1", "operations": ["read"]}])
+    missing = await verify(operator, key=key, permissions=["write"])
+    assert (missing["valid"], missing["code"]) == (False, "insufficient_permissions")
+    assert missing["ratelimit"]["remaining"] == 5  # shown, not spent
+    assert (await verify(operator, key=key, resource_id="r1", operation="read"))["valid"]
+    other = await verify(operator, key=key, resource_id="r2", operation="read")
+    assert other["code"] == "resource_forbidden"
+    write = await verify(operator, key=key, resource_id="r1", operation="write")
+    assert write["code"] == "resource_forbidden"
+
+    record = gateway.created[-1]
+    await gateway.keys.disable_key(record.key_id, "test")
+    disabled = await verify(operator, key=key)
+    assert (disabled["code"], disabled["key_id"], disabled["ratelimit"]) == (
+        "disabled_api_key", record.key_id, None)
+    await gateway.keys.revoke_key(record.key_id, "test")
+    assert (await verify(operator, key=key))["code"] == "revoked_api_key"
+
+
+@pytest.mark.parametrize("token", ["sk_live_nope", "not a key", "x" * 200, "unknown"],
+                         ids=["bad-checksum", "not-a-key", "long", "unknown"])
+async def test_unknown_and_malformed_keys_are_invalid(
+    gateway: Gateway, operator: Admin, token: str
+) -> None:
+    key = well_formed_unknown_key() if token == "unknown" else token
+    assert await verify(operator, key=key) == UNKNOWN
+
+
+async def test_a_workspace_admin_learns_nothing_about_other_workspaces(
+    gateway: Gateway, operator: Admin, http: aiohttp.ClientSession
+) -> None:
+    other = await gateway.keys.create_workspace("other", "test")
+    _record, foreign = await gateway.keys.create_key(
+        other.id, {"name": "k", "rate_limit_override": 5}, "test")
+    own = await gateway.key(rate_limit_override=5)
+    admin = await workspace_admin(gateway, http, gateway.workspace.id)
+    assert await verify(admin, key=foreign) == UNKNOWN
+    assert await verify(admin, key=foreign, permissions=["nope"]) == UNKNOWN
+    assert (await verify(admin, key=own))["valid"]
+    # nothing was spent for the foreign key: the operator sees its whole budget
+    assert (await verify(operator, key=foreign))["ratelimit"]["remaining"] == 4
+
+
+async def test_checks_and_requests_share_the_budget_and_count_usage(
+    gateway: Gateway, operator: Admin, http: aiohttp.ClientSession
+) -> None:
+    key = await gateway.key(permissions=["read"], rate_limit_override=3)
+    record = gateway.created[-1]
+    assert (await verify(operator, key=key))["ratelimit"]["remaining"] == 2
+    async with http.get(gateway.url + "/api/ai/x", headers=bearer(key)) as response:
+        assert response.status == 200
+        assert response.headers["RateLimit-Remaining"] == "1"
+    assert (await verify(operator, key=key))["ratelimit"]["remaining"] == 0
+    over = await verify(operator, key=key)
+    assert (over["valid"], over["code"], over["ratelimit"]["remaining"]) == (
+        False, "rate_limited", 0)
+    assert (await verify(operator, key=key, permissions=["admin"]))["code"] == (
+        "insufficient_permissions")
+    await gateway.keys.revoke_key(record.key_id, "test")
+    assert (await verify(operator, key=key))["code"] == "revoked_api_key"
+    # two checks and one request admitted, and each refusal, counted as a request would be
+    await until_usage(gateway, record.key_id,
+                      {"success": 3, "rate_limited": 1, "forbidden": 1, "rejected": 1})
+    usage = await operator.ok("GET", f"/admin/v1/keys/{record.key_id}/usage")
+    assert (usage["requests"], usage["rate_limited"]) == (3, 1)
+
+
+async def test_quota_exceeded(make_gateway: GatewayFactory, http: aiohttp.ClientSession) -> None:
+    gateway = await make_gateway(plans={"tiny": {"quota": {"day": 2}}}, default_plan="tiny")
+    operator = Admin(http, gateway.admin_url, await gateway.admin_key())
+    key = await gateway.key()
+    assert [(await verify(operator, key=key))["code"] for _ in range(3)] == [
+        "ok", "ok", "quota_exceeded"]
+
+
+@pytest.mark.parametrize(("body", "errors"), [
+    ({}, {"key": "is required"}),
+    ({"key": 7}, {"key": "must be a string of 1 to 512 characters"}),
+    ({"key": "k", "permissions": "read"}, {"permissions": "must be a list of permission strings "
+                                                          "([A-Za-z0-9_.:*-], 1-100 chars)"}),
+    ({"key": "k", "resource_id": "r1"}, {"resource_id": "needs operation too"}),
+    ({"key": "k", "operation": "read"}, {"operation": "needs resource_id too"}),
+    ({"key": "k", "operation": "re ad", "resource_id": ""},
+     {"operation": "must be an operation name ([A-Za-z0-9_.:*-], 1-100 chars)",
+      "resource_id": "must be a string of 1 to 200 characters"}),
+    ({"key": "k", "scopes": []}, {"scopes": "unknown field"}),
+    ([], {"body": "must be a JSON object"}),
+], ids=["empty", "key-not-string", "permissions-not-list", "resource-alone", "operation-alone",
+        "bad-values", "unknown-field", "not-object"])
+async def test_malformed_bodies_are_400_naming_each_field(
+    gateway: Gateway, operator: Admin, body: Any, errors: dict[str, str]
+) -> None:
+    status, problem = await operator.call("POST", VERIFY, body)
+    assert status == 400, problem
+    assert (problem["code"], problem["errors"]) == ("validation_error", errors)
+
+
+async def test_body_not_json_and_key_never_echoed(gateway: Gateway, operator: Admin) -> None:
+    status, problem = await operator.call("POST", VERIFY, data=b"{not json")
+    assert (status, problem["code"]) == (400, "bad_request")
+    secret = "sk_live_" + "s" * 600
+    status, problem = await operator.call("POST", VERIFY, {"key": secret})
+    assert status == 400 and secret not in str(problem)
+
+
+def test_documented_in_openapi() -> None:
+    operation = build_openapi(ROUTES)["paths"][VERIFY]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/KeyCheckAsk"}
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/KeyCheck"}
+    assert {"400", "401", "403"} <= set(operation["responses"])
