@@ -21,7 +21,7 @@ from gateway.keys.tenancy_cache import TenancyCache
 from gateway.keys.usage import UsageRecorder, UsageRollup
 from gateway.limiter.base import RateLimiter
 from gateway.limiter.memory import MemoryRateLimiter
-from gateway.limiter.redis import RedisRateLimiter
+from gateway.limiter.redis import RedisRateLimiter, cluster_limiter
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.store import Store
@@ -33,7 +33,8 @@ Section = TypeVar("Section")  # a backend's config section
 Backend = TypeVar("Backend")
 
 # The backends by URL scheme: ``database`` picks the key store (it brings its change feed),
-# ``redis`` the shared limiter; no ``redis`` is the in-process limiter.
+# ``redis`` the shared limiter (one Redis, or a Redis Cluster); no ``redis`` is the in-process
+# limiter.
 STORES: dict[str, Callable[[str, KeyStoreConfig], Store]] = {
     "sqlite": sqlite_store,
     "postgresql": postgres_store,
@@ -43,6 +44,8 @@ LIMITERS: dict[str, Callable[[str, LimiterConfig], RateLimiter]] = {
     "redis": RedisRateLimiter,
     "rediss": RedisRateLimiter,
     "unix": RedisRateLimiter,
+    "redis+cluster": cluster_limiter,
+    "rediss+cluster": cluster_limiter,
 }
 
 

@@ -13,7 +13,9 @@ reject but still checked) with an ``auth: none`` route ``/open/`` and a full-pip
 (default): SQLite key store and in-process limiter; ``postgres``: the key store on a fresh
 database at $GATEWAY_BENCH_PG (default: the local server), dropped afterwards; ``redis``: SQLite
 and the limiter on the Redis at $GATEWAY_BENCH_REDIS (default: the local server) under a prefix
-of the run's own, deleted afterwards; ``production``: Postgres and Redis. The key is created with
+of the run's own, deleted afterwards; ``production``: Postgres and Redis; ``redis-cluster``
+(``--redis-cluster``): SQLite and the limiter on a local Redis Cluster (3 masters + 3 replicas)
+started for the run and stopped afterwards. The key is created with
 the CLI before the gateway starts.
 
 What is measured, with wrk and the same threads/connections/duration for every target, each
@@ -74,6 +76,7 @@ from string import Template
 from typing import Any
 
 import yaml
+from redis_cluster import RedisCluster  # scripts/redis_cluster.py, beside this file
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "bench-out"
@@ -106,6 +109,7 @@ class Backends:
     redis: str | None
     cleanup: Callable[[], None] | None = None  # e.g. drop the database made for the run
     limiter_prefix: str = "gw:"
+    evalsha_calls: Callable[[], int] | None = None  # EVALSHA calls Redis executed so far
 
 
 PG_ADMIN = os.environ.get("GATEWAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -145,7 +149,33 @@ def redis_backends(database: Backends) -> Backends:
         if database.cleanup is not None:
             database.cleanup()
 
-    return Backends(database.database, REDIS, cleanup, prefix)
+    return Backends(database.database, REDIS, cleanup, prefix, redis_commands)
+
+
+def cluster_backends(database: Backends) -> Backends:
+    """The limiter on a local Redis Cluster of the run's own (3 masters + 3 replicas,
+    scripts/redis_cluster.py), stopped afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="gateway-bench-cluster-"))
+    cluster = RedisCluster(directory)
+
+    def cleanup() -> None:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        if database.cleanup is not None:
+            database.cleanup()
+
+    try:
+        cluster.start()
+    except BaseException:
+        cleanup()
+        raise
+
+    def evalsha_calls() -> int:
+        return sum(int(cluster.client(port).info("commandstats")
+                       .get("cmdstat_evalsha", {}).get("calls", 0))
+                   for port in cluster.masters())
+
+    return Backends(database.database, cluster.url, cleanup, "gwbench:", evalsha_calls)
 
 
 def embedded_backends(workdir: Path) -> Backends:
@@ -158,9 +188,12 @@ VARIANTS: dict[str, Callable[[Path], Backends]] = {
     "postgres": postgres_backends,  # key store on Postgres, in-process limiter
     "redis": lambda workdir: redis_backends(embedded_backends(workdir)),  # SQLite, Redis limits
     "production": lambda workdir: redis_backends(postgres_backends(workdir)),  # Postgres + Redis
+    # SQLite, limits on a local 3+3 Redis Cluster (README "Redis Cluster")
+    "redis-cluster": lambda workdir: cluster_backends(embedded_backends(workdir)),
 }
 # The targets for full / nginx_proxy: Redis adds a network round trip per batch of requests.
-PROXY_RATIO = {"embedded": 0.40, "postgres": 0.40, "redis": 0.35, "production": 0.35}
+PROXY_RATIO = {"embedded": 0.40, "postgres": 0.40, "redis": 0.35, "production": 0.35,
+               "redis-cluster": 0.35}
 
 
 @dataclass(frozen=True)
@@ -655,6 +688,7 @@ class Run:
     ports: Ports
     load_before: float  # 1-minute load average before the servers started
     key: str = ""
+    backends: Backends | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -675,7 +709,7 @@ class Run:
 
 
 def start_servers(run: Run) -> None:
-    backends = VARIANTS[run.args.variant](run.workdir)
+    backends = run.backends = VARIANTS[run.args.variant](run.workdir)
     if backends.cleanup is not None:
         run.cleanups.append(backends.cleanup)
     config_path = run.workdir / "gateway.yaml"
@@ -714,9 +748,10 @@ def measure(run: Run) -> dict[str, WrkResult]:
              for n in ("direct", "full")]
     groups = {process.pid for process in run.processes}
     redis: RedisCounters | None = None
-    if run.args.variant in ("redis", "production"):
+    calls = run.backends.evalsha_calls if run.backends is not None else None
+    if calls is not None:
         def redis() -> tuple[int, int | None]:
-            return redis_commands(), limiter_round_trips(run.ports.admin)
+            return calls(), limiter_round_trips(run.ports.admin)
     rounds: dict[str, list[WrkResult]] = {target.name: [] for target, _ in plan}
     for index in range(args.rounds):
         warmup = args.warmup if index == 0 else 0
@@ -804,6 +839,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up (default 2)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="embedded",
                         help="key store and limiter backends (default embedded)")
+    parser.add_argument("--redis-cluster", action="store_const", dest="variant",
+                        const="redis-cluster", help="the same as --variant redis-cluster")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     args = parser.parse_args(argv)

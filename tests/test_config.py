@@ -20,7 +20,10 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.config.parsers import cluster_seeds
 from gateway.errors import ConfigError
+from gateway.limiter.redis import RedisRateLimiter
+from gateway.services import create_limiter
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "gateway.yaml"
@@ -330,7 +333,8 @@ CASES: dict[str, str] = {
         "postgres://..., got 'mysql://gw:***@db/gw'"
     ),
     "redis_bad_scheme.yaml": (
-        "redis: must be null or a redis://, rediss:// or unix:// URL, got 'http://127.0.0.1:6379'"
+        "redis: must be null or a redis://, rediss://, unix://, redis+cluster:// or "
+        "rediss+cluster:// URL, got 'http://127.0.0.1:6379'"
     ),
     "unset_env_var.yaml": (
         "redis: environment variable REDIS_URL is not set and has no ':-' default, "
@@ -367,6 +371,19 @@ CASES: dict[str, str] = {
     "on_limiter_error_bad.yaml": (
         "defaults.on_limiter_error: must be one of open, closed, local, got 'fail'"
     ),
+    "algorithm_bad.yaml": (
+        "defaults.algorithm: must be one of sliding_log, sliding_counter, got 'token_bucket'"
+    ),
+    "route_algorithm_without_rate_limit.yaml": (
+        "routes[0].algorithm: applies to the route's own rate_limit, which it does not set, "
+        "got 'sliding_counter'"
+    ),
+    "redis_cluster_db.yaml": "redis: a Redis Cluster has only database 0, got "
+    "'redis+cluster://127.0.0.1:7000,127.0.0.1:7001/2'",
+    "redis_cluster_seeds_differ.yaml": (
+        "redis.cluster[1]: must have the scheme, user, password and options of the first seed, "
+        "got 'redis://other:***@127.0.0.1:7001'"
+    ),
     "logging_format_bad.yaml": "logging.format: must be one of json, text, got 'xml'",
     "key_cache_ttl_zero.yaml": "key_cache.ttl: must be a number > 0, got 0",
     "limits_target_too_small.yaml": "limits.max_target_bytes: must be an integer >= 256, got 10",
@@ -395,7 +412,7 @@ CASES: dict[str, str] = {
     "route_unknown_key.yaml": (
         "routes[0].upstreams: unknown key (did you mean 'upstream'? allowed: name, path, "
         "mode, upstream, health, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
-        "on_limiter_error, timeout, max_body_bytes, cors, resource, operations), got "
+        "on_limiter_error, algorithm, timeout, max_body_bytes, cors, resource, operations), got "
         "['http://127.0.0.1:9001']"
     ),
     "route_verify_with_upstream.yaml": (
@@ -611,3 +628,17 @@ def test_the_examples_commented_plans_parse_when_uncommented() -> None:
         RateLimit(100, 60.0), 1000, 20000, 10
     )
     assert (pro.quota.day, pro.quota.month, pro.max_active_keys_per_user) == (None, 1000000, 50)
+
+
+def test_a_redis_cluster_in_either_form_picks_the_cluster_limiter() -> None:
+    """README "Redis Cluster": the mapping form is kept as the one-string form that
+    GATEWAY_REDIS_URL carries, with the seeds' credentials and options."""
+    seeds = {"cluster": ["rediss://gw:pw@10.0.0.1:7000?ssl_cert_reqs=none",
+                         "rediss://gw:pw@10.0.0.2:7001?ssl_cert_reqs=none"]}
+    config = parse_config(minimal(redis=seeds), "t.yaml", {})
+    assert config.redis == "rediss+cluster://gw:pw@10.0.0.1:7000,10.0.0.2:7001?ssl_cert_reqs=none"
+    assert cluster_seeds(config.redis)[1] == "rediss://gw:pw@10.0.0.2:7001?ssl_cert_reqs=none"
+    from_env = parse_config(minimal(), "t.yaml", {"GATEWAY_REDIS_URL": "redis+cluster://a:1,b:2"})
+    assert from_env.redis == "redis+cluster://a:1,b:2"
+    limiter = create_limiter(from_env)
+    assert isinstance(limiter, RedisRateLimiter) and limiter.target == "cluster a:1,b:2"

@@ -12,12 +12,14 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from gateway.admin import PUBLIC_PATHS
 from gateway.config import Config, load_config, parse_config
+from gateway.config.parsers import cluster_seeds
 from gateway.errors import ConfigError
 from gateway.supervisor import STOP_MARGIN
 
@@ -292,6 +294,29 @@ def test_compose_runs_the_gateway_with_postgres_redis_and_prometheus() -> None:
     assert config.routes[0].upstreams == (f"http://upstream:{upstream_port}",)
     assert config.workers == 2
     assert set(gateway["depends_on"]) <= set(services)
+
+
+def test_the_cluster_override_runs_the_limiter_on_a_six_node_redis_cluster() -> None:
+    """deploy/docker-compose.cluster.yml over the base file (README "Redis Cluster")."""
+    override = yaml.safe_load((DEPLOY / "docker-compose.cluster.yml").read_text())
+    services = override["services"]
+    environ = {name: compose_value(str(value)) for name, value in
+               {**compose()["services"]["gateway"]["environment"],
+                **services["gateway"]["environment"]}.items()}
+    config = container_config(environ)
+    assert config.redis is not None and config.redis.startswith("redis+cluster://")
+    seeds = {urlsplit(seed).hostname for seed in cluster_seeds(config.redis)}
+    nodes = {name for name in services if name.startswith("redis-") and name[-1].isdigit()}
+    assert seeds < nodes and len(nodes) == 6
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--cluster-require-full-coverage") + 1] == "no"
+    init = services["redis-cluster-init"]
+    assert set(init["depends_on"]) == nodes
+    assert "--cluster-replicas 1" in init["command"][0]
+    assert services["gateway"]["depends_on"] == {
+        "redis-cluster-init": {"condition": "service_completed_successfully"}}
 
 
 def test_compose_publishes_the_proxy_and_keeps_admin_on_localhost() -> None:

@@ -353,19 +353,22 @@ class DownLimiter:
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
+        algorithm: str = "sliding_log",
     ) -> Decision:
         raise LimiterUnavailable("down")
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
+        algorithm: str = "sliding_log",
     ) -> None:
         return None
 
     async def quota_usage(self, workspace: str) -> QuotaUsage:
         raise LimiterUnavailable("down")
 
-    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
+    async def peek(self, budget: str, scope: str, limit: int, window: float,
+                   algorithm: str = "sliding_log") -> Decision:
         raise LimiterUnavailable("down")
 
     def release(self, budget: str, lease: str) -> None:

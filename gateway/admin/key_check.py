@@ -70,10 +70,12 @@ async def spend(services: Services, record: KeyRecord) -> tuple[str, Decision | 
     """One request from the key's own budget and its workspace's quotas, under the default
     ``on_limiter_error`` when the limiter fails."""
     config = services.config
-    limit, window, _cap, quota = Limits(None, config).of(record)
+    limits = Limits(None, config)
+    limit, window, _cap, quota = limits.of(record)
     budget = budget_of(record)
     try:
-        decision = await services.limiter.admit(budget, "", limit, window, None, None, quota)
+        decision = await services.limiter.admit(budget, "", limit, window, None, None, quota,
+                                                limits.algorithm)
     except LimiterUnavailable:
         policy = config.defaults.on_limiter_error
         services.metrics.count_limiter_error(policy)
@@ -83,7 +85,7 @@ async def spend(services: Services, record: KeyRecord) -> tuple[str, Decision | 
             return OK, None
         nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
         decision = await admit_local_share(services.local_limiter, nodes, budget, limit,
-                                           window, None, None, quota)
+                                           window, None, None, quota, limits.algorithm)
     if decision.allowed:
         return OK, decision
     return (QUOTA_EXCEEDED if decision.over_quota else RATE_LIMITED).code, decision
@@ -92,9 +94,11 @@ async def spend(services: Services, record: KeyRecord) -> tuple[str, Decision | 
 async def peek(services: Services, record: KeyRecord) -> Decision | None:
     """The key's budget without spending any (a refused key's answer shows it, as on the
     request path)."""
-    limit, window, _cap, _quota = Limits(None, services.config).of(record)
+    limits = Limits(None, services.config)
+    limit, window, _cap, _quota = limits.of(record)
     try:
-        return await services.limiter.peek(budget_of(record), "", limit, window)
+        return await services.limiter.peek(budget_of(record), "", limit, window,
+                                           limits.algorithm)
     except LimiterUnavailable:
         return None
 

@@ -146,6 +146,7 @@ class Defaults:
     rate_limit: RateLimit = option(RateLimit(100, 60.0), section(RateLimit))
     max_concurrent: int | None = option(10, parsers.nullable(parsers.count))
     on_limiter_error: str = option("local", parsers.limiter_policy)
+    algorithm: str = option("sliding_log", parsers.algorithm)  # of every key-wide budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,7 @@ class RouteConfig:
     rate_limit: RateLimit | None = option(None, section(RateLimit))
     max_concurrent: int | None = option(None, parsers.count)  # extension: over the defaults'
     on_limiter_error: str | None = option(None, parsers.limiter_policy)  # extension: likewise
+    algorithm: str | None = option(None, parsers.algorithm)  # of its own rate_limit
     timeout: float = option(30.0, parsers.positive_number)
     max_body_bytes: int = option(10 * 1024 * 1024, parsers.integer(0))
     cors: CorsConfig | None = option(None, section(CorsConfig, cors_rules))

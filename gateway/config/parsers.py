@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from ipaddress import IPv6Address
 from typing import NoReturn, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.connection import parse_url as redis_parse_url
 
@@ -185,6 +185,7 @@ def pattern(regex: re.Pattern[str], what: str) -> Parser[str]:
 
 count = integer(1)
 limiter_policy = choice("open", "closed", "local")
+algorithm = choice("sliding_log", "sliding_counter")  # README "Algorithms"
 permission = pattern(_PERMISSION_RE, "must be a permission name (1-100 of A-Za-z0-9_.:*-)")
 permission_list = tuple_of(permission)
 header_names = tuple_of(pattern(_TOKEN_RE, "must be a header name (an RFC 9110 token)"))
@@ -300,6 +301,8 @@ def display_url(url: str) -> str:
 def url_target(url: str, default_port: int) -> str:
     """Where ``url`` connects, for a log line or an error: ``host:port``, or a unix socket's
     path (never a user or password)."""
+    if url.startswith(CLUSTER_SCHEMES):
+        return "cluster " + ",".join(url_target(s, default_port) for s in cluster_seeds(url))
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
@@ -313,12 +316,24 @@ def url_target(url: str, default_port: int) -> str:
 
 
 def redis_url(ctx: Ctx, value: object, path: str) -> str | None:
+    """One Redis (``redis://``, ``rediss://``, ``unix://``) or a Redis Cluster: ``{cluster:
+    [seed URLs]}`` or ``redis+cluster://h1:p1,h2:p2`` (``rediss+cluster://``), kept as the
+    one-string form (README "Redis Cluster")."""
+    if isinstance(value, Mapping):
+        return cluster_mapping(ctx, value, path)
     text = string(ctx, value, path).strip()
     if not text:
         return None
-    what = "must be null or a redis://, rediss:// or unix:// URL"
+    if text.startswith(CLUSTER_SCHEMES):
+        return cluster_string(ctx, text, path)
+    what = ("must be null or a redis://, rediss://, unix://, redis+cluster:// or "
+            "rediss+cluster:// URL")
     if not text.startswith(("redis://", "rediss://", "unix://")) or any(c.isspace() for c in text):
         ctx.fail(path, what, text)
+    return single_redis(ctx, text, path)
+
+
+def single_redis(ctx: Ctx, text: str, path: str) -> str:
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -334,6 +349,64 @@ def redis_url(ctx: Ctx, value: object, path: str) -> str | None:
         ctx.fail(path, f"is not a Redis URL redis-py accepts ({exc})", text)
     return text
 
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def cluster_string(ctx: Ctx, text: str, path: str) -> str:
+    """``redis+cluster://[user:password@]h1:p1,h2:p2[?options]``: every seed must be a URL
+    redis-py accepts, on database 0 (a cluster has no other)."""
+    if any(c.isspace() for c in text):
+        ctx.fail(path, "must not contain spaces", text)
+    for seed in cluster_seeds(text):
+        single_redis(ctx, seed, path)
+        if urlsplit(seed).path not in ("", "/", "/0"):
+            ctx.fail(path, "a Redis Cluster has only database 0", text)
+    return text
+
+
+def cluster_mapping(ctx: Ctx, value: Mapping[object, object], path: str) -> str:
+    """``{cluster: [redis://h1:p1, ...]}``: the seeds share scheme, credentials and options."""
+    data = mapping(ctx, value, path, ("cluster",), required=("cluster",))
+    seeds = tuple_of(string, non_empty=True)(ctx, data["cluster"], join(path, "cluster"))
+    parts = []
+    for i, seed in enumerate(seeds):
+        where = f"{join(path, 'cluster')}[{i}]"
+        if not seed.startswith(("redis://", "rediss://")):
+            ctx.fail(where, "must be a redis:// or rediss:// URL", seed)
+        parts.append(urlsplit(single_redis(ctx, seed, where)))
+    first = parts[0]
+    for i, part in enumerate(parts[1:], 1):
+        if (part.scheme, part.username, part.password, part.query) != (
+            first.scheme, first.username, first.password, first.query
+        ):
+            what = "must have the scheme, user, password and options of the first seed"
+            ctx.fail(f"{join(path, 'cluster')}[{i}]", what, seeds[i])
+    userinfo = first.netloc.rpartition("@")[0]
+    hosts = ",".join(part.netloc.rpartition("@")[2] for part in parts)
+    text = f"{first.scheme}+cluster://{userinfo + '@' if userinfo else ''}{hosts}"
+    return cluster_string(ctx, text + (f"?{first.query}" if first.query else ""), path)
+
+
+def cluster_seeds(url: str) -> list[str]:
+    """The seed nodes of a ``redis+cluster://`` URL, each as a single-Redis URL."""
+    scheme, _, rest = url.partition("+cluster://")
+    netloc, slash, tail = rest.partition("/")
+    if not slash:
+        netloc, mark, query = rest.partition("?")
+        tail = mark + query
+    else:
+        tail = "/" + tail
+    userinfo, at, hosts = netloc.rpartition("@")
+    return [f"{scheme}://{userinfo}{at}{host}{tail}" for host in hosts.split(",") if host]
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """A cluster node's URL: the scheme, credentials and options of ``url``'s seeds."""
+    seed = urlsplit(cluster_seeds(url)[0])
+    userinfo, at, _ = seed.netloc.rpartition("@")
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((seed.scheme, f"{userinfo}{at}{host}:{port}", "", seed.query, ""))
 
 
 def key_prefixes(ctx: Ctx, value: object, path: str) -> dict[str, str]:

@@ -75,6 +75,9 @@ def route_rules(ctx: Ctx, data: Mapping[str, object], path: str, route: RouteCon
     if "upstream" not in data:
         ctx.fail(path, "missing required key 'upstream'", data)
     route = _resource_rules(ctx, data, path, route)
+    if route.algorithm is not None and route.rate_limit is None:  # README "Algorithms"
+        what = "applies to the route's own rate_limit, which it does not set"
+        ctx.fail(join(path, "algorithm"), what, route.algorithm)
     if route.auth == "none":
         if any(route.permissions.values()):
             what = "cannot be checked with auth: none"

@@ -7,6 +7,11 @@ requests in flight, takes a concurrency lease in the same step (one Redis round 
 
 Quotas count a workspace's admitted requests per UTC calendar day and month, in the same call.
 
+Two algorithms (README "Algorithms"): ``sliding_log``, the exact log of admission times, and
+``sliding_counter``, two fixed windows weighted by the elapsed fraction of the current one
+(constant memory, approximate). ``counter_used`` and ``counter_wait`` are the counter's
+arithmetic, written once here and once in Redis's script.
+
 Names: a *budget* is what one key spends — the first key of its rotation chain, so a rotated key
 and its successor share everything — and a *scope* splits its rate limit per route ("" for the
 key-wide budget). Concurrency leases belong to the budget alone.
@@ -20,6 +25,8 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
+SLIDING_LOG, SLIDING_COUNTER = "sliding_log", "sliding_counter"
+
 
 class Window(NamedTuple):
     """A second sliding window of the same budget, decided with the first (a route's own
@@ -28,6 +35,7 @@ class Window(NamedTuple):
     scope: str
     limit: int
     window: float
+    algorithm: str = SLIDING_LOG
 
 
 class QuotaAsk(NamedTuple):
@@ -87,21 +95,25 @@ class RateLimiter(Protocol):
     def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
+        algorithm: str = SLIDING_LOG,
     ) -> Awaitable[Decision]:
-        """Count one request if the window (and ``also``, a second window of the budget)
-        admits it, when ``max_in_flight`` is set a concurrency slot is free (then ``lease``
-        names the slot), and the workspace's ``quota`` is not spent. A request refused for any
-        reason is counted nowhere: not in a window, not as a slot, not in a quota."""
+        """Count one request if the window, kept by ``algorithm`` (and ``also``, a second
+        window of the budget), admits it, when ``max_in_flight`` is set a concurrency slot is
+        free (then ``lease`` names the slot), and the workspace's ``quota`` is not spent. A
+        request refused for any reason is counted nowhere: not in a window, not as a slot, not
+        in a quota."""
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
+        algorithm: str = SLIDING_LOG,
     ) -> Decision | None:
         """``admit``'s decision when this limiter can make it without waiting (in-process), else
         None: then call ``admit``. The request path asks this first, so an in-process decision
         costs no coroutine."""
 
-    def peek(self, budget: str, scope: str, limit: int, window: float) -> Awaitable[Decision]:
+    def peek(self, budget: str, scope: str, limit: int, window: float,
+             algorithm: str = SLIDING_LOG) -> Awaitable[Decision]:
         """The state of the window without counting anything."""
 
     def quota_usage(self, workspace: str) -> Awaitable[QuotaUsage]:
@@ -123,6 +135,22 @@ class RateLimiter(Protocol):
 def local_share(limit: int, nodes: int) -> int:
     """This process's part of a limit shared by ``nodes`` processes (never below 1)."""
     return max(1, limit // nodes)
+
+
+def counter_used(previous: int, current: int, left: float, window: float) -> float:
+    """The sliding counter's estimate of the requests in the last ``window``: the previous fixed
+    window's count weighted by the part of it still inside (``left`` of the current one to run),
+    plus the current one's. A request is admitted while the estimate stays within the limit."""
+    return previous * left / window + current
+
+
+def counter_wait(previous: int, current: int, left: float, window: float, limit: int) -> float:
+    """Seconds until the estimate lets one more request in (it does not now): while the current
+    window's own count leaves room, as the previous window's weight falls; else after it ends,
+    as this window's count, become the previous, falls."""
+    if current + 1 <= limit:
+        return left - (limit - 1 - current) * window / previous
+    return left + max(0.0, window * (1 - (limit - 1) / current))
 
 
 DAY = 86_400

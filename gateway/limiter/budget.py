@@ -38,8 +38,10 @@ class Limits:
     route (the key check API), the key's own."""
 
     def __init__(self, route: RouteConfig | None, config: Config) -> None:
+        self.algorithm = config.defaults.algorithm  # the key-wide budget's, on every route
         self.also = (
-            Window(route.name, route.rate_limit.requests, route.rate_limit.window)
+            Window(route.name, route.rate_limit.requests, route.rate_limit.window,
+                   route.algorithm or self.algorithm)
             if route is not None and route.rate_limit is not None else None
         )
         self._plans = {name: plan_limits(p, route, config) for name, p in config.plans.items()}
@@ -73,7 +75,7 @@ def budget_of(key: KeyRecord) -> str:
 
 async def admit_local_share(
     local: RateLimiter, nodes: int, budget: str, limit: int, window: float, cap: int | None,
-    also: Window | None, quota: QuotaAsk | None,
+    also: Window | None, quota: QuotaAsk | None, algorithm: str,
 ) -> Decision:
     """``local``'s decision on this process's share of each limit (quotas included), when the
     shared limiter failed: 1/``nodes`` of each."""
@@ -84,4 +86,5 @@ async def admit_local_share(
     if quota is not None:
         quota = quota._replace(day=quota.day and local_share(quota.day, nodes),
                                month=quota.month and local_share(quota.month, nodes))
-    return await local.admit(budget, "", local_share(limit, nodes), window, cap, also, quota)
+    return await local.admit(budget, "", local_share(limit, nodes), window, cap, also, quota,
+                             algorithm)

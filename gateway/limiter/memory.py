@@ -1,27 +1,32 @@
-"""In-process limiter: an exact sliding log per bucket, for one node (the embedded default, and
+"""In-process limiter: a sliding window per bucket, for one node (the embedded default, and
 the ``local`` fallback while Redis is unreachable).
 
 Quotas are two counters per workspace (this UTC day's and month's), checked with everything
 else before anything is counted, so a refused request spends nothing.
 
-Each bucket keeps the admission times of the last ``window`` seconds in a deque, so the count in
-any window never exceeds the limit and a client under its limit is never refused. Memory per
-active bucket is O(limit) floats (8 bytes each); idle buckets are dropped by ``sweep``.
+A bucket is kept by its route's algorithm (README "Algorithms"): ``Log``, the admission times of
+the last ``window`` seconds in a deque, so the count in any window never exceeds the limit and a
+client under its limit is never refused (memory O(limit) floats, 8 bytes each); or ``Counter``,
+two fixed windows' counts (constant memory, approximate). Idle buckets are dropped by ``sweep``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 
 from gateway.limiter.base import (
+    SLIDING_LOG,
     Decision,
     LimiterStats,
     QuotaAsk,
     QuotaState,
     QuotaUsage,
     Window,
+    counter_used,
+    counter_wait,
     nearest_quota,
     periods,
 )
@@ -30,13 +35,85 @@ Clock = Callable[[], float]
 LEASE = "local"  # in-process slots are counted, not named
 
 
+class Log:
+    """The exact sliding log: the admission times of the last ``window`` seconds."""
+
+    __slots__ = ("entries", "window")
+
+    def __init__(self, window: float) -> None:
+        self.entries: deque[float] = deque()
+        self.window = window
+
+    def used(self, now: float) -> int:
+        entries = self.entries
+        cutoff = now - self.window
+        while entries and entries[0] <= cutoff:
+            entries.popleft()
+        return len(entries)
+
+    def wait(self, limit: int, now: float) -> float:
+        """Seconds until one more fits (it does not now): the ``limit``-th newest leaves."""
+        entries = self.entries
+        return entries[len(entries) - limit] + self.window - now
+
+    def reset(self, now: float) -> float:
+        entries = self.entries
+        return entries[0] + self.window - now if entries else self.window
+
+    def add(self, now: float) -> None:
+        self.entries.append(now)
+
+    def is_idle(self, now: float) -> bool:
+        return not self.entries or self.entries[-1] <= now - self.window
+
+
+class Counter:
+    """The sliding counter: the counts of the current fixed window (``number``: now // window)
+    and the one before it."""
+
+    __slots__ = ("current", "number", "previous", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.number = 0
+        self.current = 0
+        self.previous = 0
+
+    def used(self, now: float) -> float:
+        number = int(now // self.window)
+        if number != self.number:
+            self.previous = self.current if number == self.number + 1 else 0
+            self.current = 0
+            self.number = number
+        return counter_used(self.previous, self.current, self._left(now), self.window)
+
+    def wait(self, limit: int, now: float) -> float:
+        return counter_wait(self.previous, self.current, self._left(now), self.window, limit)
+
+    def reset(self, now: float) -> float:
+        """Until the current fixed window ends (then its count starts to lose weight)."""
+        return self._left(now)
+
+    def add(self, now: float) -> None:
+        self.current += 1
+
+    def is_idle(self, now: float) -> bool:
+        return int(now // self.window) > self.number + 1
+
+    def _left(self, now: float) -> float:
+        return (self.number + 1) * self.window - now
+
+
+KINDS: dict[str, type[Log] | type[Counter]] = {"sliding_log": Log, "sliding_counter": Counter}
+
+
 class MemoryRateLimiter:
     def __init__(
         self, clock: Clock = time.monotonic, sweep_every: int = 10_000, wall: Clock = time.time
     ) -> None:
         self._clock = clock
         self._wall = wall  # quotas follow the UTC calendar
-        self._logs: dict[str, tuple[deque[float], float]] = {}  # bucket -> (log, window)
+        self._buckets: dict[str, Log | Counter] = {}
         self._in_flight: dict[str, int] = {}  # budget -> slots held
         self._quotas: dict[str, list[int]] = {}  # workspace -> [day, count, month, count]
         # the current UTC day and month, and the epoch seconds they end: recomputed once a day
@@ -50,55 +127,56 @@ class MemoryRateLimiter:
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
+        algorithm: str = SLIDING_LOG,
     ) -> Decision:
-        return self.admit_nowait(budget, scope, limit, window, max_in_flight, also, quota)
+        return self.admit_nowait(budget, scope, limit, window, max_in_flight, also, quota,
+                                 algorithm)
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
+        algorithm: str = SLIDING_LOG,
     ) -> Decision:
         """Every check first, then every count: one step, as nothing else runs meanwhile."""
         now = self._clock()
-        log = self._log(f"{budget}:{scope}", window, now)
+        bucket = self._bucket(f"{budget}:{scope}", window, algorithm)
         self._hits += 1
         if self._hits % self._sweep_every == 0:
             self.sweep()
-        if len(log) >= limit:
-            return _refused(log, limit, window, now)
-        nearest = (log, limit, window)
+        used = bucket.used(now)
+        if used + 1 > limit:
+            return _refused(bucket, limit, now)
+        shown, shown_limit, shown_used = bucket, limit, used
+        second = None
         if also is not None:
-            second = self._log(f"{budget}:{also.scope}", also.window, now)
-            if len(second) >= also.limit:
-                return _refused(second, also.limit, also.window, now)
-            if also.limit - len(second) < limit - len(log):
-                nearest = (second, also.limit, also.window)
-        shown, shown_limit, shown_window = nearest
+            second = self._bucket(f"{budget}:{also.scope}", also.window, also.algorithm)
+            second_used = second.used(now)
+            if second_used + 1 > also.limit:
+                return _refused(second, also.limit, now)
+            if also.limit - second_used < limit - used:
+                shown, shown_limit, shown_used = second, also.limit, second_used
         held = 0
         if max_in_flight is not None:
             held = self._in_flight.get(budget, 0)
             if held >= max_in_flight:
-                reset = shown[0] + shown_window - now if shown else shown_window
-                remaining = shown_limit - len(shown)
-                return Decision(False, shown_limit, remaining, reset, 1.0, None, True)
+                remaining = shown_limit - math.ceil(shown_used)
+                return Decision(False, shown_limit, remaining, shown.reset(now), 1.0, None, True)
         state = None
         if quota is not None:
             state, over = self._spend(quota)
             if over:
-                reset = shown[0] + shown_window - now if shown else shown_window
-                remaining = shown_limit - len(shown)
-                return Decision(
-                    False, shown_limit, remaining, reset, over, None, False, state, True
-                )
+                remaining = shown_limit - math.ceil(shown_used)
+                return Decision(False, shown_limit, remaining, shown.reset(now), over, None,
+                                False, state, True)
         lease = None
         if max_in_flight is not None:
             self._in_flight[budget] = held + 1
             lease = LEASE
-        log.append(now)
-        if also is not None:
-            self._logs[f"{budget}:{also.scope}"][0].append(now)
-        remaining = shown_limit - len(shown)
-        return Decision(True, shown_limit, remaining, shown[0] + shown_window - now, 0.0, lease,
-                        False, state)
+        bucket.add(now)
+        if second is not None:
+            second.add(now)
+        remaining = shown_limit - math.ceil(shown_used + 1)
+        return Decision(True, shown_limit, remaining, shown.reset(now), 0.0, lease, False, state)
 
     async def quota_usage(self, workspace: str) -> QuotaUsage:
         counts, (day_reset, month_reset) = self._quota(workspace)
@@ -137,11 +215,12 @@ class MemoryRateLimiter:
             month = counts[3] = month + 1
         return nearest_quota(quota, day, month, day_reset, month_reset), over
 
-    async def peek(self, budget: str, scope: str, limit: int, window: float) -> Decision:
+    async def peek(self, budget: str, scope: str, limit: int, window: float,
+                   algorithm: str = SLIDING_LOG) -> Decision:
         now = self._clock()
-        log = self._log(f"{budget}:{scope}", window, now)
-        remaining = max(0, limit - len(log))
-        reset = log[0] + window - now if log else window
+        bucket = self._bucket(f"{budget}:{scope}", window, algorithm)
+        remaining = max(0, limit - math.ceil(bucket.used(now)))
+        reset = bucket.reset(now)
         return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
 
     def release(self, budget: str, lease: str) -> None:
@@ -154,9 +233,9 @@ class MemoryRateLimiter:
     def sweep(self) -> None:
         """Drop buckets with nothing left in their window."""
         now = self._clock()
-        for bucket, (log, window) in list(self._logs.items()):
-            if not log or log[-1] <= now - window:
-                del self._logs[bucket]
+        for name, bucket in list(self._buckets.items()):
+            if bucket.is_idle(now):
+                del self._buckets[name]
         month = periods(self._wall())[1]
         for workspace, counts in list(self._quotas.items()):
             if counts[2] != month:
@@ -166,27 +245,21 @@ class MemoryRateLimiter:
         return None  # in-process: always able to decide
 
     async def close(self) -> None:
-        self._logs.clear()
+        self._buckets.clear()
         self._quotas.clear()
 
     def stats(self) -> LimiterStats | None:
         return None  # decides in-process: no round trips to count
 
-    def _log(self, bucket: str, window: float, now: float) -> deque[float]:
-        entry = self._logs.get(bucket)
-        if entry is None:
-            entry = (deque(), window)
-            self._logs[bucket] = entry
-        elif entry[1] != window:  # a reload changed the window: the admissions still count
-            entry = (entry[0], window)
-            self._logs[bucket] = entry
-        log = entry[0]
-        cutoff = now - window
-        while log and log[0] <= cutoff:
-            log.popleft()
-        return log
+    def _bucket(self, name: str, window: float, algorithm: str) -> Log | Counter:
+        bucket = self._buckets.get(name)
+        if bucket is None or type(bucket) is not KINDS[algorithm]:  # new, or a reload's switch
+            bucket = self._buckets[name] = KINDS[algorithm](window)
+        elif bucket.window != window:  # a reload changed the window: the admissions still count
+            bucket.window = window
+        return bucket
 
 
-def _refused(log: deque[float], limit: int, window: float, now: float) -> Decision:
-    wait = log[len(log) - limit] + window - now
+def _refused(bucket: Log | Counter, limit: int, now: float) -> Decision:
+    wait = bucket.wait(limit, now)
     return Decision(False, limit, 0, wait, wait)

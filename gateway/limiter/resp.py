@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -40,6 +40,27 @@ def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
     elif not check_hostname:
         context.check_hostname = False
     return context
+
+
+class Link(Protocol):
+    """What the limiter talks to: one Redis (``RespConnection``) or a Redis Cluster
+    (``cluster.ClusterConnection``, one ``RespConnection`` per master)."""
+
+    closed: asyncio.Future[None]
+
+    def pipeline(
+        self, parts: list[bytes], routes: list[bytes], future: asyncio.Future[list[Any]]
+    ) -> None: ...
+
+    def expire(self, future: asyncio.Future[list[Any]], error: Exception) -> None: ...
+
+    def broadcast(self, payload: bytes, keep: bool = False) -> Awaitable[None]:
+        """Send to every Redis that decides (``keep``: and to any that joins later)."""
+
+    def close(self) -> None: ...
+
+
+Connect = Callable[[str, float], Awaitable[Link]]  # (url, timeout) -> an open Link
 
 
 class RespConnection(asyncio.Protocol):
@@ -86,6 +107,25 @@ class RespConnection(asyncio.Protocol):
             return
         self._pending.append((count, [], future))
         self._transport.write(payload)
+
+    def pipeline(
+        self, parts: list[bytes], routes: list[bytes], future: asyncio.Future[list[Any]]
+    ) -> None:
+        """Write the framed commands ``parts`` at once; ``future`` gets their replies in order.
+        ``routes`` (a key of each command, for a Redis Cluster's routing) is not needed here."""
+        self.send(b"".join(parts), len(parts), future)
+
+    def expire(self, future: asyncio.Future[list[Any]], error: Exception) -> None:
+        """A pipeline took too long: it fails, and so does the connection (a stuck Redis must
+        not make the next decisions wait too)."""
+        if not future.done():
+            future.set_exception(error)
+        self.close()
+
+    async def broadcast(self, payload: bytes, keep: bool = False) -> None:
+        """One command for the whole deployment (SCRIPT LOAD, PING): here, this server (a new
+        connection is a new ``RespConnection``: ``keep`` has nothing to keep it for)."""
+        await self.call(payload)
 
     async def call(self, payload: bytes) -> Any:
         """One command, its reply; a Redis error reply is raised as ``ReplyError``."""

@@ -96,7 +96,9 @@ def peek_headers_for(
     async def peek(key: KeyRecord) -> dict[str, str]:
         limit, window, _, _ = limits.of(key)
         try:
-            return quota_headers(await services.limiter.peek(budget_of(key), "", limit, window))
+            decision = await services.limiter.peek(budget_of(key), "", limit, window,
+                                                   limits.algorithm)
+            return quota_headers(decision)
         except LimiterUnavailable:
             return {}
 
@@ -133,7 +135,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         return None
     config = services.config
     limits = Limits(route, config)
-    also = limits.also
+    also, algorithm = limits.also, limits.algorithm
     policy = route.on_limiter_error or config.defaults.on_limiter_error
     nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
     limiter = services.limiter
@@ -146,7 +148,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         """The limiter failed and on_limiter_error is ``open`` or ``local``."""
         if policy == "local":  # this process's share of each limit
             decision = await admit_local_share(local, nodes, budget, limit, window, cap, also,
-                                               quota)
+                                               quota, algorithm)
             return decision, local
         return None, local  # open: admit without a quota to report
 
@@ -157,7 +159,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         decision: Decision | None
         decider: RateLimiter = limiter
         try:
-            decision = await limiter.admit(budget, "", limit, window, cap, also, quota)
+            decision = await limiter.admit(budget, "", limit, window, cap, also, quota, algorithm)
         except LimiterUnavailable:
             metrics.count_limiter_error(policy)
             if policy == "closed":
@@ -171,7 +173,7 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         assert key is not None  # authenticate runs first on every auth route
         budget = budget_of(key)
         limit, window, cap, quota = limits.of(key)
-        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota)
+        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota, algorithm)
         if decision is None:  # a shared limiter: the driver awaits its answer
             return decide(exchange, budget, limit, window, cap, quota)
         apply(exchange, decision, limiter, budget, cap)

@@ -121,6 +121,21 @@ async def test_quota_exceeded(make_gateway: GatewayFactory, http: aiohttp.Client
         "ok", "ok", "quota_exceeded"]
 
 
+async def test_checks_spend_the_budget_kept_by_defaults_algorithm(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """README "Algorithms": with ``sliding_counter`` the check and the proxy spend one counter."""
+    gateway = await make_gateway(defaults={"algorithm": "sliding_counter"})
+    operator = Admin(http, gateway.admin_url, await gateway.admin_key())
+    key = await gateway.key(permissions=["read"], rate_limit_override=2)
+    assert (await verify(operator, key=key))["ratelimit"]["remaining"] == 1
+    async with http.get(gateway.url + "/api/ai/x", headers=bearer(key)) as response:
+        assert response.headers["RateLimit-Remaining"] == "0"
+    assert (await verify(operator, key=key))["code"] == "rate_limited"
+    budget = gateway.created[-1].key_id
+    assert (await gateway.services.limiter.peek(budget, "", 2, 60)).remaining == 2  # no log
+
+
 @pytest.mark.parametrize(("body", "errors"), [
     ({}, {"key": "is required"}),
     ({"key": 7}, {"key": "must be a string of 1 to 512 characters"}),

@@ -2,7 +2,8 @@
 
 Redis tests use the shared server on 127.0.0.1:6379 (``GATEWAY_TEST_REDIS``) with a fresh key
 prefix per test, deleted afterwards; outage tests start their own ``redis-server`` on a free port
-(``private_redis``) so they can kill and restart it.
+(``private_redis``) so they can kill and restart it. ``cluster`` runs the contract on a Redis
+Cluster of the session's own (``redis_cluster``: 3 masters + 3 replicas, started at its first use).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import redis
 
 from gateway.config import LimiterConfig
 from gateway.limiter.memory import MemoryRateLimiter
-from gateway.limiter.redis import RedisRateLimiter
+from gateway.limiter.redis import RedisRateLimiter, cluster_limiter
 from tests.conftest import free_port
+from tests.limiter.redis_cluster import RedisCluster
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 LIMITERS = ["memory", "redis"]
+CONTRACT_LIMITERS = [*LIMITERS, "cluster"]
 
 OpenLimiter = Callable[..., Awaitable[Any]]
 
@@ -60,7 +63,37 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL)
 
 
-@pytest.fixture(params=LIMITERS)
+def require_redis_cluster_binaries() -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are needed for a Redis Cluster")
+
+
+def started_cluster(directory: Path) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One cluster for the session's tests that do not break it."""
+    require_redis_cluster_binaries()
+    directory = tmp_path_factory.mktemp("redis-cluster")
+    yield from started_cluster(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A cluster of this test's own, which it may break (kill a master)."""
+    require_redis_cluster_binaries()
+    yield from started_cluster(tmp_path)
+
+
+@pytest.fixture(params=CONTRACT_LIMITERS)
 async def open_limiter(
     request: pytest.FixtureRequest, redis_prefix: str
 ) -> AsyncIterator[OpenLimiter]:
@@ -70,6 +103,10 @@ async def open_limiter(
     async def factory(**options: Any) -> Any:
         if request.param == "memory":
             limiter: Any = MemoryRateLimiter()
+        elif request.param == "cluster":
+            cluster = request.getfixturevalue("redis_cluster")
+            limiter = cluster_limiter(cluster.url, LimiterConfig(prefix=redis_prefix, **options))
+            await limiter.open()
         else:
             require_redis()
             limiter = RedisRateLimiter(REDIS_URL, LimiterConfig(prefix=redis_prefix, **options))

@@ -202,3 +202,56 @@ async def test_no_refusal_spends_quota_and_a_quota_refusal_spends_no_window_nor_
     assert (await limiter.peek("key_d", "route_y", 5, 60)).remaining == 5
     assert (await limiter.admit("key_d", "", 5, 60, 1)).allowed  # the slot is free
     assert (await limiter.quota_usage("ws_s")).day == 1
+
+
+# ---- the sliding counter (README "Algorithms") ----------------------------------------------
+
+COUNTER = "sliding_counter"
+
+
+async def test_a_counter_admits_up_to_the_limit_then_refuses(open_limiter: OpenLimiter) -> None:
+    limiter = await open_limiter()
+    decisions = [await limiter.admit("key_a", "", 3, 3600, None, algorithm=COUNTER)
+                 for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+    # a fresh counter: the refusal waits past this fixed window's end, until its 3 requests,
+    # weighed as the previous window's, leave room for one (a third of the next window)
+    assert 1200 < decisions[3].retry_after <= 3600 + 1200
+    assert decisions[3].reset == decisions[3].retry_after
+    assert (await limiter.peek("key_a", "", 3, 3600, COUNTER)).remaining == 0
+    assert (await limiter.peek("key_a", "", 3, 3600)).remaining == 3  # the log is another budget
+
+
+async def test_a_concurrent_burst_on_a_counter_admits_exactly_the_limit(
+    open_limiter: OpenLimiter,
+) -> None:
+    limiter = await open_limiter()
+    offers = (limiter.admit("key_a", "", 50, 3600, None, algorithm=COUNTER) for _ in range(200))
+    decisions = await asyncio.gather(*offers)
+    assert sum(d.allowed for d in decisions) == 50
+    assert sorted(d.remaining for d in decisions if d.allowed) == list(range(50))
+
+
+@pytest.mark.parametrize("kinds", [(COUNTER, "sliding_log"), ("sliding_log", COUNTER),
+                                   (COUNTER, COUNTER)])
+async def test_windows_of_either_kind_are_decided_together(
+    open_limiter: OpenLimiter, kinds: tuple[str, str]
+) -> None:
+    limiter = await open_limiter()
+    key_kind, route_kind = kinds
+    route = Window("route_x", 2, 3600, route_kind)
+    for remaining in (1, 0):
+        decision = await limiter.admit("key_a", "", 3, 3600, 5, route, algorithm=key_kind)
+        assert decision.allowed and (decision.limit, decision.remaining) == (2, remaining)
+        limiter.release("key_a", decision.lease)
+    by_route = await limiter.admit("key_a", "", 3, 3600, 5, route, algorithm=key_kind)
+    assert not by_route.allowed and by_route.limit == 2 and by_route.lease is None
+    assert (await limiter.peek("key_a", "", 3, 3600, key_kind)).remaining == 1  # not spent
+    # a quota refusal spends neither window
+    spent = QuotaAsk("ws_k", 1, 0)
+    assert (await limiter.admit("key_b", "", 5, 3600, None, quota=spent)).allowed
+    refused = await limiter.admit("key_c", "", 5, 3600, 1, route, spent, key_kind)
+    assert refused.over_quota
+    assert (await limiter.peek("key_c", "", 5, 3600, key_kind)).remaining == 5
+    assert (await limiter.peek("key_c", "route_x", 2, 3600, route_kind)).remaining == 2

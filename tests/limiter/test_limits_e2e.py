@@ -74,6 +74,28 @@ async def test_rate_limited(make_limited: MakeLimited, http: aiohttp.ClientSessi
     assert usage.last_used_at is not None
 
 
+async def test_the_configured_algorithms_decide(
+    make_limited: MakeLimited, http: aiohttp.ClientSession, slow: Tagged
+) -> None:
+    """defaults.algorithm counts the key-wide budget, a route's algorithm its own rate_limit
+    (README "Algorithms"): the counter's budget is not the log's."""
+    routes = slow_routes(slow.url, rate_limit={"requests": 2, "window": 3600},
+                         algorithm="sliding_log")
+    gateway = await make_limited(routes, defaults={
+        "rate_limit": {"requests": 3, "window": 3600}, "algorithm": "sliding_counter"})
+    key = await gateway.key()
+    statuses = []
+    for _ in range(3):
+        async with http.get(f"{gateway.url}/slow/x", headers=bearer(key)) as response:
+            statuses.append((response.status, response.headers["RateLimit-Remaining"]))
+    assert statuses == [(200, "1"), (200, "0"), (429, "0")]
+    limiter = gateway.services.limiter
+    budget = gateway.created[-1].key_id
+    assert (await limiter.peek(budget, "", 3, 3600, "sliding_counter")).remaining == 1
+    assert (await limiter.peek(budget, "", 3, 3600, "sliding_log")).remaining == 3
+    assert (await limiter.peek(budget, "slow", 2, 3600, "sliding_log")).remaining == 0
+
+
 async def test_concurrency_slot_comes_back_after_success_disconnect_and_upstream_error(
     make_limited: MakeLimited, http: aiohttp.ClientSession, slow: Tagged
 ) -> None:

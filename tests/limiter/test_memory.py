@@ -60,7 +60,7 @@ async def test_sweep_drops_idle_buckets(clock: Clock) -> None:
     await limiter.admit("k", "", 5, 10, None)
     clock.now = 11
     limiter.sweep()
-    assert limiter._logs == {}
+    assert limiter._buckets == {}
 
 
 def test_local_share_never_drops_below_one() -> None:
@@ -74,3 +74,44 @@ async def test_a_new_window_keeps_the_admissions_already_counted(clock: Clock) -
     for _ in range(3):
         assert (await limiter.admit("k", "", 3, 60, None)).allowed
     assert not (await limiter.admit("k", "", 3, 61, None)).allowed  # a reload changed it
+
+
+# ---- the sliding counter: two fixed windows weighted by the elapsed fraction ----------------
+
+
+async def test_a_counter_weighs_the_previous_window_by_what_is_left_of_the_current(
+    clock: Clock,
+) -> None:
+    limiter = MemoryRateLimiter(clock)
+    for _ in range(10):
+        assert (await limiter.admit("k", "", 10, 10, None, algorithm="sliding_counter")).allowed
+    clock.now = 17.5  # 10 in [0, 10), a quarter of [10, 20) left: an estimate of 2.5
+    decisions = [await limiter.admit("k", "", 10, 10, None, algorithm="sliding_counter")
+                 for _ in range(8)]
+    assert [d.allowed for d in decisions] == [True] * 7 + [False]
+    assert [d.remaining for d in decisions[:7]] == [6, 5, 4, 3, 2, 1, 0]
+    assert decisions[0].reset == pytest.approx(2.5)  # the current fixed window ends
+    # 7 in this window and 10 before: the estimate falls to 9 when 0.2 of a window is left
+    refused = decisions[7]
+    assert refused.retry_after == pytest.approx(0.5)
+    clock.now = 17.5 + 0.49
+    assert not (await limiter.admit("k", "", 10, 10, None, algorithm="sliding_counter")).allowed
+    clock.now = 17.5 + 0.51
+    assert (await limiter.admit("k", "", 10, 10, None, algorithm="sliding_counter")).allowed
+
+
+async def test_a_spent_counter_waits_into_the_next_window(clock: Clock) -> None:
+    limiter = MemoryRateLimiter(clock)
+    for _ in range(4):
+        await limiter.admit("k", "", 4, 10, None, algorithm="sliding_counter")
+    clock.now = 5.0
+    refused = await limiter.admit("k", "", 4, 10, None, algorithm="sliding_counter")
+    # 4 in this window: into the next until 4 * (left / 10) + 1 <= 4, i.e. 2.5 s into it
+    assert refused.retry_after == pytest.approx(5 + 2.5)
+    clock.now = 5 + 7.4
+    assert not (await limiter.admit("k", "", 4, 10, None, algorithm="sliding_counter")).allowed
+    clock.now = 5 + 7.6
+    assert (await limiter.admit("k", "", 4, 10, None, algorithm="sliding_counter")).allowed
+    clock.now = 40.0  # two windows later nothing is left, and the sweep drops it
+    limiter.sweep()
+    assert limiter._buckets == {}

@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from gateway.config import LimiterConfig
 from gateway.errors import LimiterUnavailable
-from gateway.limiter.base import periods
+from gateway.limiter.base import counter_wait, periods
 from gateway.limiter.redis import CALENDAR, RedisRateLimiter
 from tests.limiter.conftest import REDIS_URL, PrivateRedis, require_redis
 
@@ -306,3 +306,33 @@ def test_the_quota_calendar_in_lua_agrees_with_python(redis_client: redis.Redis)
         assert datetime.fromtimestamp(month_end / 1000, UTC) == (
             datetime(moment.year, moment.month, last, tzinfo=UTC) + timedelta(days=1)
         ), moment
+
+
+async def test_a_counter_is_one_small_hash_whatever_the_limit(
+    limiter: RedisRateLimiter, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    """Constant memory per key (README "Algorithms"), in the budget's slot."""
+    key = f"{redis_prefix}{{key_a}}:n"
+    await limiter.admit("key_a", "", 10_000, 30, None, algorithm="sliding_counter")
+    small = redis_client.memory_usage(key)
+    await asyncio.gather(*(limiter.admit("key_a", "", 10_000, 30, None,
+                                         algorithm="sliding_counter") for _ in range(500)))
+    assert redis_client.memory_usage(key) == small < 128
+    assert int(redis_client.hget(key, "c")) == 501
+    assert 59_000 < redis_client.pttl(key) <= 60_000  # two windows: the previous one counts
+    assert key_slot(key.encode()) == key_slot(f"{redis_prefix}{{key_a}}:c".encode())
+
+
+async def test_the_scripts_counter_arithmetic_is_base_counter_wait(
+    limiter: RedisRateLimiter, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    """The previous fixed window's count set by hand: Redis's refusal waits as long as the
+    Python formula says (they are written twice: Lua and gateway.limiter.base)."""
+    window = 100_000  # seconds: the previous count, one per second, weighs ``left`` requests
+    key = f"{redis_prefix}{{key_a}}:n"
+    redis_client.hset(key, mapping={"n": int(time.time() // window) - 1, "c": window, "p": 0})
+    refused = await limiter.admit("key_a", "", 10, window, None, algorithm="sliding_counter")
+    left = window - time.time() % window
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(counter_wait(window, 0, left, window, 10), abs=0.1)
+    assert refused.retry_after == pytest.approx(left - 9, abs=0.1)
