@@ -413,8 +413,9 @@ def gateway_config(ports: Ports, backends: Backends) -> dict[str, Any]:
         # Never rejects during a run, but the limiter and the concurrency stage still run.
         "defaults": {"rate_limit": {"requests": 100_000_000, "window": 60},
                      "max_concurrent": 1_000_000},
-        # The keyed route runs the whole of README "Which limit": the key's plan found with the
-        # key, its budget, and the workspace's day and month quotas counted on every request.
+        # The keyed route runs the whole of README "Rate limits" (which limit): the key's plan
+        # found with the key, its budget, and the workspace's day and month quotas counted on
+        # every request.
         "plans": {"bench": {"rate_limit": {"requests": 100_000_000, "window": 60},
                             "quota": {"day": 1_000_000_000, "month": 1_000_000_000}}},
         "default_plan": "bench",
