@@ -234,6 +234,8 @@ class Config:
     drain_timeout: float = option(30.0, parsers.positive_number)
     database: str = option("sqlite:///./gateway.db", parsers.database_url)
     redis: str | None = option(None, parsers.redis_url)
+    # README "Client address": the proxies whose X-Forwarded-For is believed
+    trusted_proxies: tuple[parsers.Network, ...] = option((), parsers.tuple_of(parsers.network))
     keys: KeysConfig = subsection(KeysConfig)
     implies: Mapping[str, tuple[str, ...]] = option(
         {}, parsers.implications, key="permissions.implies"

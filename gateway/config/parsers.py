@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
-from ipaddress import IPv6Address
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import NoReturn, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from gateway.errors import ConfigError
 from gateway.keys.model import PERMISSION_PATTERN
 
 T = TypeVar("T")
+Network = IPv4Network | IPv6Network
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -334,6 +335,19 @@ def redis_url(ctx: Ctx, value: object, path: str) -> str | None:
         ctx.fail(path, f"is not a Redis URL redis-py accepts ({exc})", text)
     return text
 
+
+def network(ctx: Ctx, value: object, path: str) -> Network:
+    """An IP address or a CIDR range (``10.0.0.0/8``, ``2001:db8::/32``); host bits set below
+    the prefix are refused, since they usually mean a typo in the prefix length."""
+    text = string(ctx, value, path).strip()
+    try:
+        return ip_network(text)
+    except ValueError as exc:
+        if "host bits set" not in str(exc):
+            ctx.fail(path, "must be an IP address or a CIDR range such as 10.0.0.0/8", value)
+        wider = ip_network(text, strict=False)
+        ctx.fail(path, f"has host bits set below the prefix length (did you mean {wider}?)",
+                 value)
 
 
 def key_prefixes(ctx: Ctx, value: object, path: str) -> dict[str, str]:
