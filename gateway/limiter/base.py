@@ -9,7 +9,8 @@ Quotas count a workspace's admitted requests per UTC calendar day and month, in 
 
 Names: a *budget* is what one key spends — the first key of its rotation chain, so a rotated key
 and its successor share everything — and a *scope* splits its rate limit per route ("" for the
-key-wide budget). Concurrency leases belong to the budget alone.
+key-wide budget). Concurrency leases belong to the budget alone. A client address has a budget
+too (``ADDRESS_BUDGET``): the contract does not tell it apart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import functools
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
+
+# Budgets that are not a key's (key ids are ``key_…``, so these never collide): a client
+# address's budget on an ``auth: none`` route (README "Unauthenticated traffic").
+ADDRESS_BUDGET = "ip:"
 
 
 class Window(NamedTuple):

@@ -29,6 +29,7 @@ from aiohttp import web
 from gateway.config import RouteConfig
 from gateway.exchange import Check, Exchange
 from gateway.pipeline import (
+    address_limit,
     authenticate,
     authorize,
     cors,
@@ -51,6 +52,7 @@ FRONT_STAGES: tuple[Callable[[Services], Callable[[Exchange], None]], ...] = (
 
 ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     cors.build,  # preflights answered here, never forwarded
+    address_limit.build,  # auth: none routes: their rate_limit per client address (429)
     authenticate.build,  # Bearer key -> key record (401, 503 auth_unavailable)
     authorize.build,  # permissions, resource scopes, allowed origins (403)
     tenancy.build,  # X-Project-Id, X-Namespace (404)
