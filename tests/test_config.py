@@ -138,11 +138,13 @@ def test_shapes_are_normalised() -> None:
 
 def test_unauthenticated_traffic_settings() -> None:
     config = parse_config(minimal(), "t.yaml", {})
-    assert config.trusted_proxies == ()
-    data = {**minimal(), "trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]}
+    assert config.trusted_proxies == () and config.failed_auth == RateLimit(600, 60.0)
+    data = {**minimal(), "trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"],
+            "failed_auth": None}
     config = parse_config(data, "t.yaml", {})
     assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "192.0.2.7/32",
                                                         "2001:db8::/32"]
+    assert config.failed_auth is None  # null turns the budget off
 
 
 def test_null_sections_are_empty() -> None:
@@ -311,7 +313,7 @@ CASES: dict[str, str] = {
     "duplicate_key.yaml": "line 2, column 1: duplicate key, got 'workers'",
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
-        "drain_timeout, database, redis, trusted_proxies, keys, permissions, "
+        "drain_timeout, database, redis, trusted_proxies, failed_auth, keys, permissions, "
         "defaults, key_cache, key_store, limiter, logging, limits, usage, console, plans, "
         "default_plan, routes), got []"
     ),
@@ -527,6 +529,10 @@ CASES: dict[str, str] = {
         "10.0.0.0/8?), got '10.1.2.3/8'"
     ),
     "trusted_proxies_not_a_list.yaml": "trusted_proxies: must be a list, got '10.0.0.0/8'",
+    "failed_auth_zero.yaml": "failed_auth.requests: must be an integer >= 1, got 0",
+    "failed_auth_unknown_key.yaml": (
+        "failed_auth.per_minute: unknown key (allowed: requests, window), got 600"
+    ),
     "cors_bad_header.yaml": (
         "routes[0].cors.allow_headers[0]: must be a header name (an RFC 9110 token), "
         "got 'X Api Key'"

@@ -236,6 +236,10 @@ class Config:
     redis: str | None = option(None, parsers.redis_url)
     # README "Client address": the proxies whose X-Forwarded-For is believed
     trusted_proxies: tuple[parsers.Network, ...] = option((), parsers.tuple_of(parsers.network))
+    # README "Unauthenticated traffic": failed authentications per client address (null: none)
+    failed_auth: RateLimit | None = option(
+        RateLimit(600, 60.0), parsers.nullable(section(RateLimit))
+    )
     keys: KeysConfig = subsection(KeysConfig)
     implies: Mapping[str, tuple[str, ...]] = option(
         {}, parsers.implications, key="permissions.implies"

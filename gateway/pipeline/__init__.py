@@ -33,6 +33,7 @@ from gateway.pipeline import (
     authenticate,
     authorize,
     cors,
+    failed_auth,
     failure,
     forward,
     match,
@@ -53,6 +54,7 @@ FRONT_STAGES: tuple[Callable[[Services], Callable[[Exchange], None]], ...] = (
 ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     cors.build,  # preflights answered here, never forwarded
     address_limit.build,  # auth: none routes: their rate_limit per client address (429)
+    failed_auth.build,  # an address past its failed-auth budget: 429 before any key lookup
     authenticate.build,  # Bearer key -> key record (401, 503 auth_unavailable)
     authorize.build,  # permissions, resource scopes, allowed origins (403)
     tenancy.build,  # X-Project-Id, X-Namespace (404)
@@ -67,7 +69,7 @@ VERIFY_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     verify.answer,  # 200, empty body, the identity headers the upstream would have received
 )
 # Failures from any of them: failure.build decides the answer (gateway.problem renders it),
-# in the driver below.
+# in the driver below; a 401 is counted against its address's failed-auth budget there.
 
 
 class RoutePath:

@@ -1,7 +1,7 @@
 """Unauthenticated traffic against real gateway processes (README "Unauthenticated traffic"):
-an ``auth: none`` route's ``rate_limit`` per client address, and the client address from
-``X-Forwarded-For`` only through ``trusted_proxies``, on the in-process limiter and across two
-nodes sharing Redis.
+an ``auth: none`` route's ``rate_limit`` per client address, the client address from
+``X-Forwarded-For`` only through ``trusted_proxies``, and the failed-authentication budget,
+on the in-process limiter and across two nodes sharing Redis.
 
 Every request comes from 127.0.0.1; a config that trusts it plays a proxy that names other
 clients in ``X-Forwarded-For`` (documentation ranges: 192.0.2.0/24, 198.51.100.0/24, ...).
@@ -18,9 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Upstream, free_port
+from tests.conftest import Upstream, free_port, well_formed_unknown_key
 from tests.gateway_process import GatewayProcess
 from tests.limiter.conftest import REDIS_URL, require_redis
+from tests.limiter.test_multiprocess import create_key
 
 A, B = "198.51.100.1", "198.51.100.2"
 
@@ -92,6 +93,10 @@ async def get(
     async with http.get(url, headers=headers) as response:
         body = await response.json(content_type=None)
         return response.status, dict(response.headers), body
+
+
+async def new_key(http: aiohttp.ClientSession, node: GatewayProcess) -> str:
+    return await create_key(http, node, node.admin_key(), "k")
 
 
 async def access_log_clients(node: GatewayProcess, count: int) -> list[str]:
@@ -168,3 +173,69 @@ async def test_open_route_follows_on_limiter_error(
         assert status == 200 and "RateLimit-Limit" not in headers
     statuses = [(await get(http, f"{nodes['local'].url}/open/x"))[0] for _ in range(4)]
     assert statuses == [200, 200, 200, 429]  # local: this process's share, 3 / (1 x 1)
+
+
+# ---- the failed-authentication budget ---------------------------------------------------------
+
+
+async def test_failed_auth_budget_across_two_nodes_on_redis(
+    start: Callable[..., Any], http: aiohttp.ClientSession, redis_prefix: str
+) -> None:
+    require_redis()
+    nodes = await start(2, redis=REDIS_URL, limiter={"prefix": redis_prefix},
+                        trusted_proxies=["127.0.0.1"], failed_auth={"requests": 5, "window": 60})
+    good = await new_key(http, nodes[0])
+    for i in range(5):  # a missing key, malformed, unknown ...: every 401 counts, on any node
+        key = [None, "sk_live_nonsense", well_formed_unknown_key()][i % 3]
+        status, _, body = await get(http, f"{nodes[i % 2].url}/api/x", A, key)
+        assert status == 401, body
+    # node 0 counted the fifth: it refuses A at once; node 1 learns it from A's next failure
+    status, headers, body = await get(http, f"{nodes[0].url}/api/x", A, good)
+    assert (status, body["code"]) == (429, "too_many_failed_auth")
+    assert 50 <= int(headers["Retry-After"]) <= 60
+    status, _, body = await get(http, f"{nodes[1].url}/api/x", A, well_formed_unknown_key())
+    assert (status, body["code"]) == (429, "too_many_failed_auth")
+    for node in nodes:  # now neither looks at A's keys, good ones included
+        status, _, body = await get(http, f"{node.url}/api/x", A, good)
+        assert (status, body["code"]) == (429, "too_many_failed_auth")
+        status, _, _ = await get(http, f"{node.url}/api/x", B, good)  # another address: fine
+        assert status == 200
+        status, _, _ = await get(http, f"{node.url}/open/x", A)  # open routes are not keyed
+        assert status == 200
+    status, _, body = await get(http, f"{nodes[1].url}/api/x", B, "sk_live_nonsense")
+    assert (status, body["code"]) == (401, "invalid_api_key")  # B's own budget
+
+
+async def test_failed_auth_budget_in_process_and_successes_spend_nothing(
+    start: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    (node,) = await start(failed_auth={"requests": 3, "window": 60})
+    good = await new_key(http, node)
+    for _ in range(10):  # successes are not counted
+        assert (await get(http, f"{node.url}/api/x", key=good))[0] == 200
+    for _ in range(3):
+        assert (await get(http, f"{node.url}/api/x", key="sk_live_nonsense"))[0] == 401
+    status, headers, body = await get(http, f"{node.url}/api/x", key=good)
+    assert (status, body["code"]) == (429, "too_many_failed_auth")
+    assert "Retry-After" in headers
+
+
+async def test_failed_auth_null_turns_it_off(
+    start: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    (node,) = await start(failed_auth=None)
+    for _ in range(20):
+        assert (await get(http, f"{node.url}/api/x", key="sk_live_nonsense"))[0] == 401
+
+
+async def test_failed_auth_is_counted_locally_while_redis_is_down(
+    start: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    (node,) = await start(redis=dead, limiter={"timeout": 0.05},
+                          failed_auth={"requests": 2, "window": 60},
+                          defaults={"on_limiter_error": "open"})
+    for _ in range(2):
+        assert (await get(http, f"{node.url}/api/x", key="sk_live_nonsense"))[0] == 401
+    status, _, body = await get(http, f"{node.url}/api/x", key="sk_live_nonsense")
+    assert (status, body["code"]) == (429, "too_many_failed_auth")
