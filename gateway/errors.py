@@ -73,6 +73,9 @@ HEADERS_TOO_LARGE = ErrorKind(431, "headers_too_large", "Request headers too lar
 RATE_LIMITED = ErrorKind(429, "rate_limited", "Rate limit exceeded")
 CONCURRENCY_LIMITED = ErrorKind(429, "concurrency_limited", "Too many concurrent requests")
 QUOTA_EXCEEDED = ErrorKind(429, "quota_exceeded", "Quota exceeded")
+TOO_MANY_FAILED_AUTH = ErrorKind(
+    429, "too_many_failed_auth", "Too many failed authentications"
+)
 INTERNAL_ERROR = ErrorKind(500, "internal_error", "Internal error")
 UPSTREAM_UNAVAILABLE = ErrorKind(502, "upstream_unavailable", "Upstream unavailable")
 AUTH_UNAVAILABLE = ErrorKind(503, "auth_unavailable", "Authentication unavailable")

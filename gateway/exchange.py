@@ -15,6 +15,7 @@ class Exchange:
 
     __slots__ = (
         "cleanups",
+        "client",
         "error_code",
         "key",
         "match",
@@ -33,6 +34,8 @@ class Exchange:
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.request_id = ""
+        # the client's address (gateway.client_address), once a stage or the log needed it
+        self.client: str | None = None
         self.path = ""  # normalised path: the one authorized and forwarded
         self.query = ""
         self.match: RouteMatch | None = None

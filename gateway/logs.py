@@ -211,7 +211,7 @@ class AccessLog:
             "upstream_ms": None if upstream is None else int(upstream * 1_000_000) / 1000,
             "key_id": key.key_id if key is not None else None,
             "workspace_id": key.workspace_id if key is not None else None,
-            "client": request.remote,
+            "client": exchange.client or request.remote,
             "error": exchange.error_code,
         }
         if self._worker is not None:

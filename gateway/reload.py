@@ -1,13 +1,14 @@
 """SIGHUP: re-read the config file and put it in force without dropping a connection.
 
 What changes live: ``routes`` (upstreams, limits, permissions, CORS ...), ``permissions``,
-``defaults``, ``plans``, ``default_plan`` and ``drain_timeout``; the listeners' TLS certificate
-and key files are read again (the paths themselves, like the addresses, need a restart). The
-``Reloader`` builds a new ``Pipeline`` from the new config and the process's open store, cache
-and limiter, and swaps it in: new requests get it, requests already running finish on the old
-one. A route whose upstream targets (and their ``health``) did not change keeps its pool (with
-its warm connections and its targets' health); pools that only older pipelines use are closed
-once the requests on those pipelines are done.
+``defaults``, ``plans``, ``default_plan``, ``drain_timeout``, ``trusted_proxies`` and
+``failed_auth``; the listeners' TLS certificate and key files are read again (the paths
+themselves, like the addresses, need a restart). The ``Reloader`` builds a new ``Pipeline`` from
+the new config and the process's open store, cache and limiter, and swaps it in: new requests
+get it, requests already running finish on the old one. A route whose upstream targets (and
+their ``health``) did not change keeps its pool (with its warm connections and its targets'
+health); pools that only older pipelines use are closed once the requests on those pipelines are
+done.
 
 Everything else was opened or bound once at start-up (``listen``, ``admin_listen``, ``workers``,
 ``database``, ``redis``, ``keys``, ``key_cache``, ``key_store`` and any section added later): a
@@ -36,7 +37,8 @@ log = logging.getLogger("gateway.reload")
 
 # Config fields a reload puts in force; every other field needs a restart (safe by default).
 LIVE = frozenset(
-    {"source", "routes", "implies", "defaults", "plans", "default_plan", "drain_timeout"}
+    {"source", "routes", "implies", "defaults", "plans", "default_plan", "drain_timeout",
+     "trusted_proxies", "failed_auth"}
 )
 REJECTED = "reload rejected, the running config stays in force: "
 SHOWN_WORKSPACES = 10  # named per plan in the log line; the rest are counted

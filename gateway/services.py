@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.config import Config, KeyStoreConfig, LimiterConfig, RouteConfig
@@ -20,6 +20,7 @@ from gateway.keys.model import KeyHasher
 from gateway.keys.tenancy_cache import TenancyCache
 from gateway.keys.usage import UsageRecorder, UsageRollup
 from gateway.limiter.base import RateLimiter
+from gateway.limiter.blocked import BlockedAddresses
 from gateway.limiter.memory import MemoryRateLimiter
 from gateway.limiter.redis import RedisRateLimiter, cluster_limiter
 from gateway.logs import AccessLog
@@ -63,6 +64,8 @@ class Services:
     metrics: Metrics
     upstreams: dict[str, UpstreamGroup]
     access_log: AccessLog | None = None  # None: logging.access_log is off
+    # addresses past their failed-auth budget, kept across reloads (gateway.limiter.blocked)
+    blocked: BlockedAddresses = field(default_factory=BlockedAddresses)
 
 
 def backend(

@@ -9,7 +9,8 @@ the benchmark's routes and plan) under ``valgrind --tool=callgrind``, warms both
 for each route zeroes the counters, sends ``--requests`` requests one after another on one
 keep-alive connection, and dumps the counters: the instructions the gateway process executed
 for exactly those requests (parsing, the pipeline, forwarding, the event loop), divided by the
-count. ``open`` is the ``auth: none`` route; ``api`` is the full pipeline with a key.
+count. ``open`` is the ``auth: none`` route, ``limited`` the same with a ``rate_limit`` per
+client address; ``api`` is the full pipeline with a key.
 
 Instruction counts are not time (cache misses and branch mispredictions do not show), so use
 them for A/B comparisons of the same code path, beside ``scripts/bench.py``'s req/s.
@@ -49,6 +50,10 @@ def config(upstream: int, port: int, admin: int, directory: Path) -> dict[str, o
                      "max_concurrent": 1_000_000},
         "routes": [
             {"name": "open", "path": "/open/", "upstream": target, "auth": "none"},
+            # an open route limited per client address (a checkout before that feature
+            # accepts the limit and ignores it, so the difference is what the limit costs)
+            {"name": "limited", "path": "/limited/", "upstream": target, "auth": "none",
+             "rate_limit": {"requests": 100_000_000, "window": 60}},
             {"name": "api", "path": "/api/", "upstream": target, "permissions": ["read"]},
         ],
     }
@@ -148,9 +153,11 @@ def main() -> int:
             bearer = {"Authorization": f"Bearer {key}"}
             send(port, "/open/x", {}, 200)  # warm: caches, the key, code paths
             send(port, "/api/x", bearer, 200)
+            send(port, "/limited/x", {}, 200)
             results = {
                 "open": counted(served.pid, directory, port, "/open/x", {}, args.requests),
                 "api": counted(served.pid, directory, port, "/api/x", bearer, args.requests),
+                "limited": counted(served.pid, directory, port, "/limited/x", {}, args.requests),
             }
         finally:
             served.terminate()

@@ -139,6 +139,17 @@ def test_shapes_are_normalised() -> None:
     assert parsed.cors is not None and parsed.cors.allow_methods == ("GET", "POST")
 
 
+def test_unauthenticated_traffic_settings() -> None:
+    config = parse_config(minimal(), "t.yaml", {})
+    assert config.trusted_proxies == () and config.failed_auth == RateLimit(600, 60.0)
+    data = {**minimal(), "trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"],
+            "failed_auth": None}
+    config = parse_config(data, "t.yaml", {})
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "192.0.2.7/32",
+                                                        "2001:db8::/32"]
+    assert config.failed_auth is None  # null turns the budget off
+
+
 def test_null_sections_are_empty() -> None:
     config = parse("keys:\nkey_cache:\npermissions:\ndefaults:\n" + yaml.safe_dump(minimal()))
     assert config.keys.prefixes == {"live": "sk_live", "test": "sk_test"}
@@ -305,8 +316,9 @@ CASES: dict[str, str] = {
     "duplicate_key.yaml": "line 2, column 1: duplicate key, got 'workers'",
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
-        "drain_timeout, database, redis, keys, permissions, defaults, key_cache, key_store, "
-        "limiter, logging, limits, usage, console, plans, default_plan, routes), got []"
+        "drain_timeout, database, redis, trusted_proxies, failed_auth, keys, permissions, "
+        "defaults, key_cache, key_store, limiter, logging, limits, usage, console, plans, "
+        "default_plan, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
     "empty_routes.yaml": "routes: must be a non-empty list, got []",
@@ -525,6 +537,19 @@ CASES: dict[str, str] = {
         "plans.free.max_active_keys_per_user: must be an integer >= 1, got 0"
     ),
     "default_plan_unknown.yaml": "default_plan: must name a plan of 'plans' (free), got 'pro'",
+    "trusted_proxies_bad_cidr.yaml": (
+        "trusted_proxies[1]: must be an IP address or a CIDR range such as 10.0.0.0/8, "
+        "got 'proxy.internal'"
+    ),
+    "trusted_proxies_host_bits.yaml": (
+        "trusted_proxies[0]: has host bits set below the prefix length (did you mean "
+        "10.0.0.0/8?), got '10.1.2.3/8'"
+    ),
+    "trusted_proxies_not_a_list.yaml": "trusted_proxies: must be a list, got '10.0.0.0/8'",
+    "failed_auth_zero.yaml": "failed_auth.requests: must be an integer >= 1, got 0",
+    "failed_auth_unknown_key.yaml": (
+        "failed_auth.per_minute: unknown key (allowed: requests, window), got 600"
+    ),
     "cors_bad_header.yaml": (
         "routes[0].cors.allow_headers[0]: must be a header name (an RFC 9110 token), "
         "got 'X Api Key'"

@@ -1,5 +1,5 @@
-"""A workspace's subscription (its plan) and its live quota counters (README "Plans,
-subscriptions and quotas").
+"""A workspace's subscription (its plan) and its live quota counters (README "Rate limits",
+plans and quotas).
 
 Design decision: ``GET …/subscription`` of a workspace without one answers 200 with
 ``subscription_id: null``, ``started_at: null`` and ``plan`` = ``default_plan`` (null when there

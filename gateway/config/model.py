@@ -236,6 +236,12 @@ class Config:
     drain_timeout: float = option(30.0, parsers.positive_number)
     database: str = option("sqlite:///./gateway.db", parsers.database_url)
     redis: str | None = option(None, parsers.redis_url)
+    # README "Client address": the proxies whose X-Forwarded-For is believed
+    trusted_proxies: tuple[parsers.Network, ...] = option((), parsers.tuple_of(parsers.network))
+    # README "Unauthenticated traffic": failed authentications per client address (null: none)
+    failed_auth: RateLimit | None = option(
+        RateLimit(600, 60.0), parsers.nullable(section(RateLimit))
+    )
     keys: KeysConfig = subsection(KeysConfig)
     implies: Mapping[str, tuple[str, ...]] = option(
         {}, parsers.implications, key="permissions.implies"

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
-from ipaddress import IPv6Address
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import NoReturn, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +22,7 @@ from gateway.errors import ConfigError
 from gateway.keys.model import PERMISSION_PATTERN
 
 T = TypeVar("T")
+Network = IPv4Network | IPv6Network
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -407,6 +408,20 @@ def node_url(url: str, host: str, port: int) -> str:
     userinfo, at, _ = seed.netloc.rpartition("@")
     host = f"[{host}]" if ":" in host else host
     return urlunsplit((seed.scheme, f"{userinfo}{at}{host}:{port}", "", seed.query, ""))
+
+
+def network(ctx: Ctx, value: object, path: str) -> Network:
+    """An IP address or a CIDR range (``10.0.0.0/8``, ``2001:db8::/32``); host bits set below
+    the prefix are refused, since they usually mean a typo in the prefix length."""
+    text = string(ctx, value, path).strip()
+    try:
+        return ip_network(text)
+    except ValueError as exc:
+        if "host bits set" not in str(exc):
+            ctx.fail(path, "must be an IP address or a CIDR range such as 10.0.0.0/8", value)
+        wider = ip_network(text, strict=False)
+        ctx.fail(path, f"has host bits set below the prefix length (did you mean {wider}?)",
+                 value)
 
 
 def key_prefixes(ctx: Ctx, value: object, path: str) -> dict[str, str]:

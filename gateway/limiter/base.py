@@ -14,7 +14,8 @@ arithmetic, written once here and once in Redis's script.
 
 Names: a *budget* is what one key spends — the first key of its rotation chain, so a rotated key
 and its successor share everything — and a *scope* splits its rate limit per route ("" for the
-key-wide budget). Concurrency leases belong to the budget alone.
+key-wide budget). Concurrency leases belong to the budget alone. A client address has budgets
+too (``ADDRESS_BUDGET``, ``FAILED_AUTH_BUDGET``): the contract does not tell them apart.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 SLIDING_LOG, SLIDING_COUNTER = "sliding_log", "sliding_counter"
+# Budgets that are not a key's (key ids are ``key_…``, so these never collide): a client
+# address's budget on an ``auth: none`` route, and its failed authentications (README
+# "Unauthenticated traffic").
+ADDRESS_BUDGET = "ip:"
+FAILED_AUTH_BUDGET = "fa:"
 
 
 class Window(NamedTuple):

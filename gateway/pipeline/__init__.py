@@ -29,9 +29,11 @@ from aiohttp import web
 from gateway.config import RouteConfig
 from gateway.exchange import Check, Exchange
 from gateway.pipeline import (
+    address_limit,
     authenticate,
     authorize,
     cors,
+    failed_auth,
     failure,
     forward,
     match,
@@ -51,6 +53,8 @@ FRONT_STAGES: tuple[Callable[[Services], Callable[[Exchange], None]], ...] = (
 
 ROUTE_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     cors.build,  # preflights answered here, never forwarded
+    address_limit.build,  # auth: none routes: their rate_limit per client address (429)
+    failed_auth.build,  # an address past its failed-auth budget: 429 before any key lookup
     authenticate.build,  # Bearer key -> key record (401, 503 auth_unavailable)
     authorize.build,  # permissions, resource scopes, allowed origins (403)
     tenancy.build,  # X-Project-Id, X-Namespace (404)
@@ -65,7 +69,7 @@ VERIFY_STAGES: tuple[Callable[[RouteConfig, Services], Check | None], ...] = (
     verify.answer,  # 200, empty body, the identity headers the upstream would have received
 )
 # Failures from any of them: failure.build decides the answer (gateway.problem renders it),
-# in the driver below.
+# in the driver below; a 401 is counted against its address's failed-auth budget there.
 
 
 class RoutePath:

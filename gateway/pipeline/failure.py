@@ -4,7 +4,9 @@ bare ``Exception`` is caught (logged with the request id, answered as a 500).
 A failure answers as its kind (``gateway.errors``) with one exception, decided here and
 nowhere else: on the proxy the key store is only asked who a key belongs to (the key lookup
 in authenticate, the workspace view in tenancy), so its outage is an authentication outage,
-503 ``auth_unavailable`` (README "Errors"), not the admin API's 503 ``store_unavailable``."""
+503 ``auth_unavailable`` (README "Errors"), not the admin API's 503 ``store_unavailable``.
+A 401 is counted against its client address's failed-auth budget first, and answers 429
+``too_many_failed_auth`` when that budget is spent (``gateway.pipeline.failed_auth``)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.exchange import Exchange
 from gateway.metrics import NO_ROUTE
+from gateway.pipeline import failed_auth
 from gateway.problem import problem_response
 from gateway.services import Services
 
@@ -43,6 +46,7 @@ def proxy_failure(exc: Exception) -> GatewayFailure | None:
 
 def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.Response]]:
     metrics = services.metrics
+    count_failed_auth = failed_auth.build_counter(services)  # None: failed_auth is off
 
     async def handle_error(exchange: Exchange, exc: Exception) -> web.Response:
         failure = proxy_failure(exc)
@@ -51,6 +55,8 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
             failure = INTERNAL
         elif isinstance(exc, UpstreamError | StoreUnavailable):
             log_dependency(exchange, exc)
+        elif failure.kind.status == 401 and count_failed_auth is not None:
+            failure = await count_failed_auth(exchange, failure)  # may become 429
         exchange.error_code = code = failure.kind.code
         match = exchange.match
         metrics.count_error(code, match.route.name if match is not None else NO_ROUTE)

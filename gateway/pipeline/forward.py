@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from gateway.client_address import forwarded_for_resolver
 from gateway.config import RouteConfig
 from gateway.errors import BAD_REQUEST, PAYLOAD_TOO_LARGE, GatewayError, UpstreamError
 from gateway.exchange import Exchange, Handler
@@ -87,7 +88,9 @@ def canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def outbound_headers(exchange: Exchange) -> list[tuple[str, str]]:
+def outbound_headers(
+    exchange: Exchange, forwarded_for: Callable[[web.BaseRequest], str]
+) -> list[tuple[str, str]]:
     request = exchange.request
     drop = NOT_FORWARDED
     if "Connection" in request.headers:
@@ -99,7 +102,7 @@ def outbound_headers(exchange: Exchange) -> list[tuple[str, str]]:
     ]
     headers.extend(identity_headers(exchange))
     headers += [
-        ("X-Forwarded-For", request.remote or ""),  # the peer address
+        ("X-Forwarded-For", forwarded_for(request)),  # README "Client address"
         ("X-Forwarded-Proto", request.scheme),
         ("X-Forwarded-Host", request.host),
     ]
@@ -293,6 +296,7 @@ def build(route: RouteConfig, services: Services) -> Handler:
     limit = route.max_body_bytes
     timeout = route.timeout
     owns_cors = route.cors is not None
+    forwarded_for = forwarded_for_resolver(services.config.trusted_proxies)
 
     watcher = ClientWatch()
     upstream_latency = services.metrics.upstream_latency(route.name)
@@ -309,7 +313,7 @@ def build(route: RouteConfig, services: Services) -> Handler:
             upstream = await group.request(
                 request.method,
                 upstream_target(route, exchange),
-                outbound_headers(exchange),
+                outbound_headers(exchange, forwarded_for),
                 body,
                 timeout=timeout,
                 body_length=length,

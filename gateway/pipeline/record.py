@@ -12,6 +12,7 @@ from gateway.exchange import Exchange
 from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.keys.usage import outcome_of
 from gateway.metrics import NO_ROUTE
+from gateway.pipeline.client import client_of
 from gateway.services import Services
 
 Recorder = Callable[[Exchange, "web.StreamResponse | None", float], None]
@@ -23,6 +24,7 @@ def build_recorder(services: Services) -> Recorder:
     observe = services.metrics.observe_request
     access_log = services.access_log
     count_usage = services.usage.count
+    client = client_of(services)
 
     def record(exchange: Exchange, response: web.StreamResponse | None, seconds: float) -> None:
         # no response: the handler was cancelled, the client had left
@@ -34,6 +36,7 @@ def build_recorder(services: Services) -> Recorder:
         if key is not None:
             count_usage(key.key_id, key.workspace_id, outcome_of(exchange.error_code, status))
         if access_log is not None:
+            client(exchange)  # the access log's client field (README "Client address")
             access_log.log(exchange, status, seconds)
 
     return record

@@ -259,7 +259,7 @@ async def test_debug_decisions_name_the_checked_routes_stages(
     decisions = [(r.stage, r.decision) for r in caplog.records  # type: ignore[attr-defined]
                  if getattr(r, "request_id", None) == "dbg-1"]
     assert decisions == [
-        ("request_id", "pass"), ("match", "pass"), ("cors", "pass"), ("authenticate", "pass"),
-        ("authorize", "pass"), ("tenancy", "pass"), ("rate_limit", "pass"),
-        ("verify", "answered 200"), ("forward_auth", "answered 200"),
+        ("request_id", "pass"), ("match", "pass"), ("cors", "pass"), ("failed_auth", "pass"),
+        ("authenticate", "pass"), ("authorize", "pass"), ("tenancy", "pass"),
+        ("rate_limit", "pass"), ("verify", "answered 200"), ("forward_auth", "answered 200"),
     ]
