@@ -53,15 +53,21 @@ async def add_member(request: web.Request) -> web.Response:
     return see_other("/members?done=added")
 
 
+async def _member_of_path(request: web.Request) -> Member:
+    """The member the path names, in the signed-in member's workspace (404 otherwise)."""
+    user_id = request.match_info["user_id"]
+    members = await request.app[KEY_SERVICE].members.all(session(request).workspace_id)
+    member = next((m for m in members if m.user_id == user_id), None)
+    if member is None:
+        raise MemberNotFound(f"member {user_id} not found")
+    return member
+
+
 async def _other_member(request: web.Request) -> Member:
     """The member of the path: another member of this workspace, and no owner unless the
     signed-in member is one (403 otherwise; 404 for anyone unknown)."""
     me = session(request)
-    user_id = request.match_info["user_id"]
-    members = await request.app[KEY_SERVICE].members.all(me.workspace_id)
-    member = next((m for m in members if m.user_id == user_id), None)
-    if member is None:
-        raise MemberNotFound(f"member {user_id} not found")
+    member = await _member_of_path(request)
     if member.user_id == me.user_id:
         raise web.HTTPForbidden(text="You cannot change or remove yourself.")
     if member.role == "owner" and not can(request, "owner"):
@@ -88,11 +94,7 @@ async def remove_member(request: web.Request) -> web.Response:
 async def make_link(request: web.Request) -> web.Response:
     """A sign-in link for a member, shown on this answer only (not kept, not in a URL)."""
     me = session(request)
-    user_id = request.match_info["user_id"]
-    members = await request.app[KEY_SERVICE].members.all(me.workspace_id)
-    member = next((m for m in members if m.user_id == user_id), None)
-    if member is None:
-        raise MemberNotFound(f"member {user_id} not found")
+    member = await _member_of_path(request)
     token = await request.app[KEY_SERVICE].console.make_link(me.workspace_id, member.email,
                                                              me.user_id)
     return await member_list(request, link=sign_in_url(request.app[SERVICES].config, token),
