@@ -29,7 +29,8 @@ from gateway.errors import StoreUnavailable
 from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.keys.model import OUTCOMES
 from gateway.periodic import Periodic
-from gateway.store.usage import MINUTE, MinuteCounts, Retention
+from gateway.store.usage import MinuteCounts, Retention
+from gateway.store.usage_top import MINUTE
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics

@@ -16,11 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.keys.model import GRANULARITIES, OUTCOMES, KeyUsage, TopKey, UsagePoint
+from gateway.keys.model import OUTCOMES, KeyUsage, TopKey, UsagePoint
 from gateway.store.db import Conn, Db, Row
-from gateway.store.usage_top import top_keys
-
-MINUTE, HOUR, DAY = GRANULARITIES["minute"], GRANULARITIES["hour"], GRANULARITIES["day"]
+from gateway.store.usage_top import DAY, HOUR, MINUTE, TOTAL, top_keys
 
 SELECT_USAGE = (
     "SELECT k.key_id, COALESCE(u.requests, 0), COALESCE(u.rate_limited, 0), k.last_used_at "
@@ -29,7 +27,6 @@ SELECT_USAGE = (
 
 _COLUMNS = ", ".join(OUTCOMES)
 _SUMS = ", ".join(f"SUM({name})" for name in OUTCOMES)
-_TOTAL = " + ".join(OUTCOMES)
 _ADDED = ", ".join(f"{name} = {{table}}.{name} + excluded.{name}" for name in OUTCOMES)
 _VALUES = ", ".join(f"${n}" for n in range(4, 4 + len(OUTCOMES)))
 
@@ -83,7 +80,7 @@ OPEN_DAY = (
 )
 ADD_TO_DAYS = "UPDATE usage_key_running SET through = through + $3 WHERE key_id = $1 AND day >= $2"
 ROLLED_DAYS = (  # per key and day, what the minutes of [$1, $2) add
-    f"SELECT key_id, start - start % {DAY}, SUM({_TOTAL}) FROM usage_key_buckets "
+    f"SELECT key_id, start - start % {DAY}, SUM({TOTAL}) FROM usage_key_buckets "
     f"WHERE granularity = {MINUTE} AND start >= $1 AND start < $2 "
     f"GROUP BY key_id, start - start % {DAY} ORDER BY key_id, start - start % {DAY}"
 )
@@ -112,9 +109,9 @@ KEY_SERIES = _series("usage_key_buckets", "key_id")
 # per key of a page and day in [$1, $2): the day buckets plus the minutes from $3 not rolled up
 DAILY_TOTALS = (
     f"SELECT key_id, b, SUM(n) FROM ("
-    f"SELECT key_id, start AS b, {_TOTAL} AS n FROM usage_key_buckets WHERE key_id IN ({{ids}}) "
+    f"SELECT key_id, start AS b, {TOTAL} AS n FROM usage_key_buckets WHERE key_id IN ({{ids}}) "
     f"AND granularity = {DAY} AND start >= $1 AND start < $2 "
-    f"UNION ALL SELECT key_id, start - start % {DAY} AS b, {_TOTAL} AS n FROM usage_key_buckets "
+    f"UNION ALL SELECT key_id, start - start % {DAY} AS b, {TOTAL} AS n FROM usage_key_buckets "
     f"WHERE key_id IN ({{ids}}) AND granularity = {MINUTE} AND start >= $3 AND start < $2"
     ") AS u GROUP BY key_id, b"
 )

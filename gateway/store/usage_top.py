@@ -12,7 +12,7 @@ from gateway.keys.model import GRANULARITIES, OUTCOMES, TopKey
 from gateway.store.db import Conn
 
 MINUTE, HOUR, DAY = GRANULARITIES["minute"], GRANULARITIES["hour"], GRANULARITIES["day"]
-_TOTAL = " + ".join(OUTCOMES)
+TOTAL = " + ".join(OUTCOMES)  # every outcome of a bucket row, summed (SQL)
 
 WHOLE_DAYS = (  # per key of $1: its total over the days of [$2, $3)
     "SELECT k.key_id, k.name, "
@@ -42,7 +42,7 @@ def tiles(start: int, end: int, sizes: tuple[int, ...]) -> list[Tile]:
 def edge_sums(parts: list[Tile]) -> str:
     """Per key of $1: its total over the buckets ``parts`` name ($2, $3 … their bounds)."""
     branches = [
-        f"SELECT key_id, {_TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
+        f"SELECT key_id, {TOTAL} AS n FROM usage_key_buckets WHERE workspace_id = $1 "
         f"AND granularity = {size} AND start >= ${2 * i + 2} AND start < ${2 * i + 3}"
         for i, (size, _, _) in enumerate(parts)
     ]
