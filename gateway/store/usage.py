@@ -169,12 +169,10 @@ class UsageTable:
             return
         async with self._db.transaction() as tx:
             rolled_to = await tx.fetchval(ROLLED_TO + self._dialect.share_lock)
-            keys, workspaces = _bucket_rows(minutes, int(rolled_to))
+            keys, workspaces, late_days = _bucket_rows(minutes, int(rolled_to))
             await tx.executemany(ADD_KEY_BUCKET, keys)
             await tx.executemany(ADD_WORKSPACE_BUCKET, workspaces)
-            late = [m for m in minutes if m.start < int(rolled_to)]  # after an outage
-            await _add_to_running(tx, [(m.key_id, m.start - m.start % DAY, sum(m.counts))
-                                       for m in late])
+            await _add_to_running(tx, late_days)
             for sql, rows in self._dialect.add_usage(_lifetime(minutes, last_used or {})):
                 await tx.executemany(sql, rows)
 
@@ -275,9 +273,10 @@ Values = tuple[object, ...]
 
 def _bucket_rows(
     minutes: Sequence[MinuteCounts], rolled_to: int
-) -> tuple[list[Values], list[Values]]:
+) -> tuple[list[Values], list[Values], list[tuple[str, int, int]]]:
     """The key rows and the workspace rows to add, each sorted by its primary key. A minute
-    the roll-up has passed is added to its hour and day as well."""
+    the roll-up has passed (a late one, after an outage) is added to its hour and day as well,
+    and its day's count per key is returned third, for the running totals."""
     keys: dict[tuple[str, int, int], list[int]] = {}
     workspace_of: dict[str, str | None] = {}
     workspaces: dict[tuple[str, int, int], list[int]] = {}
@@ -294,15 +293,15 @@ def _bucket_rows(
         (*k, *counts, workspace_of[k[0]]) for k, counts in sorted(keys.items())
     ]
     workspace_rows: list[Values] = [(*k, *counts) for k, counts in sorted(workspaces.items())]
-    return key_rows, workspace_rows
+    late_days = [(key_id, start, sum(counts))
+                 for (key_id, granularity, start), counts in keys.items() if granularity == DAY]
+    return key_rows, workspace_rows, late_days
 
 
 async def _add_to_running(tx: Conn, days: list[tuple[str, int, int]]) -> None:
-    """Add each (key, day, count) to the key's running totals, in key order."""
-    summed: dict[tuple[str, int], int] = {}
-    for key_id, day, count in days:
-        summed[key_id, day] = summed.get((key_id, day), 0) + count
-    rows = sorted((key_id, day, count) for (key_id, day), count in summed.items() if count)
+    """Add each (key, day, count), one per key and day, to the key's running totals, in key
+    order."""
+    rows = sorted(day for day in days if day[2])
     if not rows:
         return
     await tx.executemany(OPEN_DAY, [(key_id, day) for key_id, day, _ in rows])
