@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install install-test run lint layers types test check fuzz bench image screenshots clean
+.PHONY: install install-test run lint layers types test check fuzz bench profile image screenshots clean
 
 # the package's version: the image tag deploy/kubernetes and docker-compose.yml name
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -57,6 +57,10 @@ screenshots: install-test  ## retake the console's pictures in docs/console (REA
 
 bench: install  ## the performance benchmark (nginx + wrk, ratios in one run)
 	$(BIN)/python scripts/bench.py
+
+ROUTE ?= full
+profile: install  ## py-spy flame graph of the request path under wrk: profile-out/$(ROUTE).svg
+	$(BIN)/python scripts/profile.py --route $(ROUTE)
 
 image:  ## the container image, tagged as the manifests name it (README "Deployment")
 	docker build -f deploy/Dockerfile -t $(IMAGE):$(VERSION) .

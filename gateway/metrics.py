@@ -5,8 +5,11 @@ policy, store operation, cache result. Never a key, a path or an address.
 Each ``Metrics`` has its own registry, so several gateways in one process (the tests) never
 share a series. Two ways numbers get in:
 
-- **observed**: the request path calls a bound child once per request (``observe_request``, the
-  upstream histogram child from ``upstream_latency``) or once per event (``count_error``, ...);
+- **tallied**: what every request adds (``observe_request``; the upstream latency, through the
+  ``Tally`` from ``upstream_latency``) goes into plain numbers first — an int increment and a
+  bucket found by bisection, no lock and no file write — and reaches prometheus-client's children
+  in ``sample()``, like the sampled values below (README "Metrics and logs");
+- **observed**: what happens once per event (``count_error``, ...) calls a bound child at once;
 - **sampled**: what the gateway already counts in plain numbers (key-cache stats, in-flight
   requests, upstream pool sizes, upstream targets in service and their ejections) is copied in
   by ``sample()``: before every render and, with workers, every second. It costs the request
@@ -15,13 +18,14 @@ share a series. Two ways numbers get in:
 With ``workers: N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start:
 prometheus-client then keeps every value in a per-process file there, and ``render()`` in any
 worker reads all the files (``MultiProcessCollector``), so each scrape shows the totals of all
-workers. Observed values are exact at once; sampled ones of the other workers are up to
-``SAMPLE_INTERVAL`` old; gauges are summed over live workers (``livesum``).
+workers. Observed values are exact at once; tallied and sampled ones of the other workers are up
+to ``SAMPLE_INTERVAL`` old; gauges are summed over live workers (``livesum``).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -101,7 +105,8 @@ class Metrics:
         self._declare_requests(registry)
         self._declare_refusals(registry)
         self._declare_dependencies(registry)
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._request_tallies: dict[tuple[str, str, int], RequestTally] = {}
+        self._histogram_tallies: dict[int, Tally] = {}  # by id() of the child they feed
         self._error_children: dict[tuple[str, str], tuple[Counter, ...]] = {}
         self._cache: KeyCache | None = None
         self._limiter: RateLimiter | None = None
@@ -226,27 +231,32 @@ class Metrics:
     # -- observed: called by the request path -----------------------------------------------
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Once per request, from the driver. Children are bound once per (route, method,
-        status) and kept: no ``.labels()`` call per request."""
+        """Once per request, from the driver: tallied (see the module docstring), the tallies
+        made once per (route, method, status) and kept."""
         if method not in METHODS:
             method = "OTHER"
-        children = self._request_children.get((route, method, status))
-        if children is None:
-            children = self._bind_request(route, method, status)
-        children[0].inc()
-        children[1].observe(seconds)
+        tally = self._request_tallies.get((route, method, status))
+        if tally is None:
+            tally = self._bind_request(route, method, status)
+        tally.count += 1
+        tally.duration.observe(seconds)
 
-    def _bind_request(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
-        children = (
-            self.requests.labels(route, method, status_class(status)),
-            self.request_duration.labels(route),
-        )
-        self._request_children[(route, method, status)] = children
-        return children
+    def _bind_request(self, route: str, method: str, status: int) -> RequestTally:
+        duration = self._tally_of(self.request_duration.labels(route))
+        tally = RequestTally(self.requests.labels(route, method, status_class(status)), duration)
+        self._request_tallies[(route, method, status)] = tally
+        return tally
 
-    def upstream_latency(self, route: str) -> Histogram:
-        """The upstream-latency child of ``route``, bound once when the route is built."""
-        return self.upstream_duration.labels(route)
+    def upstream_latency(self, route: str) -> Tally:
+        """The upstream-latency tally of ``route``, bound once when the route is built."""
+        return self._tally_of(self.upstream_duration.labels(route))
+
+    def _tally_of(self, child: Histogram) -> Tally:
+        """One tally per histogram child, however many callers bind it."""
+        tally = self._histogram_tallies.get(id(child))
+        if tally is None:
+            tally = self._histogram_tallies[id(child)] = Tally(child)
+        return tally
 
     def count_error(self, code: str, route: str = NO_ROUTE) -> None:
         """One problem+json answer: by code, plus the refusal counter the code belongs to."""
@@ -293,6 +303,10 @@ class Metrics:
         self._limiter = limiter
 
     def sample(self) -> None:
+        for request in self._request_tallies.values():
+            request.flush()
+        for tally in self._histogram_tallies.values():
+            tally.flush()
         self.in_flight_gauge.set(self.in_flight)
         for route, group in self._upstreams.items():
             open_, idle = group.usage()
@@ -368,3 +382,50 @@ class Metrics:
         self.sample()
         value = self.registry.get_sample_value(name, dict(labels or {}))
         return 0.0 if value is None else value
+
+
+class Tally:
+    """A histogram child's observations in plain numbers until ``flush`` adds them to it (its
+    bucket and sum values: prometheus-client has no call that adds many observations at once).
+    Not thread-safe, and needs not be: the event loop is the only caller."""
+
+    __slots__ = ("_child", "_counts", "_sum", "bounds")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self.bounds = tuple(child._upper_bounds)  # ends with +Inf: every value has a bucket
+        self._counts = [0] * len(self.bounds)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # a bucket counts the values <= its bound: bisect_left finds the first such bound
+        self._counts[bisect_left(self.bounds, seconds)] += 1
+        self._sum += seconds
+
+    def flush(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        buckets = self._child._buckets
+        for i, count in enumerate(counts):
+            if count:
+                buckets[i].inc(count)
+                counts[i] = 0
+        self._child._sum.inc(self._sum)
+        self._sum = 0.0
+
+
+class RequestTally:
+    """The requests of one (route, method, status): a count, and the route's duration tally."""
+
+    __slots__ = ("_child", "count", "duration")
+
+    def __init__(self, child: Counter, duration: Tally) -> None:
+        self._child = child
+        self.count = 0
+        self.duration = duration
+
+    def flush(self) -> None:
+        if self.count:
+            self._child.inc(self.count)
+            self.count = 0

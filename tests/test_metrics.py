@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import HealthConfig
@@ -183,3 +184,39 @@ def test_each_targets_health_is_sampled_and_a_new_group_counts_from_zero() -> No
     fresh.health.failed("reset")
     assert value("gateway_upstream_ejections_total", labels) == 2
     assert "http://b:1" not in metrics.render()
+
+
+def test_tallied_durations_match_what_prometheus_client_would_have_counted() -> None:
+    """Request and upstream durations are tallied in plain numbers and added at sample time:
+    the buckets (a value equal to a bound counts in that bound's bucket), the sum and the count
+    must be those of observing each value on the histogram itself."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    metrics = Metrics()
+    bounds = metrics.request_duration.labels("api")._upper_bounds  # the same bounds
+    reference = Histogram("ref_seconds", "reference", registry=CollectorRegistry(),
+                          buckets=bounds)
+    upstream = metrics.upstream_latency("api")
+    values = [0.0, 0.0005, 0.001, 0.0011, 0.005, 0.25, 1.0, 7.5, 1e6]
+    for value in values:
+        metrics.observe_request("api", "GET", 200, value)
+        upstream.observe(value)
+        reference.observe(value)
+    metrics.observe_request("api", "GET", 200, 0.002)  # two flushes add up
+    metrics.sample()
+    metrics.observe_request("api", "GET", 200, 0.003)
+    reference.observe(0.002)
+    reference.observe(0.003)
+
+    expected = {s.labels.get("le"): s.value for s in reference.collect()[0].samples
+                if s.name == "ref_seconds_bucket"}
+    assert len(expected) > 5
+    for le, value in expected.items():
+        assert metrics.sample_value("gateway_request_duration_seconds_bucket",
+                                    {"route": "api", "le": le}) == value, le
+    assert metrics.sample_value("gateway_request_duration_seconds_sum", {"route": "api"}) == \
+        pytest.approx(sum(values) + 0.005)
+    assert metrics.sample_value("gateway_requests_total", {
+        "route": "api", "method": "GET", "status_class": "2xx"}) == len(values) + 2
+    assert metrics.sample_value("gateway_upstream_duration_seconds_count",
+                                {"route": "api"}) == len(values)
