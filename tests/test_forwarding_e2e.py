@@ -841,3 +841,37 @@ async def test_expect_100_continue_with_aiohttp_client(
                          timeout=aiohttp.ClientTimeout(total=3)) as response:
         assert response.status == 200
     assert gateway.upstream.log.last.body == b"x" * 100_000
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_a_small_response_is_framed_as_aiohttp_would(
+    make_gateway: GatewayFactory, version: str
+) -> None:
+    """A small response is written in one write by the gateway itself (README "Benchmark"),
+    HTTP/1.0 by aiohttp (which also drops a header's non-UTF-8 bytes, where the one-write path
+    passes them on unchanged): either way a Date and a Content-Type are added when the upstream sent
+    none, one Content-Length, keep-alive honoured, and ``Connection: close`` ends the connection."""
+    upstream = b"HTTP/1.1 201 Made It\r\nX-Bytes: caf\xe9\r\ncontent-length: 5\r\n\r\nhello"
+    async with raw_upstream(upstream) as url:
+        gateway = await gateway_for(make_gateway, url, auth="none")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        one = f"GET /up/x HTTP/{version}\r\nHost: x\r\n"
+        keep, close = ("", "Connection: close\r\n") if version == "1.1" else (
+            "Connection: keep-alive\r\n", "")  # HTTP/1.0 closes unless asked not to
+        writer.write(f"{one}{keep}\r\n{one}{close}\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 5)  # EOF: the gateway closed it
+        writer.close()
+    answers = data.split(f"HTTP/{version} 201 Made It\r\n".encode())
+    assert answers[0] == b"" and len(answers) == 3, data
+    for answer, closing in zip(answers[1:], (False, True), strict=True):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        names = [line.split(b":")[0].lower() for line in lines]
+        assert body == b"hello"
+        assert names.count(b"content-length") == 1 and b"Content-Length: 5" in lines
+        if version == "1.1":  # aiohttp's own writer (HTTP/1.0) drops the byte it cannot encode
+            assert b"X-Bytes: caf\xe9" in lines
+        assert names.count(b"date") == 1
+        assert b"Content-Type: application/octet-stream" in lines
+        assert b"Server: gateway" in lines and names.count(b"x-request-id") == 1
+        assert (b"Connection: close" in lines) is (closing and version == "1.1")

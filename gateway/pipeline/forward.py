@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
@@ -133,27 +135,35 @@ def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
 
 def returned_headers(
     upstream: UpstreamResponse, exchange: Exchange, owns_cors: bool = False
-) -> CIMultiDict[str]:
-    """The upstream's response headers by rule; on a route with ``cors`` the gateway owns every
-    ``Access-Control-*`` header, so an origin outside its list never gets an allow header."""
-    drop = NOT_RETURNED
-    named = [v for k, v in upstream.headers if canonical(k) == "connection"]
-    if named:
-        drop = drop | connection_named(named)
-    headers: CIMultiDict[str] = CIMultiDict(
-        [
-            (name, value)
-            for name, value in upstream.headers
-            if canonical(name) not in drop
-            and not (owns_cors and canonical(name).startswith("access-control-"))
-        ]
-    )
+) -> list[tuple[str, str]]:
+    """The upstream's response headers by rule, then the gateway's own (``exchange``'s), which
+    replace any the upstream sent under the same names. On a route with ``cors`` the gateway
+    owns every ``Access-Control-*`` header, so an origin outside its list never gets an allow
+    header."""
     own = exchange.response_headers
-    upstream_vary = headers.getall("Vary", ()) if "Vary" in own else ()
-    headers.update(own)
-    if upstream_vary:  # both vary: the response varies on the union, not on ours alone
-        headers["Vary"] = merge_vary([*upstream_vary, own["Vary"]])
-    return headers
+    owned = {canonical(name) for name in own}
+    kept: list[tuple[str, str]] = []
+    named: list[str] = []  # what the upstream's Connection headers name, dropped too
+    vary: list[str] = []  # the upstream's Vary, when ours replaces it: merged below
+    for name, value in upstream.headers:
+        folded = canonical(name)
+        if folded in NOT_RETURNED or folded in owned:
+            if folded == "connection":
+                named.append(value)
+            elif folded == "vary":
+                vary.append(value)
+            continue
+        if owns_cors and folded.startswith("access-control-"):
+            continue
+        kept.append((name, value))
+    if named:
+        hops = connection_named(named)
+        kept = [(name, value) for name, value in kept if canonical(name) not in hops]
+    kept.extend(own.items())
+    if vary:  # both vary: the response varies on the union, not on ours alone
+        kept = [(n, v) for n, v in kept if canonical(n) != "vary"]
+        kept.append(("Vary", merge_vary([*vary, own["Vary"]])))
+    return kept
 
 
 def merge_vary(values: list[str]) -> str:
@@ -262,6 +272,61 @@ class ClientWatch:
             self._timer = asyncio.get_running_loop().call_later(CLIENT_CHECK, self._sweep)
 
 
+class WrittenResponse(web.StreamResponse):
+    """A response already written whole to the client's transport, head and body in one write
+    (``write_whole``): aiohttp's ``prepare`` and ``write_eof`` see it sent and do nothing, and
+    it reports what the access log and the driver read (status, keep-alive, body length)."""
+
+    def __init__(self, status: int, reason: str, keep_alive: bool, body_length: int,
+                 headers: list[tuple[str, str]]) -> None:
+        # StreamResponse's own __init__ builds a header multidict this never needs
+        self._state = {}
+        self._status, self._reason = status, reason
+        self._keep_alive = keep_alive
+        self._eof_sent = True
+        self._body_length = body_length
+        self._sent_headers = headers
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        return CIMultiDict(self._sent_headers)
+
+
+# statuses whose response has no body (RFC 9110 §6.4.1), left to aiohttp's own rules
+NO_BODY = frozenset({204, 304})
+
+
+def write_whole(
+    request: web.BaseRequest, upstream: UpstreamResponse, headers: list[tuple[str, str]],
+    body: bytes,
+) -> WrittenResponse | None:
+    """An HTTP/1.1 response with its whole body in hand (``headers``: ``returned_headers``),
+    written in one transport write, as aiohttp would have framed it: ``Content-Length``, a
+    ``Date`` and a ``Content-Type`` when the upstream sent none (the gateway's own headers
+    never are either), ``Connection: close`` when the connection ends after it. None when
+    aiohttp must frame it instead: HTTP/1.0, a status without a body, a CR or LF inside a
+    header (aiohttp refuses those), or no transport left."""
+    transport = request.transport
+    status = upstream.status
+    if (request.version != HttpVersion11 or status < 200 or status in NO_BODY
+            or transport is None or transport.is_closing()):
+        return None
+    sent = {canonical(name) for name, _ in upstream.headers}
+    extra = "" if "date" in sent else f"\r\nDate: {rfc822_formatted_time()}"
+    if body and "content-type" not in sent:
+        extra += "\r\nContent-Type: application/octet-stream"
+    keep_alive = request.keep_alive
+    close = "" if keep_alive else "\r\nConnection: close"
+    fields = "\r\n".join(map(": ".join, headers))
+    breaks = len(headers) - 1  # the ones between the header lines, and no other
+    if fields.count("\n") != breaks or fields.count("\r") != breaks:
+        return None  # a line break inside a header: aiohttp's writer refuses it
+    head = (f"HTTP/1.1 {status} {upstream.reason}\r\n{fields}{extra}"
+            f"\r\nContent-Length: {len(body)}{close}\r\n\r\n")
+    transport.write(head.encode("utf-8", "surrogateescape") + body)
+    return WrittenResponse(status, upstream.reason, keep_alive, len(body), headers)
+
+
 async def respond(
     exchange: Exchange, upstream: UpstreamResponse, owns_cors: bool = False
 ) -> web.StreamResponse:
@@ -270,10 +335,15 @@ async def respond(
     length = upstream.content_length
     if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
         body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
+        written = write_whole(request, upstream, headers, body)
+        if written is not None:
+            if transport_backlog(request):
+                await request.writer.drain()  # a client slow to read: wait as aiohttp would
+            return written
         return web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                            headers=headers)
+                            headers=CIMultiDict(headers))
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=headers)
+                                  headers=CIMultiDict(headers))
     if length is not None:
         response.content_length = length
     try:
@@ -289,6 +359,12 @@ async def respond(
     except ConnectionError:
         pass  # the client went away mid-write: aiohttp treats the exchange as disconnected
     return response
+
+
+def transport_backlog(request: web.BaseRequest) -> bool:
+    """Bytes the transport could not send yet (a client that reads slowly)."""
+    transport = request.transport
+    return transport is not None and transport.get_write_buffer_size() > 0
 
 
 def build(route: RouteConfig, services: Services) -> Handler:
