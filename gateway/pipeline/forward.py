@@ -90,18 +90,24 @@ def canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+@functools.lru_cache(maxsize=4096)
+def never_forwarded(name: str) -> bool:
+    """Whether a client header of this name is dropped whatever the request (one cached call
+    per header on the hot path)."""
+    folded = canonical(name)
+    return folded in NOT_FORWARDED or folded.startswith("x-forwarded-")
+
+
 def outbound_headers(
     exchange: Exchange, forwarded_for: Callable[[web.BaseRequest], str]
 ) -> list[tuple[str, str]]:
     request = exchange.request
-    drop = NOT_FORWARDED
-    if "Connection" in request.headers:
-        drop = drop | connection_named(request.headers.getall("Connection"))
     headers = [
-        (name, value)
-        for name, value in request.headers.items()
-        if canonical(name) not in drop and not canonical(name).startswith("x-forwarded-")
+        (name, value) for name, value in request.headers.items() if not never_forwarded(name)
     ]
+    if "Connection" in request.headers:  # and what it names
+        named = connection_named(request.headers.getall("Connection"))
+        headers = [(name, value) for name, value in headers if canonical(name) not in named]
     headers.extend(identity_headers(exchange))
     headers += [
         ("X-Forwarded-For", forwarded_for(request)),  # README "Client address"
