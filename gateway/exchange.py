@@ -18,6 +18,8 @@ class Exchange:
         "client",
         "error_code",
         "key",
+        "limit_lines",
+        "limit_names",
         "match",
         "namespace_id",
         "namespace_name",
@@ -43,8 +45,13 @@ class Exchange:
         self.project_id: str | None = None
         self.namespace_id: str | None = None
         self.namespace_name: str | None = None
-        # headers every response to this request carries (request id, rate limit, CORS)
+        # headers every response to this request carries (request id, CORS, ...)
         self.response_headers: dict[str, str] = {}
+        # and the rate-limit and quota headers, as the lines "Name: value" joined by CRLF (a
+        # response written whole takes them as they are: gateway.pipeline.forward), with the
+        # lower-cased names they hold; every other response reads them from own_headers()
+        self.limit_lines = ""
+        self.limit_names: frozenset[str] = frozenset()
         # run by the driver once the response is sent or the exchange failed (e.g. a
         # concurrency slot to give back); None until a stage needs one
         self.cleanups: list[Callable[[], None]] | None = None
@@ -54,10 +61,27 @@ class Exchange:
         self.upstream_seconds: float | None = None
         self.error_code: str | None = None
 
+    def own_headers(self) -> dict[str, str]:
+        """Every header the gateway adds to this request's response, the limit lines split."""
+        if not self.limit_lines:
+            return self.response_headers
+        headers = dict(self.response_headers)
+        headers.update(header_pairs(self.limit_lines))
+        return headers
+
     def on_done(self, cleanup: Callable[[], None]) -> None:
         if self.cleanups is None:
             self.cleanups = []
         self.cleanups.append(cleanup)
+
+
+def header_pairs(lines: str) -> list[tuple[str, str]]:
+    """Header lines joined by CRLF ("Name: value", as ``Exchange.limit_lines``) as pairs."""
+    pairs = []
+    for line in lines.split("\r\n"):
+        name, _, value = line.partition(": ")
+        pairs.append((name, value))
+    return pairs
 
 
 Handler = Callable[[Exchange], Awaitable[web.StreamResponse]]

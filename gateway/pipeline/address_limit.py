@@ -16,12 +16,12 @@ from gateway.errors import RATE_LIMITED, GatewayError, LimiterUnavailable
 from gateway.exchange import Check, Exchange
 from gateway.limiter.base import ADDRESS_BUDGET, Decision, local_share
 from gateway.pipeline.client import client_of
-from gateway.pipeline.rate_limit import quota_headers
+from gateway.pipeline.rate_limit import set_limit_headers
 from gateway.services import Services
 
 
 def answer(exchange: Exchange, decision: Decision) -> None:
-    exchange.response_headers.update(quota_headers(decision))
+    set_limit_headers(exchange, decision)
     if not decision.allowed:
         retry = str(max(1, math.ceil(decision.retry_after)))
         raise GatewayError(RATE_LIMITED, "rate limit exceeded for this client address",

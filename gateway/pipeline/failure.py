@@ -61,10 +61,10 @@ def build(services: Services) -> Callable[[Exchange, Exception], Awaitable[web.R
         match = exchange.match
         metrics.count_error(code, match.route.name if match is not None else NO_ROUTE)
         # every response to a request with a valid key carries its quota (README "The request path")
-        peek, key, headers = exchange.peek_quota, exchange.key, exchange.response_headers
-        if peek is not None and key is not None and "RateLimit-Limit" not in headers:
-            headers.update(await peek(key))
-        response = problem_response(failure, exchange.request_id, exchange.response_headers)
+        peek, key = exchange.peek_quota, exchange.key
+        if peek is not None and key is not None and not exchange.limit_lines:
+            exchange.response_headers.update(await peek(key))
+        response = problem_response(failure, exchange.request_id, exchange.own_headers())
         if must_close(failure, exchange.request):
             response.force_close()
         return response

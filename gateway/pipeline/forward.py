@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from gateway.client_address import forwarded_for_resolver
 from gateway.config import RouteConfig
 from gateway.errors import BAD_REQUEST, PAYLOAD_TOO_LARGE, GatewayError, UpstreamError
-from gateway.exchange import Exchange, Handler
+from gateway.exchange import Exchange, Handler, header_pairs
 from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.services import Services
 from gateway.upstream import UpstreamResponse
@@ -148,6 +148,7 @@ def returned_headers(
     header."""
     own = exchange.response_headers
     owned = {canonical(name) for name in own}
+    owned |= exchange.limit_names  # the limit lines come with a whole write, or below
     kept: list[tuple[str, str]] = []
     named: list[str] = []  # what the upstream's Connection headers name, dropped too
     vary: list[str] = []  # the upstream's Vary, when ours replaces it: merged below
@@ -284,18 +285,21 @@ class WrittenResponse(web.StreamResponse):
     it reports what the access log and the driver read (status, keep-alive, body length)."""
 
     def __init__(self, status: int, reason: str, keep_alive: bool, body_length: int,
-                 headers: list[tuple[str, str]]) -> None:
+                 headers: list[tuple[str, str]], lines: str) -> None:
         # StreamResponse's own __init__ builds a header multidict this never needs
         self._state = {}
         self._status, self._reason = status, reason
         self._keep_alive = keep_alive
         self._eof_sent = True
         self._body_length = body_length
-        self._sent_headers = headers
+        self._sent_headers, self._sent_lines = headers, lines
 
     @property
     def headers(self) -> CIMultiDict[str]:
-        return CIMultiDict(self._sent_headers)
+        sent = CIMultiDict(self._sent_headers)
+        if self._sent_lines:
+            sent.extend(header_pairs(self._sent_lines))
+        return sent
 
 
 # statuses whose response has no body (RFC 9110 §6.4.1), left to aiohttp's own rules
@@ -304,14 +308,16 @@ NO_BODY = frozenset({204, 304})
 
 def write_whole(
     request: web.BaseRequest, upstream: UpstreamResponse, headers: list[tuple[str, str]],
-    body: bytes,
+    body: bytes, lines: str = "",
 ) -> WrittenResponse | None:
-    """An HTTP/1.1 response with its whole body in hand (``headers``: ``returned_headers``),
-    written in one transport write, as aiohttp would have framed it: ``Content-Length``, a
-    ``Date`` and a ``Content-Type`` when the upstream sent none (the gateway's own headers
-    never are either), ``Connection: close`` when the connection ends after it. None when
-    aiohttp must frame it instead: HTTP/1.0, a status without a body, a CR or LF inside a
-    header (aiohttp refuses those), or no transport left."""
+    """An HTTP/1.1 response with its whole body in hand (``headers``: ``returned_headers``;
+    ``lines``: more, already joined, ``Exchange.limit_lines``), written in one transport
+    write, as aiohttp would have framed it: ``Content-Length``, a ``Date`` and a
+    ``Content-Type`` when the upstream sent none (the gateway's own headers never are either),
+    ``Connection: close`` when the connection ends after it. None when aiohttp must frame it
+    instead: HTTP/1.0, a status without a body, or no transport left. No header can hold a CR
+    or LF: llhttp refuses them from the upstream (README "Security and reliability"), and the
+    gateway's own values are numbers, ids and validated config."""
     transport = request.transport
     status = upstream.status
     if (request.version != HttpVersion11 or status < 200 or status in NO_BODY
@@ -324,13 +330,12 @@ def write_whole(
     keep_alive = request.keep_alive
     close = "" if keep_alive else "\r\nConnection: close"
     fields = "\r\n".join(map(": ".join, headers))
-    breaks = len(headers) - 1  # the ones between the header lines, and no other
-    if fields.count("\n") != breaks or fields.count("\r") != breaks:
-        return None  # a line break inside a header: aiohttp's writer refuses it
+    if lines:
+        fields = f"{fields}\r\n{lines}"
     head = (f"HTTP/1.1 {status} {upstream.reason}\r\n{fields}{extra}"
             f"\r\nContent-Length: {len(body)}{close}\r\n\r\n")
     transport.write(head.encode("utf-8", "surrogateescape") + body)
-    return WrittenResponse(status, upstream.reason, keep_alive, len(body), headers)
+    return WrittenResponse(status, upstream.reason, keep_alive, len(body), headers, lines)
 
 
 async def respond(
@@ -339,17 +344,22 @@ async def respond(
     request = exchange.request
     headers = returned_headers(upstream, exchange, owns_cors)
     length = upstream.content_length
+    body: bytes | None = None
     if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
         body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
-        written = write_whole(request, upstream, headers, body)
+        written = write_whole(request, upstream, headers, body, exchange.limit_lines)
         if written is not None:
             if transport_backlog(request):
                 await request.writer.drain()  # a client slow to read: wait as aiohttp would
             return written
+    every = CIMultiDict(headers)
+    if exchange.limit_lines:
+        every.extend(header_pairs(exchange.limit_lines))
+    if body is not None:
         return web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                            headers=CIMultiDict(headers))
+                            headers=every)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=CIMultiDict(headers))
+                                  headers=every)
     if length is not None:
         response.content_length = length
     try:

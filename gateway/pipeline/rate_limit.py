@@ -27,8 +27,6 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 
-from multidict import istr
-
 from gateway.config import RouteConfig
 from gateway.errors import (
     CONCURRENCY_LIMITED,
@@ -38,7 +36,7 @@ from gateway.errors import (
     GatewayError,
     LimiterUnavailable,
 )
-from gateway.exchange import Check, Exchange
+from gateway.exchange import Check, Exchange, header_pairs
 from gateway.keys.model import KeyRecord
 from gateway.limiter.base import Decision, QuotaAsk, RateLimiter
 from gateway.limiter.budget import Limits, admit_local_share, budget_of
@@ -52,38 +50,36 @@ def _text(number: int) -> str:
     return str(number)
 
 
-# istr: the response's CIMultiDict takes these names without case-folding them per request
-LIMIT, REMAINING, RESET = (
-    istr("RateLimit-Limit"), istr("RateLimit-Remaining"), istr("RateLimit-Reset")
-)
-X_LIMIT, X_REMAINING, X_RESET = (
-    istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining"), istr("X-RateLimit-Reset")
-)
+# the lower-cased names of the lines below, which replace an upstream's headers of those names
+RATE_NAMES = frozenset({"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset",
+                        "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"})
+QUOTA_NAMES = RATE_NAMES | {"x-quota-limit", "x-quota-remaining", "x-quota-reset"}
 
 
-X_QUOTA_LIMIT, X_QUOTA_REMAINING, X_QUOTA_RESET = (
-    istr("X-Quota-Limit"), istr("X-Quota-Remaining"), istr("X-Quota-Reset")
-)
+def limit_lines(decision: Decision) -> str:
+    """``RateLimit-*`` and ``X-RateLimit-*``, and ``X-Quota-*`` when a quota was decided, as
+    header lines joined by CRLF: one string built per request, which a response written whole
+    takes as it is (``Exchange.limit_lines``)."""
+    limit, remaining = _text(decision.limit), decision.remaining
+    reset = _text(max(0, math.ceil(decision.reset)))
+    lines = (f"RateLimit-Limit: {limit}\r\nRateLimit-Remaining: {remaining}\r\n"
+             f"RateLimit-Reset: {reset}\r\nX-RateLimit-Limit: {limit}\r\n"
+             f"X-RateLimit-Remaining: {remaining}\r\nX-RateLimit-Reset: {reset}")
+    quota = decision.quota
+    if quota is not None:
+        lines += (f"\r\nX-Quota-Limit: {_text(quota.limit)}\r\nX-Quota-Remaining: "
+                  f"{quota.remaining}\r\nX-Quota-Reset: {max(0, math.ceil(quota.reset))}")
+    return lines
+
+
+def set_limit_headers(exchange: Exchange, decision: Decision) -> None:
+    exchange.limit_lines = limit_lines(decision)
+    exchange.limit_names = RATE_NAMES if decision.quota is None else QUOTA_NAMES
 
 
 def quota_headers(decision: Decision) -> dict[str, str]:
-    """``RateLimit-*`` and ``X-RateLimit-*``, and ``X-Quota-*`` when a quota was decided."""
-    limit, remaining = _text(decision.limit), str(decision.remaining)
-    reset = _text(max(0, math.ceil(decision.reset)))
-    headers: dict[str, str] = {
-        LIMIT: limit,
-        REMAINING: remaining,
-        RESET: reset,
-        X_LIMIT: limit,
-        X_REMAINING: remaining,
-        X_RESET: reset,
-    }
-    quota = decision.quota
-    if quota is not None:
-        headers[X_QUOTA_LIMIT] = _text(quota.limit)
-        headers[X_QUOTA_REMAINING] = str(quota.remaining)
-        headers[X_QUOTA_RESET] = str(max(0, math.ceil(quota.reset)))
-    return headers
+    """The same headers as a dict (for a response refused before this stage ran)."""
+    return dict(header_pairs(limit_lines(decision)))
 
 
 def peek_headers_for(
@@ -113,7 +109,7 @@ def apply(
     cap: int | None,
 ) -> None:
     """Limit headers on the response; the slot given back once it is sent; 429 if refused."""
-    exchange.response_headers.update(quota_headers(decision))
+    set_limit_headers(exchange, decision)
     if decision.lease is not None:
         exchange.on_done(functools.partial(decider.release, budget, decision.lease))
     elif not decision.allowed:

@@ -105,7 +105,7 @@ def answer(route: RouteConfig, services: Services) -> Check:
     key and error code and the status, checks and forwarded requests alike."""
 
     def allow(exchange: Exchange) -> web.Response:
-        headers = dict(exchange.response_headers)
+        headers = dict(exchange.own_headers())
         headers.update(identity_headers(exchange))
         return web.Response(status=200, headers=headers)
 
