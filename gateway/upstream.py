@@ -517,7 +517,9 @@ class UpstreamPool:
             if len(name) == 4 and name.lower() == "host":
                 host = ""
                 break
-        fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        fields = "\r\n".join(map(": ".join, headers))
+        if fields:
+            fields += "\r\n"
         text = f"{method} {target} HTTP/1.1\r\n{host}{fields}{framing}\r\n"
         lines = len(headers) + 2 + (host != "") + (framing != "")
         if text.count("\n") != lines or text.count("\r") != lines or " " in target:
