@@ -28,6 +28,7 @@ class Exchange:
         "request",
         "request_id",
         "response_headers",
+        "shadow",
         "upstream_seconds",
     )
 
@@ -53,6 +54,8 @@ class Exchange:
         # for the access log: the upstream's time to its response head, the error's code
         self.upstream_seconds: float | None = None
         self.error_code: str | None = None
+        # README "Shadow mode": the code a shadow rule would have answered (the first one)
+        self.shadow: str | None = None
 
     def on_done(self, cleanup: Callable[[], None]) -> None:
         if self.cleanups is None:
