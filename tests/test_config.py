@@ -655,7 +655,9 @@ def test_the_examples_commented_plans_parse_when_uncommented() -> None:
         block.append(line[2:])
     block.append(next(line[2:] for line in lines if line.startswith("# default_plan:")))
     config = parse_config({**yaml.safe_load("\n".join(block)), **minimal()}, "t.yaml", {})
-    assert list(config.plans) == ["free", "pro"] and config.default_plan == "free"
+    assert list(config.plans) == ["free", "pro", "trial"] and config.default_plan == "free"
+    trial = config.plans["trial"].quota
+    assert (trial.day, trial.shadow) == (500, True)  # README "Shadow mode"
     free, pro = config.plans["free"], config.plans["pro"]
     assert (free.rate_limit, free.quota.day, free.quota.month, free.max_concurrent) == (
         RateLimit(100, 60.0), 1000, 20000, 10
