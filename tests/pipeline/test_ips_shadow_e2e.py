@@ -219,3 +219,26 @@ async def test_a_shadow_keys_own_limit_is_counted_exactly(
     assert shadow_count(gateway, "rate_limited") == 7
     enforced = await gateway.key(rate_limit_override=3)
     assert [(await call(http, gateway, enforced)).status for _ in range(4)] == [200] * 3 + [429]
+
+
+async def test_forward_auth_judges_the_same_client_address(
+    make: Make, upstream: Any, http: aiohttp.ClientSession
+) -> None:
+    """README "IP allowlists": behind an ingress in ``trusted_proxies``, a verify route judges
+    the client the ingress names in ``X-Forwarded-For``; a shadow key is answered 200."""
+    routes = [*api(upstream), {"name": "verify", "path": "/_verify/", "mode": "verify"}]
+    gateway = await make(routes, trusted_proxies=["127.0.0.1/32"])
+    pinned = await gateway.key(allowed_ips=["203.0.113.0/24"])
+    shadow = await gateway.key(allowed_ips=["203.0.113.0/24"], enforcement="shadow")
+
+    async def check(key: str, client: str) -> aiohttp.ClientResponse:
+        headers = {**bearer(key), "X-Original-Method": "GET", "X-Original-URI": "/api/x",
+                   "X-Forwarded-For": client}
+        async with http.get(f"{gateway.url}/_verify/", headers=headers) as response:
+            await response.read()
+            return response
+
+    assert (await check(pinned, "203.0.113.50")).status == 200
+    await problem(await check(pinned, "198.51.100.1"), 403, "ip_not_allowed")
+    assert (await check(shadow, "198.51.100.1")).status == 200
+    assert shadow_count(gateway, "ip_not_allowed") == 1
