@@ -9,7 +9,7 @@ echo upstream, with
 * ``shadow_key``: the plain route with a key of ``enforcement: shadow`` and a disallowed
   allowlist, so every request is a would-be refusal (counted, logged).
 
-    .venv/bin/python scripts/instructions_ips_shadow.py [--requests 500]
+    .venv/bin/python scripts/instructions_ips_shadow.py [--requests 500] [--access-log]
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ from instructions import HOST, cli, config, counted, free_port, gateway, send, w
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500, help="requests per case")
+    parser.add_argument("--access-log", action="store_true",
+                        help="turn the access log on (a would-be refusal is logged there)")
     args = parser.parse_args()
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="gw-instr-") as tmp:
         directory = Path(tmp)
         upstream, port, admin = free_port(), free_port(), free_port()
         data = with_plan(config(upstream, port, admin, directory))
+        if args.access_log:
+            data["logging"] = {"access_log": True}
         routes = data["routes"]
         assert isinstance(routes, list)
         routes.append({"name": "shadowed", "path": "/shadowed/",

@@ -2,7 +2,9 @@
 (route, method, status class, latency), its usage when it carried a known key (README "Usage
 over time"), and, when enabled, one access-log line. A forwarded request that a shadow rule would
 have refused (README "Shadow mode") is also counted as ``shadow_refused`` in usage, in
-``gateway_shadow_refusals_total{rule}``, and logged once."""
+``gateway_shadow_refusals_total{rule}``, and logged once: its access line's ``shadow`` field,
+or, with the access log off, a ``shadow refusal`` line (a ``logging`` record costs several
+times an access line)."""
 
 from __future__ import annotations
 
@@ -42,9 +44,11 @@ def build_recorder(services: Services) -> Recorder:
         if key is not None:
             outcome = outcome_of(exchange.error_code, status)
             count_usage(key.key_id, key.workspace_id, outcome)
-            if exchange.shadow is not None and (exchange.error_code is None
-                                                or outcome == UPSTREAM_ERROR):
-                shadow_refused(exchange, key, route)
+            if exchange.shadow is not None:
+                if exchange.error_code is None or outcome == UPSTREAM_ERROR:
+                    shadow_refused(exchange, key, route)
+                else:  # refused by an enforced rule: that refusal alone is what happened
+                    exchange.shadow = None
         if access_log is not None:
             client(exchange)  # the access log's client field (README "Client address")
             access_log.log(exchange, status, seconds)
@@ -55,7 +59,8 @@ def build_recorder(services: Services) -> Recorder:
         assert rule is not None
         count_usage(key.key_id, key.workspace_id, SHADOW_REFUSED)
         services.metrics.count_shadow_refusal(rule)
-        log.info("shadow refusal", extra={"rule": rule, "key_id": key.key_id, "route": route,
-                                          "request_id": exchange.request_id})
+        if access_log is None:  # else its line says it: the shadow field, beside key_id
+            log.info("shadow refusal", extra={"rule": rule, "key_id": key.key_id,
+                                              "route": route, "request_id": exchange.request_id})
 
     return record

@@ -242,3 +242,16 @@ async def test_forward_auth_judges_the_same_client_address(
     await problem(await check(pinned, "198.51.100.1"), 403, "ip_not_allowed")
     assert (await check(shadow, "198.51.100.1")).status == 200
     assert shadow_count(gateway, "ip_not_allowed") == 1
+
+
+async def test_without_the_access_log_a_shadow_refusal_is_one_log_line(
+    make: Make, upstream: Any, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = await make(api(upstream), logging={"access_log": False})
+    key = await gateway.key(enforcement="shadow", allowed_ips=["10.0.0.0/8"])
+    caplog.set_level("INFO", logger="gateway.shadow")
+    assert (await call(http, gateway, key)).status == 200
+    lines = [r for r in caplog.records if r.name == "gateway.shadow"]
+    assert len(lines) == 1 and lines[0].getMessage() == "shadow refusal"
+    assert (lines[0].rule, lines[0].key_id, lines[0].route) == (  # type: ignore[attr-defined]
+        "ip_not_allowed", gateway.created[0].key_id, "api")

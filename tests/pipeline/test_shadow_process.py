@@ -99,7 +99,10 @@ async def test_allowlist_and_shadow_limit_across_two_nodes(
         await asyncio.sleep(0.1)
     assert (totals["success"], totals["shadow_refused"], totals["rate_limited"]) == (20, 15, 0)
     logged = nodes[0].log_text() + nodes[1].log_text()
-    assert logged.count("shadow refusal") == 15 and shadowed["key_id"] in logged
+    lines = [json.loads(line) for line in logged.splitlines() if '"shadow"' in line]
+    assert len(lines) == 15  # one access line each, naming the rule and the key
+    assert {(line["shadow"], line["key_id"]) for line in lines} == {
+        ("rate_limited", shadowed["key_id"])}
 
     # the CLI flips the pinned key to shadow: refused no more, counted instead
     nodes[0].command("keys", "update", local["key_id"], "--enforcement", "shadow")
