@@ -156,6 +156,8 @@ async def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
         "environment": args.environment,
         "project_id": args.project,
         "allowed_origins": args.allowed_origin,
+        "allowed_ips": args.allowed_ip,
+        "enforcement": args.enforcement,
         "scopes": [_scope(s) for s in args.scope] if args.scope else None,
         "key_type": "admin" if args.admin else None,
     }
@@ -212,6 +214,18 @@ cmd_keys_revoke = _key_command(lambda service, key_id: service.revoke_key(key_id
 cmd_keys_disable = _key_command(lambda service, key_id: service.disable_key(key_id, "cli"))
 cmd_keys_enable = _key_command(lambda service, key_id: service.enable_key(key_id, "cli"))
 cmd_admin_key_revoke = _key_command(_revoke_admin_key)
+
+
+async def cmd_keys_update(args: argparse.Namespace, config: Config) -> int:
+    body: dict[str, Any] = {"allowed_ips": [] if args.any_ip else args.allowed_ip,
+                            "enforcement": args.enforcement}
+
+    async def action(service: KeyService) -> int:
+        changes = {k: v for k, v in body.items() if v is not None}
+        emit((await service.update_key(args.key_id, changes, "cli")).to_public(utcnow()))
+        return EXIT_OK
+
+    return await with_service(config, action, writes=True)
 
 
 async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
@@ -363,6 +377,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("keys", "disable"): cmd_keys_disable,
     ("keys", "enable"): cmd_keys_enable,
     ("keys", "usage"): cmd_keys_usage,
+    ("keys", "update"): cmd_keys_update,
     ("members", "add"): cmd_members_add,
     ("members", "list"): cmd_members_list,
     ("members", "set-role"): cmd_members_set_role,

@@ -87,6 +87,16 @@ def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cursor", help="next_cursor of the previous page")
 
 
+def _ip_flags(parser: argparse.ArgumentParser) -> None:
+    """README "IP allowlists" and "Shadow mode": the flags of keys create and keys update."""
+    parser.add_argument("--allowed-ip", action="append", metavar="CIDR",
+                        help="an address or CIDR the key may be used from (repeatable; "
+                             "none: any address)")
+    parser.add_argument("--enforcement", choices=("enforce", "shadow"),
+                        help="shadow: the key's own rules refuse no one, would-be refusals "
+                             "are counted (default enforce)")
+
+
 def _keys_parser(sub: Any) -> None:
     keys = _group(sub, "keys", "API keys of a workspace")
     create = _command(keys, "create", "create a key (plaintext: last line of stdout)")
@@ -101,6 +111,7 @@ def _keys_parser(sub: Any) -> None:
                         help="RESOURCE:op1,op2 (repeatable); none: every resource")
     create.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
                         help="scheme://host[:port] or scheme://*.domain (repeatable)")
+    _ip_flags(create)
     create.add_argument("--rate-limit", type=int, metavar="N", help="requests per minute")
     create.add_argument("--concurrency", type=int, metavar="N", help="requests in flight")
     create.add_argument("--expires-at", metavar="TIME", help="RFC 3339")
@@ -116,6 +127,11 @@ def _keys_parser(sub: Any) -> None:
                        ("disable", "disable a key until enabled (401 disabled_api_key)"),
                        ("enable", "enable a disabled key")):
         _command(keys, name, text).add_argument("key_id", help="the key's key_id")
+    update = _command(keys, "update", "change a key's IP allowlist or enforcement")
+    update.add_argument("key_id", help="the key's key_id")
+    _ip_flags(update)
+    update.add_argument("--any-ip", action="store_true",
+                        help="empty the IP allowlist: any address may use the key")
     usage = _command(keys, "usage", "a key's usage over time, by outcome, as a table")
     usage.add_argument("key_id", help="the key's key_id")
     usage.add_argument("--from", dest="from_", metavar="TIME",

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 
 from aiohttp import hdrs, web
 
@@ -104,3 +111,50 @@ def forwarded_for_resolver(trusted: Sequence[Network]) -> Callable[[web.BaseRequ
         return peer_of
     chain = chain_resolver(trusted)
     return lambda request: ", ".join(chain(request))
+
+
+# -- per-key IP allowlists (README "IP allowlists") ---------------------------------------------
+
+ALLOWED_IPS_MAX = 1000  # entries on one key: far above any egress range list
+
+
+def allowed_ip(text: object) -> str:
+    """One allowlist entry as stored: an address (``203.0.113.7``, ``2001:db8::1``) or a CIDR
+    (``203.0.113.0/24``, ``2001:db8::/32``) in canonical form. ``ValueError`` naming the value
+    otherwise, host bits set included (``10.0.0.1/8`` is a typo for one of two things)."""
+    if not isinstance(text, str) or not text or text != text.strip():
+        raise ValueError(f"{text!r} is not an IP address or CIDR")
+    try:
+        if "/" not in text:
+            return str(ip_address(text))
+        return str(ip_network(text, strict=True))
+    except ValueError:
+        try:
+            network = ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address or CIDR") from None
+        raise ValueError(f"{text!r} has host bits set (the network is {network})") from None
+
+
+class IpAllowlist:
+    """Whether a client address is in a key's ``allowed_ips``: the networks parsed once per
+    list (``ip_allowlist``), each address judged once (the same clients come back)."""
+
+    __slots__ = ("allows", "networks")
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.networks = tuple(ip_network(entry, strict=False) for entry in entries)
+        self.allows: Callable[[str], bool] = functools.lru_cache(maxsize=1024)(self._allows)
+
+    def _allows(self, client: str) -> bool:
+        address = parse_address(client)
+        if address is None:
+            return False  # no address to judge (a Unix socket peer): not in any list
+        return any(address in network for network in self.networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_allowlist(entries: tuple[str, ...]) -> IpAllowlist:
+    """The matcher of one ``allowed_ips`` list, built once however many keys or requests
+    share it (the request path asks per request: a dict lookup)."""
+    return IpAllowlist(entries)

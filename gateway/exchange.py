@@ -30,6 +30,7 @@ class Exchange:
         "request",
         "request_id",
         "response_headers",
+        "shadow",
         "upstream_seconds",
     )
 
@@ -60,6 +61,8 @@ class Exchange:
         # for the access log: the upstream's time to its response head, the error's code
         self.upstream_seconds: float | None = None
         self.error_code: str | None = None
+        # README "Shadow mode": the code a shadow rule would have answered (the first one)
+        self.shadow: str | None = None
 
     def own_headers(self) -> dict[str, str]:
         """Every header the gateway adds to this request's response, the limit lines split."""

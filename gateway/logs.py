@@ -173,7 +173,8 @@ class WorkerField(logging.Filter):
 
 class AccessLog:
     """One line per proxied request: request_id, route, method, path (no query), status,
-    latency_ms, upstream_ms, key_id, workspace_id, client, error (the code, if any)."""
+    latency_ms, upstream_ms, key_id, workspace_id, client, error (the code, if any), and
+    shadow (the code a shadow rule would have answered) when there is one."""
 
     def __init__(self, config: Config, stream: TextIO | None = None) -> None:
         self._json = config.logging.format == "json"
@@ -214,6 +215,8 @@ class AccessLog:
             "client": exchange.client or request.remote,
             "error": exchange.error_code,
         }
+        if exchange.shadow is not None:  # README "Shadow mode": what a shadow rule would answer
+            fields["shadow"] = exchange.shadow
         if self._worker is not None:
             fields["worker"] = self._worker
         line = orjson.dumps(fields) if self._json else text_line(fields).encode()

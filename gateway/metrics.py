@@ -46,6 +46,7 @@ from gateway.errors import (
     EXPIRED_API_KEY,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
+    IP_NOT_ALLOWED,
     MISSING_API_KEY,
     ORIGIN_NOT_ALLOWED,
     RATE_LIMITED,
@@ -77,7 +78,8 @@ AUTH_FAILURE_CODES = frozenset(
     kind.code
     for kind in (MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY,
                  DISABLED_API_KEY,
-                 INSUFFICIENT_PERMISSIONS, RESOURCE_FORBIDDEN, ORIGIN_NOT_ALLOWED)
+                 INSUFFICIENT_PERMISSIONS, RESOURCE_FORBIDDEN, ORIGIN_NOT_ALLOWED,
+                 IP_NOT_ALLOWED)
 )
 SAMPLE_INTERVAL = 1.0  # seconds, with workers: how old another worker's sampled values may be
 
@@ -108,6 +110,7 @@ class Metrics:
         self._request_tallies: dict[tuple[str, str, int], RequestTally] = {}
         self._histogram_tallies: dict[int, Tally] = {}  # by id() of the child they feed
         self._error_children: dict[tuple[str, str], tuple[Counter, ...]] = {}
+        self._shadow_children: dict[str, Counter] = {}
         self._cache: KeyCache | None = None
         self._limiter: RateLimiter | None = None
         self._upstreams: Mapping[str, UpstreamGroup] = {}
@@ -170,6 +173,11 @@ class Metrics:
         self.concurrency_limited = Counter(
             "gateway_concurrency_limited", "Requests refused with 429 concurrency_limited, by "
             "route.", ("route",), registry=registry,
+        )
+        self.shadow_refusals = Counter(
+            "gateway_shadow_refusals", "Requests a shadow rule would have refused and that were "
+            "forwarded, by the code it would have answered (README \"Shadow mode\").",
+            ("rule",), registry=registry,
         )
 
     def _declare_dependencies(self, registry: CollectorRegistry) -> None:
@@ -276,6 +284,14 @@ class Metrics:
             children.append(self.concurrency_limited.labels(route))
         self._error_children[(code, route)] = bound = tuple(children)
         return bound
+
+    def count_shadow_refusal(self, rule: str) -> None:
+        """A request forwarded although a shadow rule would have answered ``rule`` (an error
+        code of the authorize or rate_limit stage: a bounded set)."""
+        child = self._shadow_children.get(rule)
+        if child is None:
+            child = self._shadow_children[rule] = self.shadow_refusals.labels(rule)
+        child.inc()
 
     def count_limiter_error(self, policy: str) -> None:
         """The limiter failed and ``policy`` (open, closed, local) decided instead."""

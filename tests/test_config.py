@@ -17,6 +17,7 @@ from gateway.config import (
     PlanConfig,
     QuotaConfig,
     RateLimit,
+    RouteRateLimit,
     load_config,
     parse_config,
 )
@@ -70,7 +71,7 @@ def test_example_config_loads_with_expected_routes() -> None:
         ("http://127.0.0.1:9000",),
     )
     assert models.permissions == {"GET": ("read",), "POST": ("write",)}
-    assert models.rate_limit == RateLimit(1000, 60.0)
+    assert models.rate_limit == RouteRateLimit(1000, 60.0)
     assert isinstance(models.cors, CorsConfig)
     assert models.cors.allow_origins == ("https://app.example.com", "https://*.example.com")
     assert models.cors.max_age == 600
@@ -531,7 +532,14 @@ CASES: dict[str, str] = {
     ),
     "plan_quota_zero.yaml": "plans.free.quota.day: must be an integer >= 1, got 0",
     "plan_quota_unknown_period.yaml": (
-        "plans.free.quota.week: unknown key (allowed: day, month), got 10"
+        "plans.free.quota.week: unknown key (allowed: day, month, shadow), got 10"
+    ),
+    "plan_quota_shadow_not_bool.yaml": (
+        "plans.free.quota.shadow: must be true or false, got 'yes please'"
+    ),
+    "route_shadow_with_auth_none.yaml": (
+        "routes[0].rate_limit.shadow: is for keyed routes: an auth: none route's limit is per "
+        "client address, got True"
     ),
     "plan_max_active_zero.yaml": (
         "plans.free.max_active_keys_per_user: must be an integer >= 1, got 0"
@@ -647,7 +655,9 @@ def test_the_examples_commented_plans_parse_when_uncommented() -> None:
         block.append(line[2:])
     block.append(next(line[2:] for line in lines if line.startswith("# default_plan:")))
     config = parse_config({**yaml.safe_load("\n".join(block)), **minimal()}, "t.yaml", {})
-    assert list(config.plans) == ["free", "pro"] and config.default_plan == "free"
+    assert list(config.plans) == ["free", "pro", "trial"] and config.default_plan == "free"
+    trial = config.plans["trial"].quota
+    assert (trial.day, trial.shadow) == (500, True)  # README "Shadow mode"
     free, pro = config.plans["free"], config.plans["pro"]
     assert (free.rate_limit, free.quota.day, free.quota.month, free.max_concurrent) == (
         RateLimit(100, 60.0), 1000, 20000, 10

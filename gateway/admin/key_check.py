@@ -8,7 +8,13 @@ with the outcome.
 The answer is 200 whatever the key: ``valid``, and ``code``, ``ok`` or the error code the
 request path would have answered. A workspace admin key asks about its own workspace's keys
 only: another workspace's key reads as an unknown one, and nothing is spent or counted for it.
-A check takes no concurrency slot: it is over once answered."""
+A check takes no concurrency slot: it is over once answered.
+
+The client address the check is about is the body's ``ip`` (README "Key check API"): a key with
+``allowed_ips`` is ``ip_not_allowed`` for an address outside them, and for a check that names no
+address (the caller's own address is not the client's). A key with ``enforcement: shadow``
+(README "Shadow mode") is refused by none of its own rules: the answer is ``ok`` with
+``shadow_refused``, the code they would have given, counted as the request path counts it."""
 
 from __future__ import annotations
 
@@ -20,10 +26,12 @@ from aiohttp import web
 from gateway.admin.handler import caller_workspace, json_response, read_json
 from gateway.admin.route import BAD, Route, returns
 from gateway.admin.state import SERVICES
+from gateway.client_address import ip_allowlist
 from gateway.errors import (
     AUTH_UNAVAILABLE,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
+    IP_NOT_ALLOWED,
     QUOTA_EXCEEDED,
     RATE_LIMIT_UNAVAILABLE,
     RATE_LIMITED,
@@ -33,13 +41,16 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.keys.access import check_status, expand, missing_permission, scope_allows
-from gateway.keys.model import KeyRecord, is_well_formed
+from gateway.keys.model import SHADOW, KeyRecord, is_well_formed
+from gateway.keys.usage import SHADOW_REFUSED
 from gateway.keys.validation import validate_key_check
 from gateway.limiter.base import Decision
 from gateway.limiter.budget import Limits, admit_local_share, budget_of
+from gateway.limiter.shadow import Ask, split, visible, would_refuse
 from gateway.services import Services
 
 OK = "ok"
+FORBIDDEN = (INSUFFICIENT_PERMISSIONS.code, RESOURCE_FORBIDDEN.code, IP_NOT_ALLOWED.code)
 
 
 async def find_key(services: Services, token: str, workspace_id: str | None) -> KeyRecord | None:
@@ -58,24 +69,57 @@ def refusal(services: Services, record: KeyRecord, ask: dict[str, Any]) -> str |
         check_status(record)
     except GatewayError as exc:
         return exc.kind.code
+    return forbidden(services, record, ask)
+
+
+def forbidden(services: Services, record: KeyRecord, ask: dict[str, Any]) -> str | None:
+    """The key's own rules (a shadow key's refuse no one): permissions, scopes, addresses."""
     granted = expand(record.permissions, services.config.implies)
     if missing_permission(tuple(ask.get("permissions", ())), granted) is not None:
         return INSUFFICIENT_PERMISSIONS.code
     if "resource_id" in ask and not scope_allows(record, ask["resource_id"], ask["operation"]):
         return RESOURCE_FORBIDDEN.code
+    if record.allowed_ips:
+        address = ask.get("ip")
+        if address is None or not ip_allowlist(record.allowed_ips).allows(address):
+            return IP_NOT_ALLOWED.code
     return None
 
 
-async def spend(services: Services, record: KeyRecord) -> tuple[str, Decision | None]:
+async def spend(
+    services: Services, record: KeyRecord
+) -> tuple[str, Decision | None, str | None]:
     """One request from the key's own budget and its workspace's quotas, under the default
-    ``on_limiter_error`` when the limiter fails."""
-    config = services.config
-    limits = Limits(None, config)
+    ``on_limiter_error`` when the limiter fails; and the code a shadow limit would have given
+    (a shadow key's budget, a shadow quota)."""
+    limits = Limits(None, services.config)
     limit, window, _cap, quota = limits.of(record)
-    budget = budget_of(record)
+    real, shadow = split(budget_of(record), limit, window, None, None, quota,
+                         limits.algorithm, None, record.enforcement == SHADOW)
+    if shadow is None:
+        assert real is not None  # split leaves out the real ask only for a shadow key
+        code, decision = await spend_real(services, real)
+        would = would_refuse(decision, None) if code == OK else None  # a shadow quota's
+        return code, visible(decision) if decision else None, would
+    pending = services.limiter.admit(*shadow)  # first: one Redis batch with the real one
+    code, decision = await spend_real(services, real) if real else (OK, None)
     try:
-        decision = await services.limiter.admit(budget, "", limit, window, None, None, quota,
-                                                limits.algorithm)
+        shadow_decision: Decision | None = await pending
+    except LimiterUnavailable:
+        shadow_decision = None
+    would = would_refuse(decision, shadow_decision) if code == OK else None
+    # a shadow key's own budget (shadow scope "") is what the answer shows
+    shown = shadow_decision if shadow.scope == "" and shadow_decision else decision
+    return code, visible(shown) if shown else None, would
+
+
+async def spend_real(services: Services, real: Ask) -> tuple[str, Decision | None]:
+    config = services.config
+    budget, limit, window, quota, algorithm = (real.budget, real.limit, real.window, real.quota,
+                                               real.algorithm)
+    try:
+        decision = await services.limiter.admit(budget, real.scope, limit, window, None,
+                                                real.also, quota, algorithm)
     except LimiterUnavailable:
         policy = config.defaults.on_limiter_error
         services.metrics.count_limiter_error(policy)
@@ -85,7 +129,8 @@ async def spend(services: Services, record: KeyRecord) -> tuple[str, Decision | 
             return OK, None
         nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
         decision = await admit_local_share(services.local_limiter, nodes, budget, limit,
-                                           window, None, None, quota, limits.algorithm)
+                                           window, None, real.also, quota, algorithm,
+                                           scope=real.scope)
     if decision.allowed:
         return OK, decision
     return (QUOTA_EXCEEDED if decision.over_quota else RATE_LIMITED).code, decision
@@ -111,17 +156,27 @@ async def check(services: Services, ask: dict[str, Any], workspace_id: str | Non
     if record is None:
         return answer(INVALID_API_KEY.code)
     code = refusal(services, record, ask)
+    shadow = None
+    if code in FORBIDDEN and record.enforcement == SHADOW:  # README "Shadow mode"
+        shadow, code = code, None
     if code is None:
-        code, decision = await spend(services, record)
-    elif code in (INSUFFICIENT_PERMISSIONS.code, RESOURCE_FORBIDDEN.code):
+        code, decision, would = await spend(services, record)
+        shadow = shadow or would
+    elif code in FORBIDDEN:
         decision = await peek(services, record)
     else:
         decision = None  # refused as a key (revoked, expired, disabled): no budget to show
     services.usage.record_outcome(record.key_id, record.workspace_id, code)
-    return answer(code, record, decision)
+    if shadow is not None and code == OK:
+        services.usage.count(record.key_id, record.workspace_id, SHADOW_REFUSED)
+        services.metrics.count_shadow_refusal(shadow)
+    else:
+        shadow = None
+    return answer(code, record, decision, shadow)
 
 
-def answer(code: str, record: KeyRecord | None = None, decision: Decision | None = None) -> Any:
+def answer(code: str, record: KeyRecord | None = None, decision: Decision | None = None,
+           shadow: str | None = None) -> Any:
     limits = None
     if decision is not None:
         limits = {"limit": decision.limit, "remaining": decision.remaining,
@@ -135,6 +190,7 @@ def answer(code: str, record: KeyRecord | None = None, decision: Decision | None
         "principal_id": (record.principal_id or None) if record else None,
         "permissions": list(record.permissions) if record else [],
         "ratelimit": limits,
+        "shadow_refused": shadow,
     }
 
 

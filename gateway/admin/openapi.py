@@ -23,7 +23,9 @@ from aiohttp import web
 from gateway.admin.handler import json_response
 from gateway.admin.route import JSON, UNSCOPED, Reply, Route, Schema, ref
 from gateway.admin.state import OPENAPI
+from gateway.client_address import ALLOWED_IPS_MAX
 from gateway.keys.model import (
+    ENFORCEMENTS,
     ENVIRONMENTS,
     KEY_TYPES,
     OUTCOMES,
@@ -78,6 +80,13 @@ EMAIL: Schema = {"type": "string", "maxLength": EMAIL_MAX, "pattern": EMAIL_PATT
                  "description": "compared without regard to case; stored lower-cased"}
 ROLE: Schema = {"type": "string", "enum": list(ROLES)}
 
+IP: Schema = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+# an address or a CIDR without host bits (README "IP allowlists"); canonical form when stored
+IP_OR_CIDR: Schema = {"type": "string", "anyOf": [
+    {"format": "ipv4"}, {"format": "ipv6"},
+    {"pattern": r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$"},
+]}
+
 # PATCH fields; create adds the ones that cannot change after creation.
 UPDATABLE: dict[str, Schema] = {
     "name": NAME,
@@ -87,6 +96,11 @@ UPDATABLE: dict[str, Schema] = {
     "permissions": PERMISSIONS,
     "scopes": _nullable({"type": "array", "items": ref("Scope")}),
     "allowed_origins": _nullable({"type": "array", "items": ORIGIN}),
+    "allowed_ips": _nullable({"type": "array", "maxItems": ALLOWED_IPS_MAX, "items": IP_OR_CIDR,
+                              "description": "empty or null: any address"}),
+    "enforcement": {"type": "string", "enum": list(ENFORCEMENTS),
+                    "description": "shadow: the key's own rules refuse no one (README \"Shadow "
+                                   "mode\")"},
     "rate_limit_override": _nullable(COUNT),
     "concurrency_limit": _nullable(COUNT),
     "expires_at": _nullable({**TIMESTAMP, "description": "RFC 3339, in the future"}),
@@ -137,6 +151,8 @@ KEY_OBJECT: dict[str, Schema] = {
     "permissions": {"type": "array", "items": _STRING},
     "scopes": {"type": "array", "items": ref("Scope")},
     "allowed_origins": {"type": "array", "items": _STRING},
+    "allowed_ips": {"type": "array", "items": _STRING},
+    "enforcement": {"type": "string", "enum": list(ENFORCEMENTS)},
     "rate_limit_override": {"type": ["integer", "null"]},
     "concurrency_limit": {"type": ["integer", "null"]},
     "status": {"type": "string", "enum": list(STATUSES)},
@@ -188,6 +204,8 @@ SCHEMAS: dict[str, Schema] = {
     "Quota": _object({
         "workspace_id": _STRING, "plan": _OPT_STRING,
         "day": ref("QuotaPeriod"), "month": ref("QuotaPeriod"),
+        "shadow": {"type": "boolean", "description": "the plan's quota is in shadow: counted, "
+                   "refusing no one (README \"Shadow mode\")"},
     }),
     "QuotaPeriod": _object({
         "limit": {"type": ["integer", "null"], "description": "null: no quota for the period"},
@@ -218,6 +236,8 @@ SCHEMAS: dict[str, Schema] = {
                         "description": "with operation: checked against the key's scopes"},
         "operation": {"type": "string", "pattern": PERMISSION_PATTERN,
                       "description": "with resource_id"},
+        "ip": {**IP, "description": "the client address the check is about: a key with "
+               "allowed_ips is ip_not_allowed without it"},
     }, ["key"]) | {"dependentRequired": {"resource_id": ["operation"],
                                          "operation": ["resource_id"]}},
     "KeyCheck": _object({
@@ -233,6 +253,8 @@ SCHEMAS: dict[str, Schema] = {
             "remaining": {"type": "integer", "minimum": 0},
             "reset": {"type": "integer", "minimum": 0, "description": "seconds"},
         })),
+        "shadow_refused": {**_OPT_STRING, "description": "the code a shadow rule would have "
+                           "answered (README \"Shadow mode\"); the check itself is ok"},
     }),
     "WorkspaceUsage": _object({
         "workspace_id": _STRING,
@@ -241,7 +263,7 @@ SCHEMAS: dict[str, Schema] = {
             "key_id": _STRING, "name": _STRING, "total": _COUNT,
         })},
         "quota": _object({"plan": _OPT_STRING, "day": ref("QuotaPeriod"),
-                          "month": ref("QuotaPeriod")}),
+                          "month": ref("QuotaPeriod"), "shadow": {"type": "boolean"}}),
     }),
     "UsageCounts": _object({name: _COUNT for name in OUTCOMES}),
     "UsageBucket": _object({"start": TIMESTAMP, **{name: _COUNT for name in OUTCOMES}}),

@@ -70,6 +70,7 @@ async def plan_quota(
         "plan": name,
         "day": {"limit": day, "used": usage.day, "reset": max(0, round(usage.day_reset))},
         "month": {"limit": month, "used": usage.month, "reset": max(0, round(usage.month_reset))},
+        "shadow": plan.quota.shadow if plan else False,
     }
 
 

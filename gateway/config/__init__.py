@@ -25,6 +25,7 @@ from gateway.config.model import PlanConfig as PlanConfig
 from gateway.config.model import QuotaConfig as QuotaConfig
 from gateway.config.model import RateLimit as RateLimit
 from gateway.config.model import RouteConfig as RouteConfig
+from gateway.config.model import RouteRateLimit as RouteRateLimit
 from gateway.config.model import UsageConfig as UsageConfig
 from gateway.config.parsers import Listen as Listen
 from gateway.config.routes import DEFAULT_OPERATIONS as DEFAULT_OPERATIONS

@@ -34,6 +34,16 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteRateLimit:
+    """A route's own ``rate_limit``; ``shadow: true`` (README "Shadow mode"): it refuses no one,
+    and the requests it would refuse are counted (keyed routes only)."""
+
+    requests: int = required(parsers.count)
+    window: float = required(parsers.positive_number)
+    shadow: bool = option(False, parsers.boolean)
+
+
+@dataclass(frozen=True, slots=True)
 class KeysConfig:
     """``prefixes``: environment -> key prefix; ``hash_pepper``: HMAC-SHA256 key, else SHA-256."""
 
@@ -151,10 +161,12 @@ class Defaults:
 
 @dataclass(frozen=True, slots=True)
 class QuotaConfig:
-    """A workspace's admitted requests per UTC calendar ``day`` / ``month`` (None: no quota)."""
+    """A workspace's admitted requests per UTC calendar ``day`` / ``month`` (None: no quota);
+    ``shadow: true``: nobody is refused, the requests past it are counted."""
 
     day: int | None = option(None, parsers.count)
     month: int | None = option(None, parsers.count)
+    shadow: bool = option(False, parsers.boolean)  # README "Shadow mode": counted, not refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +226,7 @@ class RouteConfig:
     strip_prefix: bool = option(False, parsers.boolean)
     auth: str = option("required", parsers.choice("required", "none"))
     permissions: Mapping[str, tuple[str, ...]] = option({}, route_permissions)
-    rate_limit: RateLimit | None = option(None, section(RateLimit))
+    rate_limit: RouteRateLimit | None = option(None, section(RouteRateLimit))
     max_concurrent: int | None = option(None, parsers.count)  # extension: over the defaults'
     on_limiter_error: str | None = option(None, parsers.limiter_policy)  # extension: likewise
     algorithm: str | None = option(None, parsers.algorithm)  # of its own rate_limit

@@ -84,6 +84,9 @@ def route_rules(ctx: Ctx, data: Mapping[str, object], path: str, route: RouteCon
             ctx.fail(join(path, "permissions"), what, data["permissions"])
         if route.resource is not None:
             ctx.fail(join(path, "resource"), "cannot be checked with auth: none", route.resource)
+        if route.rate_limit is not None and route.rate_limit.shadow:  # README "Shadow mode"
+            what = "is for keyed routes: an auth: none route's limit is per client address"
+            ctx.fail(join(path, "rate_limit.shadow"), what, True)
     return route
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from gateway.config.model import Config, RateLimit, RouteConfig
+from gateway.config.model import Config, RouteConfig, RouteRateLimit
 from gateway.config.parsers import display_url
 
 ROUTE_COLUMNS = ("ROUTE", "PATH", "UPSTREAM", "AUTH", "PERMISSIONS", "RATE LIMIT", "TIMEOUT")
@@ -30,8 +30,10 @@ def startup_fields(config: Config, version: str) -> dict[str, object]:
     }
 
 
-def _rate(limit: RateLimit | None) -> str:
-    return "-" if limit is None else f"{limit.requests}/{limit.window:g}s"
+def _rate(limit: RouteRateLimit | None) -> str:
+    if limit is None:
+        return "-"
+    return f"{limit.requests}/{limit.window:g}s" + (" (shadow)" if limit.shadow else "")
 
 
 def _permissions(route: RouteConfig) -> str:

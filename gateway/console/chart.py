@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.keys.model import OUTCOMES
+from gateway.keys.model import REQUEST_OUTCOMES
 
 WIDTH, HEIGHT = 720, 200  # the viewBox of a usage chart
 LEFT, BOTTOM, TOP = 44, 22, 8  # room for the axis labels
@@ -49,7 +49,7 @@ class Chart:
 def usage_chart(report: dict[str, Any]) -> Chart:
     """Stacked bars, one per bucket of ``report["series"]``, one segment per outcome."""
     series: Sequence[dict[str, Any]] = report["series"]
-    peak = max((sum(entry[o] for o in OUTCOMES) for entry in series), default=0)
+    peak = max((sum(entry[o] for o in REQUEST_OUTCOMES) for entry in series), default=0)
     scale = _nice(peak)
     plot_w, plot_h = WIDTH - LEFT, HEIGHT - BOTTOM - TOP
     step = plot_w / max(len(series), 1)
@@ -60,13 +60,13 @@ def usage_chart(report: dict[str, Any]) -> Chart:
         WIDTH, HEIGHT, bars,
         [Tick(LEFT - 4, TOP + plot_h * (1 - f), _count(scale * f)) for f in (0, 0.5, 1)],
         _x_ticks(series, step, report["granularity"]),
-        dict(report["totals"]), sum(report["totals"].values()),
+        dict(report["totals"]), sum(report["totals"][o] for o in REQUEST_OUTCOMES),
     )
 
 
 def _stack(entry: dict[str, Any], x: float, width: float, per_request: float) -> list[Bar]:
     bars, y = [], float(HEIGHT - BOTTOM)
-    for outcome in OUTCOMES:
+    for outcome in REQUEST_OUTCOMES:  # shadow_refused: already under a real outcome
         count = entry[outcome]
         if count:
             height = count * per_request

@@ -27,7 +27,8 @@ class KeyForm:
     values: dict[str, Any] = field(default_factory=lambda: {
         "name": "", "description": "", "expires": "90", "environment": "live",
         "permissions": [], "owner": "", "project": "", "scopes": "", "allowed_origins": "",
-        "rate_limit_override": "", "concurrency_limit": "", "key_type": "standard",
+        "allowed_ips": "", "rate_limit_override": "", "concurrency_limit": "",
+        "key_type": "standard",
     })
     errors: dict[str, str] = field(default_factory=dict)
     problem: str = ""  # an error about the whole form (the key limit)
@@ -52,6 +53,8 @@ class KeyForm:
         body["scopes"] = self._scopes()
         body["allowed_origins"] = [o.strip() for o in v["allowed_origins"].splitlines()
                                    if o.strip()]
+        body["allowed_ips"] = [a.strip() for a in (v["allowed_ips"] or "").splitlines()
+                               if a.strip()]
         if v["project"]:
             body["project_id"] = v["project"]
         if owner is not None:

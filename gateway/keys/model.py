@@ -24,6 +24,10 @@ KEY_TYPES = ("standard", "admin")
 ENVIRONMENTS = ("live", "test")
 STATUSES = ("active", "disabled", "revoked", "expired")
 ROLES = ("owner", "admin", "member", "viewer")
+# README "Shadow mode": a shadow key's own rules (origins, IPs, scopes, permissions, its rate
+# limit and concurrency) refuse no one; what they would have refused is counted
+ENFORCEMENTS = ("enforce", "shadow")
+ENFORCE, SHADOW = ENFORCEMENTS
 MEMBER_ID_PREFIX = "usr_"  # a key whose user_id has it is a member's: the member must exist
 # A permission name, as granted to a key (permissions, scope operations) and as required by a
 # route in the config: one pattern for both, anchored for the OpenAPI document.
@@ -123,6 +127,9 @@ class KeyRecord:
     rotated_from: str | None = None
     internal_id: str = field(default_factory=lambda: new_id("int"))  # stable, never reused
     disabled_at: datetime | None = None  # set while disabled (README "Disable and enable")
+    # README "IP allowlists": addresses and CIDRs (canonical text); empty: any address
+    allowed_ips: tuple[str, ...] = ()
+    enforcement: str = ENFORCE  # enforce | shadow (README "Shadow mode")
     # Not a column: read with the key (gateway.store.keys.PRINCIPAL), so the request path never
     # asks the store again. The member's user_id, else the svc_ id of the rotation chain.
     principal_id: str = field(default="", compare=False)
@@ -163,6 +170,8 @@ class KeyRecord:
                 for s in self.scopes
             ],
             "allowed_origins": list(self.allowed_origins),
+            "allowed_ips": list(self.allowed_ips),
+            "enforcement": self.enforcement,
             "rate_limit_override": self.rate_limit_override,
             "concurrency_limit": self.concurrency_limit,
             "status": self.effective_status(now),
@@ -308,7 +317,11 @@ OUTCOMES = (
     "forbidden",
     "rejected",
     "other",
+    # not an outcome of its own: a request a shadow rule would have refused (README "Shadow
+    # mode"), also counted under its real outcome, so never part of a total
+    "shadow_refused",
 )
+REQUEST_OUTCOMES = OUTCOMES[:-1]  # one per request: these sum to the requests counted
 GRANULARITIES = {"minute": 60, "hour": 3600, "day": 86400}  # bucket lengths, in seconds
 
 

@@ -16,6 +16,7 @@ from gateway.errors import Conflict, NotFound, ValidationError
 from gateway.keys.console import ConsoleAccess
 from gateway.keys.members import MemberService
 from gateway.keys.model import (
+    ENFORCE,
     AuditEvent,
     KeyHasher,
     KeyPage,
@@ -356,6 +357,8 @@ class KeyService:
             environment=fields.get("environment", "live"),
             permissions=fields.get("permissions", ()), scopes=fields.get("scopes", ()),
             allowed_origins=fields.get("allowed_origins", ()),
+            allowed_ips=fields.get("allowed_ips", ()),
+            enforcement=fields.get("enforcement", ENFORCE),
             rate_limit_override=fields.get("rate_limit_override"),
             concurrency_limit=fields.get("concurrency_limit"),
             expires_at=fields.get("expires_at"),

@@ -47,6 +47,7 @@ log = logging.getLogger("gateway.usage")
     FORBIDDEN,
     REJECTED,
     OTHER,
+    SHADOW_REFUSED,
 ) = range(len(OUTCOMES))
 
 # the outcome of a request the gateway refused or could not complete, by error code; any code
@@ -60,6 +61,7 @@ OUTCOME_OF_CODE = {
     "insufficient_permissions": FORBIDDEN,
     "resource_forbidden": FORBIDDEN,
     "origin_not_allowed": FORBIDDEN,
+    "ip_not_allowed": FORBIDDEN,
     "revoked_api_key": REJECTED,
     "expired_api_key": REJECTED,
     "disabled_api_key": REJECTED,

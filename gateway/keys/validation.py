@@ -8,8 +8,17 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.client_address import ALLOWED_IPS_MAX, allowed_ip
 from gateway.errors import ValidationError
-from gateway.keys.model import ENVIRONMENTS, KEY_TYPES, PERMISSION_PATTERN, ROLES, Scope, utcnow
+from gateway.keys.model import (
+    ENFORCEMENTS,
+    ENVIRONMENTS,
+    KEY_TYPES,
+    PERMISSION_PATTERN,
+    ROLES,
+    Scope,
+    utcnow,
+)
 from gateway.origins import parse_pattern
 
 # Limits shared with the OpenAPI document (gateway.admin.openapi), so the two never disagree.
@@ -44,6 +53,8 @@ CREATE_FIELDS = frozenset(
         "permissions",
         "scopes",
         "allowed_origins",
+        "allowed_ips",
+        "enforcement",
         "rate_limit_override",
         "concurrency_limit",
         "expires_at",
@@ -59,6 +70,8 @@ UPDATE_FIELDS = frozenset(
         "permissions",
         "scopes",
         "allowed_origins",
+        "allowed_ips",
+        "enforcement",
         "rate_limit_override",
         "concurrency_limit",
         "expires_at",
@@ -154,6 +167,25 @@ def _origins(value: Any) -> tuple[str, ...]:
                 f"{origin!r} is not scheme://host[:port] or scheme://*.domain[:port]"
             )
     return tuple(dict.fromkeys(value))
+
+
+def _allowed_ips(value: Any) -> tuple[str, ...]:
+    """Addresses and CIDRs in canonical form, duplicates dropped; the first bad entry named."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > ALLOWED_IPS_MAX:
+        raise ValueError(f"must be a list of at most {ALLOWED_IPS_MAX} IP addresses or CIDRs")
+    return tuple(dict.fromkeys(allowed_ip(entry) for entry in value))
+
+
+def _ip(value: Any) -> str:
+    """The client address a key check is about (README "Key check API")."""
+    if not isinstance(value, str) or "/" in value:
+        raise ValueError(f"{value!r} is not an IP address")
+    try:
+        return allowed_ip(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
 
 
 def as_integer(value: Any) -> int | None:
@@ -256,6 +288,9 @@ FIELD_CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "permissions": _permissions,
     "scopes": _scopes,
     "allowed_origins": _origins,
+    "allowed_ips": _allowed_ips,
+    "enforcement": _one_of(ENFORCEMENTS),
+    "ip": _ip,
     "rate_limit_override": _positive_or_null,
     "concurrency_limit": _positive_or_null,
     "expires_at": _expires_at,
@@ -305,7 +340,7 @@ MEMBER_FIELDS = frozenset({"email", "role"})
 ROLE_FIELDS = frozenset({"role"})
 ROTATE_FIELDS = frozenset({"grace_period_seconds"})
 PLAN_FIELDS = frozenset({"plan"})
-KEY_CHECK_FIELDS = frozenset({"key", "permissions", "resource_id", "operation"})
+KEY_CHECK_FIELDS = frozenset({"key", "permissions", "resource_id", "operation", "ip"})
 
 
 def validate_named(body: Any) -> str:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from gateway.config import Config, PlanConfig, RouteConfig
 from gateway.keys.model import KeyRecord
 from gateway.limiter.base import Decision, QuotaAsk, RateLimiter, Window, local_share
+from gateway.limiter.shadow import SHADOW_QUOTA, shadow_quota
 
 
 class PlanLimits(NamedTuple):
@@ -27,10 +28,10 @@ def plan_limits(plan: PlanConfig | None, route: RouteConfig | None, config: Conf
     rate = (plan.rate_limit if plan else None) or config.defaults.rate_limit
     cap = (route and route.max_concurrent) or (plan.max_concurrent if plan else None)
     quota = plan.quota if plan else None
-    return PlanLimits(
-        rate.requests, rate.window, cap or config.defaults.max_concurrent,
-        (quota.day or 0) if quota else 0, (quota.month or 0) if quota else 0,
-    )
+    day, month = ((quota.day or 0), (quota.month or 0)) if quota else (0, 0)
+    if quota is not None and quota.shadow:  # README "Shadow mode": counted, never refused
+        day, month = shadow_quota(day), shadow_quota(month)
+    return PlanLimits(rate.requests, rate.window, cap or config.defaults.max_concurrent, day, month)
 
 
 class Limits:
@@ -39,11 +40,15 @@ class Limits:
 
     def __init__(self, route: RouteConfig | None, config: Config) -> None:
         self.algorithm = config.defaults.algorithm  # the key-wide budget's, on every route
-        self.also = (
+        own = (
             Window(route.name, route.rate_limit.requests, route.rate_limit.window,
                    route.algorithm or self.algorithm)
             if route is not None and route.rate_limit is not None else None
         )
+        shadowed = route is not None and route.rate_limit is not None and route.rate_limit.shadow
+        self.also = None if shadowed else own  # the route's window, enforced
+        self.shadow = own if shadowed else None  # ... or in shadow (README "Shadow mode")
+        self.shadow_quota = any(p.quota.shadow for p in config.plans.values())
         self._plans = {name: plan_limits(p, route, config) for name, p in config.plans.items()}
         default = config.plans.get(config.default_plan) if config.default_plan else None
         self._default = plan_limits(default, route, config)
@@ -75,7 +80,7 @@ def budget_of(key: KeyRecord) -> str:
 
 async def admit_local_share(
     local: RateLimiter, nodes: int, budget: str, limit: int, window: float, cap: int | None,
-    also: Window | None, quota: QuotaAsk | None, algorithm: str,
+    also: Window | None, quota: QuotaAsk | None, algorithm: str, scope: str = "",
 ) -> Decision:
     """``local``'s decision on this process's share of each limit (quotas included), when the
     shared limiter failed: 1/``nodes`` of each."""
@@ -84,7 +89,14 @@ async def admit_local_share(
     if also is not None:
         also = also._replace(limit=local_share(also.limit, nodes))
     if quota is not None:
-        quota = quota._replace(day=quota.day and local_share(quota.day, nodes),
-                               month=quota.month and local_share(quota.month, nodes))
-    return await local.admit(budget, "", local_share(limit, nodes), window, cap, also, quota,
+        quota = quota._replace(day=_quota_share(quota.day, nodes),
+                               month=_quota_share(quota.month, nodes))
+    return await local.admit(budget, scope, local_share(limit, nodes), window, cap, also, quota,
                              algorithm)
+
+
+def _quota_share(limit: int, nodes: int) -> int:
+    """A quota's local share; a shadow quota's (``gateway.limiter.shadow``) stays in shadow."""
+    if limit >= SHADOW_QUOTA:
+        return SHADOW_QUOTA + local_share(limit - SHADOW_QUOTA, nodes)
+    return limit and local_share(limit, nodes)

@@ -13,6 +13,12 @@
   with ``Retry-After`` = seconds until that period ends; ``X-Quota-*`` for the quota nearer to
   running out.
 
+Shadow rules (README "Shadow mode": a route ``rate_limit`` or a plan ``quota`` with ``shadow:
+true``, a key with ``enforcement: shadow``) refuse no one: ``gateway.limiter.shadow`` splits the
+request's limits into the real decision and a second one asked in the same tick, and a request
+the real one admits but a shadow rule would have refused gets that rule's code as the exchange's
+``shadow``. A route without shadow rules pays one attribute test per request for them.
+
 The plan comes with the cached key (``KeyRecord.plan``, read with it): no store lookup here.
 A request refused for any reason spends nothing. A limiter failure follows ``on_limiter_error``:
 ``open`` admits (no limit headers), ``closed`` answers 503 ``rate_limit_unavailable``, ``local``
@@ -37,9 +43,10 @@ from gateway.errors import (
     LimiterUnavailable,
 )
 from gateway.exchange import Check, Exchange, header_pairs
-from gateway.keys.model import KeyRecord
+from gateway.keys.model import SHADOW, KeyRecord
 from gateway.limiter.base import Decision, QuotaAsk, RateLimiter
 from gateway.limiter.budget import Limits, admit_local_share, budget_of
+from gateway.pipeline.shadow_limit import ShadowLimits
 from gateway.services import Services
 
 log = logging.getLogger("gateway.limiter")
@@ -167,6 +174,8 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     def rate_limit(exchange: Exchange) -> Awaitable[None] | None:
         key = exchange.key
         assert key is not None  # authenticate runs first on every auth route
+        if key.enforcement == SHADOW:
+            return shadowed(exchange, key)
         budget = budget_of(key)
         limit, window, cap, quota = limits.of(key)
         decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota, algorithm)
@@ -175,4 +184,17 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         apply(exchange, decision, limiter, budget, cap)
         return None
 
-    return rate_limit
+    shadowing = ShadowLimits(limits, services, policy, nodes, apply, set_limit_headers)
+    shadowed = shadowing.check
+
+    if limits.shadow is None and not limits.shadow_quota:
+        return rate_limit
+
+    def rate_limit_with_shadow(exchange: Exchange) -> Awaitable[None] | None:
+        """A route with a shadow window, or plans with a shadow quota: every request takes
+        the shadow-aware path."""
+        key = exchange.key
+        assert key is not None  # authenticate runs first on every auth route
+        return shadowed(exchange, key)
+
+    return rate_limit_with_shadow

@@ -8,11 +8,12 @@ count; from it, only minute buckets do."""
 
 from __future__ import annotations
 
-from gateway.keys.model import GRANULARITIES, OUTCOMES, TopKey
+from gateway.keys.model import GRANULARITIES, REQUEST_OUTCOMES, TopKey
 from gateway.store.db import Conn
 
 MINUTE, HOUR, DAY = GRANULARITIES["minute"], GRANULARITIES["hour"], GRANULARITIES["day"]
-TOTAL = " + ".join(OUTCOMES)  # every outcome of a bucket row, summed (SQL)
+# every request of a bucket row (SQL): shadow_refused is counted under a real outcome too
+TOTAL = " + ".join(REQUEST_OUTCOMES)
 
 WHOLE_DAYS = (  # per key of $1: its total over the days of [$2, $3)
     "SELECT k.key_id, k.name, "

@@ -17,7 +17,8 @@ from tests.verify.conftest import until_usage
 
 VERIFY = "/admin/v1/keys/verify"
 UNKNOWN = {"valid": False, "code": "invalid_api_key", "key_id": None, "workspace_id": None,
-           "project_id": None, "principal_id": None, "permissions": [], "ratelimit": None}
+           "project_id": None, "principal_id": None, "permissions": [], "ratelimit": None,
+           "shadow_refused": None}
 
 
 async def verify(admin: Admin, **body: Any) -> Any:
@@ -37,6 +38,7 @@ async def test_a_valid_key_is_ok_and_spends_one_request(
         "workspace_id": gateway.workspace.id, "project_id": gateway.workspace.default_project_id,
         "principal_id": record.principal_id, "permissions": ["write"],
         "ratelimit": {"limit": 5, "remaining": 4, "reset": answer["ratelimit"]["reset"]},
+        "shadow_refused": None,
     }
     assert 0 <= answer["ratelimit"]["reset"] <= 60
     assert (await verify(operator, key=key))["ratelimit"]["remaining"] == 3
@@ -134,6 +136,50 @@ async def test_checks_spend_the_budget_kept_by_defaults_algorithm(
     assert (await verify(operator, key=key))["code"] == "rate_limited"
     budget = gateway.created[-1].key_id
     assert (await gateway.services.limiter.peek(budget, "", 2, 60)).remaining == 2  # no log
+
+
+async def test_the_address_the_check_is_about(gateway: Gateway, operator: Admin) -> None:
+    """README "Key check API": ``ip`` is the client's address; a pinned key without one is
+    refused, since the caller's own address is not the client's."""
+    pinned = await gateway.key(allowed_ips=["10.0.0.0/8", "2001:db8::/32"])
+    assert (await verify(operator, key=pinned, ip="10.1.2.3"))["code"] == "ok"
+    assert (await verify(operator, key=pinned, ip="2001:db8::7"))["code"] == "ok"
+    refused = await verify(operator, key=pinned, ip="192.0.2.1")
+    assert (refused["valid"], refused["code"]) == (False, "ip_not_allowed")
+    assert refused["ratelimit"] is not None  # the budget shows, as for the other 403s
+    assert (await verify(operator, key=pinned))["code"] == "ip_not_allowed"
+    anywhere = await gateway.key()
+    assert (await verify(operator, key=anywhere))["code"] == "ok"
+    status, problem = await operator.call("POST", VERIFY, {"key": anywhere, "ip": "10.0.0.0/8"})
+    assert status == 400 and problem["errors"] == {"ip": "'10.0.0.0/8' is not an IP address"}
+
+
+async def test_a_shadow_keys_check_is_ok_with_what_it_would_refuse(
+    gateway: Gateway, operator: Admin
+) -> None:
+    key = await gateway.key(enforcement="shadow", allowed_ips=["10.0.0.0/8"],
+                            permissions=["read"], rate_limit_override=1)
+    answer = await verify(operator, key=key, permissions=["write"], ip="192.0.2.1")
+    assert (answer["valid"], answer["code"], answer["shadow_refused"]) == (
+        True, "ok", "insufficient_permissions")
+    answer = await verify(operator, key=key, ip="10.0.0.1")  # its own limit of 1 is spent
+    assert (answer["valid"], answer["shadow_refused"]) == (True, "rate_limited")
+    assert answer["ratelimit"]["limit"] == 1  # its own (shadow) budget shows
+    metrics = gateway.services.metrics
+    assert metrics.sample_value("gateway_shadow_refusals_total", {"rule": "rate_limited"}) == 1
+    assert (await verify(operator, key=key, ip="10.0.0.1"))["shadow_refused"] == "rate_limited"
+
+
+async def test_a_shadow_quota_in_checks(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gateway = await make_gateway(plans={"tiny": {"quota": {"day": 2, "shadow": True}}},
+                                 default_plan="tiny")
+    operator = Admin(http, gateway.admin_url, await gateway.admin_key())
+    key = await gateway.key()
+    answers = [await verify(operator, key=key) for _ in range(3)]
+    assert [(a["code"], a["shadow_refused"]) for a in answers] == [
+        ("ok", None), ("ok", None), ("ok", "quota_exceeded")]
 
 
 @pytest.mark.parametrize(("body", "errors"), [

@@ -170,6 +170,11 @@ def test_validation_errors_are_shown_next_to_the_field_with_the_form_kept(
     console.shot(page, "create-key-errors")
     page.get_by_label("Name").fill("fixed")
     page.get_by_label("Rate limit (requests per minute)").fill("")
+    page.get_by_label("Allowed IPs").fill("203.0.113.0/24\n10.0.0.1/8")  # README "IP allowlists"
+    page.get_by_role("button", name="Create key").click()
+    assert page.locator("#allowed_ips-error").inner_text() == \
+        "'10.0.0.1/8' has host bits set (the network is 10.0.0.0/8)"
+    page.get_by_label("Allowed IPs").fill("203.0.113.0/24\n10.0.0.0/8")
     page.get_by_role("button", name="Create key").click()
     page.wait_for_url(re.compile(r".*/shown\?reveal="))
 

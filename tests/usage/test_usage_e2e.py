@@ -218,8 +218,9 @@ async def test_every_outcome_counted_exactly_once_across_two_nodes(
 async def check_reports(client: Client, made: dict[str, Any]) -> None:
     busy, quiet, capped = (made[name]["key_id"] for name in ("busy", "quiet", "capped"))
     tally = {key_id: client.expected(key_id) for key_id in (busy, quiet, capped)}
-    assert all(tally[busy][name] for name in OUTCOMES if name not in ("rejected",
-                                                                      "quota_exceeded"))
+    # shadow_refused needs a shadow rule: tests/pipeline/test_shadow_process.py
+    assert all(tally[busy][name] for name in OUTCOMES if name not in (
+        "rejected", "quota_exceeded", "shadow_refused"))
     assert tally[quiet]["rejected"] >= 1 and tally[capped] == {
         **dict.fromkeys(OUTCOMES, 0), "success": 2, "quota_exceeded": 2}
 
