@@ -23,7 +23,14 @@ from multidict import CIMultiDict
 
 from gateway.client_address import forwarded_for_resolver
 from gateway.config import RouteConfig
-from gateway.errors import BAD_REQUEST, PAYLOAD_TOO_LARGE, GatewayError, UpstreamError
+from gateway.deadlines import RequestTimeout
+from gateway.errors import (
+    BAD_REQUEST,
+    PAYLOAD_TOO_LARGE,
+    REQUEST_TIMEOUT,
+    GatewayError,
+    UpstreamError,
+)
 from gateway.exchange import Exchange, Handler
 from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.services import Services
@@ -187,8 +194,8 @@ async def counted_body(request: web.Request, limit: int) -> AsyncIterator[bytes]
             if seen > limit:
                 raise GatewayError(PAYLOAD_TOO_LARGE, f"the request body exceeds {limit} bytes")
             yield chunk
-    except (ConnectionError, HttpProcessingError):
-        raise GatewayError(BAD_REQUEST, "the request body ended early") from None
+    except (ConnectionError, HttpProcessingError) as exc:
+        raise body_failure(exc) from None
 
 
 async def request_body(
@@ -204,9 +211,17 @@ async def request_body(
     if length is not None and length <= SMALL_BODY:
         try:
             return await request.content.readexactly(length), length
-        except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError):
-            raise GatewayError(BAD_REQUEST, "the request body ended early") from None
+        except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError) as exc:
+            raise body_failure(exc) from None
     return counted_body(request, limit), length
+
+
+def body_failure(exc: Exception) -> GatewayError:
+    """A body that did not arrive whole: 408 when it came too slowly (``gateway.deadlines``),
+    else 400."""
+    if isinstance(exc, RequestTimeout):
+        return GatewayError(REQUEST_TIMEOUT, "the request body did not arrive in time")
+    return GatewayError(BAD_REQUEST, "the request body ended early")
 
 
 async def expect_continue(request: web.Request) -> None:
