@@ -31,6 +31,7 @@ from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -47,7 +48,7 @@ from tests.keys.conftest import create_pg_database, drop_pg_database, postgres_r
 
 T = TypeVar("T")
 MARGIN = 0.2  # seconds around an expiry where either answer is right (clocks, one request)
-EXAMPLES, STEPS = 10, 16  # bounded: both backends together in well under a minute
+EXAMPLES, STEPS = 15, 20  # bounded: both backends together in well under a minute
 COUNTS: dict[str, int] = {}
 
 
@@ -147,10 +148,12 @@ class Lifecycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.model: dict[str, ModelKey] = {}
+        self.since_restart = 0
         self.workspace = self.harness.run(self.harness.node.keys.create_workspace("m", "t")).id
 
     def count(self, what: str) -> None:
         COUNTS[what] = COUNTS.get(what, 0) + 1
+        self.since_restart += 1
 
     @rule(target=keys, ttl=st.sampled_from([None, None, 0.3, 1.5]))
     def create(self, ttl: float | None) -> str:
@@ -217,14 +220,26 @@ class Lifecycle(RuleBasedStateMachine):
             self.model[key_id].status = "active"
             self.count("enable")
 
+    def pending_expiry(self) -> float | None:
+        now = time.time()
+        future = [k.expires for k in self.model.values()
+                  if k.status != "revoked" and k.expires is not None and k.expires > now]
+        return min(future) if future else None
+
+    @precondition(lambda self: self.pending_expiry() is not None)
     @rule()
     def time_passes(self) -> None:
-        time.sleep(0.35)  # past the 0.3 s keys' expiry
+        """Until the next key's expiry is past (at most 0.35 s: the longer ones stay)."""
+        expiry = self.pending_expiry()
+        assert expiry is not None
+        time.sleep(min(0.35, max(0.0, expiry + MARGIN - time.time())))
         self.count("wait")
 
+    @precondition(lambda self: self.since_restart >= 3)  # else restarts crowd the rest out
     @rule()
     def restart(self) -> None:
         self.harness.restart()
+        self.since_restart = 0
         self.count("restart")
 
     @invariant()
