@@ -9,6 +9,7 @@ that arrives whole in time costs nothing here:
 - **body**: a body being read must not stall for ``body_timeout`` seconds and, once it has
   run that long, must average at least ``min_body_rate`` bytes a second. Time the gateway
   itself stops reading (flow control: the upstream takes the body slower) is not counted.
+  A body announced with ``Expect: 100-continue`` is watched from the gateway's ``100 Continue``.
   Past either, the body's stream fails: the pipeline answers 408 ``request_timeout`` (or cuts a
   response already begun), which ends the upstream exchange and gives the concurrency slot
   back; the connection is closed at the next sweep if it is still open.
@@ -21,10 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 from gateway.config import LimitsConfig
+
+# Set on a request with ``Expect: 100-continue`` once the gateway has sent ``100 Continue``
+# (``gateway.pipeline.forward``): until then the client rightly waits, and its body's deadline
+# does not run.
+CONTINUED = web.RequestKey("continued", bool)
 
 
 class RequestTimeout(HttpProcessingError):

@@ -30,7 +30,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import _ErrInfo
 
 from gateway.config import LimitsConfig
-from gateway.deadlines import BodyWatch, Deadlines, RequestTimeout
+from gateway.deadlines import CONTINUED, BodyWatch, Deadlines, RequestTimeout
 from gateway.errors import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
@@ -163,7 +163,10 @@ class ProxyRequestHandler(web.RequestHandler):
         request = self._current_request
         if request is not None:
             self._head_since = None
-            self._keep_body_deadline(request.content, now)
+            if "Expect" in request.headers and CONTINUED not in request:
+                self._watch = None  # the client waits for our 100 Continue: not its time
+            else:
+                self._keep_body_deadline(request.content, now)
             return
         self._watch = None
         if self._close or not self._awaits_head():

@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from gateway.client_address import forwarded_for_resolver
 from gateway.config import RouteConfig
-from gateway.deadlines import RequestTimeout
+from gateway.deadlines import CONTINUED, RequestTimeout
 from gateway.errors import (
     BAD_REQUEST,
     PAYLOAD_TOO_LARGE,
@@ -230,6 +230,7 @@ async def expect_continue(request: web.Request) -> None:
     as curl wait a second before sending the body (RFC 9110 §10.1.1)."""
     if request.headers["Expect"].strip().lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request[CONTINUED] = True  # the body's deadline runs from here (gateway.deadlines)
         request.writer.output_size = 0  # the interim response is not part of the answer
 
 

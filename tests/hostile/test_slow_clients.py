@@ -269,3 +269,23 @@ async def test_a_body_the_gateway_holds_back_is_not_a_slow_body(
     finally:
         server.close()
     assert received == size
+
+
+async def test_a_body_waiting_for_100_continue_is_not_slow(
+    make_gateway: GatewayFactory, strict: StrictUpstream
+) -> None:
+    """``Expect: 100-continue``: the client sends its body only once the gateway says so, so
+    the time before that is not the body's; after it, the body deadline runs as usual."""
+    gateway = await make_gateway(routes=hostile_routes(strict.url), defaults=UNLIMITED,
+                                 limits={"body_timeout": 0.5})
+    key = await gateway.key()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(head(key, "Content-Length: 4\r\nExpect: 100-continue\r\n"))
+        assert (await asyncio.wait_for(reader.readline(), 2)).startswith(b"HTTP/1.1 100")
+        await reader.readline()
+        writer.write(b"ab")  # half the body, then nothing: cut after body_timeout
+        line = await asyncio.wait_for(reader.readline(), 3)
+        assert line.split()[1] == b"408"
+    finally:
+        writer.close()
