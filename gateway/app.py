@@ -10,7 +10,7 @@ from gateway.console import PREFIX as CONSOLE_PREFIX
 from gateway.console import create_console_app
 from gateway.keys.service import KeyService
 from gateway.pipeline import PipelineHolder, build_pipeline
-from gateway.proxy_server import ProxyServer, parser_limits
+from gateway.proxy_server import ProxyServer
 from gateway.services import Services
 
 
@@ -35,8 +35,7 @@ def create_proxy_server(services: Services, holder: PipelineHolder | None = None
         metrics=services.metrics,
         auto_decompress=False,
         access_log=None,
-        keepalive_timeout=75,
-        **parser_limits(services.config.limits),  # 414/431 (gateway/proxy_server.py)
+        limits=services.config.limits,  # 414/431, deadlines, connection cap (proxy_server.py)
     )
 
 

@@ -67,6 +67,7 @@ MEMBER_NOT_FOUND = ErrorKind(404, "member_not_found", "Member not found")
 METHOD_NOT_ALLOWED = ErrorKind(405, "method_not_allowed", "Method not allowed")
 KEY_LIMIT_REACHED = ErrorKind(409, "key_limit_reached", "Key limit reached")
 CONFLICT = ErrorKind(409, "conflict", "Conflict")
+REQUEST_TIMEOUT = ErrorKind(408, "request_timeout", "Request timeout")  # a slow client
 PAYLOAD_TOO_LARGE = ErrorKind(413, "payload_too_large", "Payload too large")
 BODY_TOO_LARGE = ErrorKind(413, "body_too_large", "Body too large")  # admin API, from the head
 URI_TOO_LONG = ErrorKind(414, "uri_too_long", "URI too long")

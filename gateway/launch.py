@@ -23,6 +23,7 @@ from gateway.errors import AddressInUse
 from gateway.server import hold_sighup, install_uvloop, serve
 from gateway.supervisor import Supervisor
 from gateway.version import gateway_version
+from gateway.waiting import wait_for_store
 
 log = logging.getLogger("gateway.launch")
 
@@ -32,6 +33,8 @@ def run(config: Config) -> int:
     probe_listeners(config)
     # the start-up line (README "The start-up line"): what runs, from where, on what
     log.info("gateway starting", extra=startup_fields(config, gateway_version()))
+    if not asyncio.run(wait_for_store(config)):  # Postgres down: wait, not ready (no loop)
+        return 0
     if config.workers > 1:
         return Supervisor(config).run()
     hold_sighup()

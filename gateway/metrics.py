@@ -179,6 +179,11 @@ class Metrics:
             "forwarded, by the code it would have answered (README \"Shadow mode\").",
             ("rule",), registry=registry,
         )
+        self.connections_closed = Counter(
+            "gateway_connections_closed", "Public-listener connections the gateway closed "
+            "unanswered, by reason (max_connections: over the cap at once; header_timeout: no "
+            "byte of a request within limits.header_timeout).", ("reason",), registry=registry,
+        )
 
     def _declare_dependencies(self, registry: CollectorRegistry) -> None:
         self.limiter_errors = Counter(

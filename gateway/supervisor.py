@@ -255,7 +255,8 @@ async def prepare_store(config: Config) -> None:
     """Open the key store once, here, before N workers open it at the same moment: migrations
     are then applied, and a new SQLite file is in WAL mode already (SQLite's switch to WAL does
     not wait for a lock, so two workers making it together failed with "database is locked").
-    An unreachable store stops the gateway here, with one error instead of one per worker."""
+    ``gateway.launch`` waited for an unreachable Postgres before (``gateway.waiting``); a store
+    that fails here stops the gateway, with one error instead of one per worker."""
     async with open_store(config):
         pass
 

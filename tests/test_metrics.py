@@ -33,6 +33,7 @@ def test_every_metric_is_declared_even_before_it_counts() -> None:
         "gateway_rate_limited": "counter",
         "gateway_concurrency_limited": "counter",
         "gateway_shadow_refusals": "counter",
+        "gateway_connections_closed": "counter",
         "gateway_limiter_errors": "counter",
         "gateway_limiter_degraded_decisions": "counter",
         "gateway_limiter_round_trips": "counter",

@@ -106,14 +106,23 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Request limits (README "Security and reliability"); the parser's (the first
-    three) take effect at start, the others on reload too."""
+    """Request limits and client deadlines (README "Security and reliability"). The parser's
+    (the first three) and the connection's (from ``header_timeout`` on) take effect at start;
+    the others on reload too. In seconds: ``header_timeout`` for a whole request head,
+    ``body_timeout`` a body may stall (and the grace before ``min_body_rate``, bytes a second,
+    applies), ``idle_timeout`` of a keep-alive connection between requests;
+    ``max_connections``: open connections on the public listener, per process (None: no cap)."""
 
     max_target_bytes: int = option(8192, parsers.integer(256))  # past it: 414 uri_too_long
     max_header_line_bytes: int = option(8192, parsers.integer(256))  # 431 headers_too_large
     max_headers: int = option(100, parsers.integer(1, 10_000))  # 431
     max_header_bytes: int = option(64 * 1024, parsers.integer(1024))  # all of them: 431
     admin_max_body_bytes: int = option(1024 * 1024, parsers.integer(1))  # 413 body_too_large
+    header_timeout: float = option(10.0, parsers.positive_number)  # 408 request_timeout
+    body_timeout: float = option(10.0, parsers.positive_number)  # 408 request_timeout
+    min_body_rate: int = option(1024, parsers.integer(0))  # 0: only body_timeout applies
+    idle_timeout: float = option(75.0, parsers.positive_number)  # closed
+    max_connections: int | None = option(10_000, parsers.nullable(parsers.count))  # closed
 
 
 @dataclass(frozen=True, slots=True)

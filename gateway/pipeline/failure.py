@@ -87,4 +87,4 @@ def log_dependency(exchange: Exchange, exc: UpstreamError | StoreUnavailable) ->
 def must_close(failure: GatewayFailure, request: web.BaseRequest) -> bool:
     """A malformed request, or one whose body was left unread, ends its connection: whatever
     follows on it cannot be trusted to start a new request (RFC 9112 §6.3, §9.6)."""
-    return failure.kind.status in (400, 413, 414, 431) or not request.content.at_eof()
+    return failure.kind.status in (400, 408, 413, 414, 431) or not request.content.at_eof()

@@ -25,7 +25,14 @@ from multidict import CIMultiDict
 
 from gateway.client_address import forwarded_for_resolver
 from gateway.config import RouteConfig
-from gateway.errors import BAD_REQUEST, PAYLOAD_TOO_LARGE, GatewayError, UpstreamError
+from gateway.deadlines import CONTINUED, RequestTimeout
+from gateway.errors import (
+    BAD_REQUEST,
+    PAYLOAD_TOO_LARGE,
+    REQUEST_TIMEOUT,
+    GatewayError,
+    UpstreamError,
+)
 from gateway.exchange import Exchange, Handler, header_pairs
 from gateway.http import CLIENT_CLOSED_REQUEST
 from gateway.services import Services
@@ -204,8 +211,8 @@ async def counted_body(request: web.Request, limit: int) -> AsyncIterator[bytes]
             if seen > limit:
                 raise GatewayError(PAYLOAD_TOO_LARGE, f"the request body exceeds {limit} bytes")
             yield chunk
-    except (ConnectionError, HttpProcessingError):
-        raise GatewayError(BAD_REQUEST, "the request body ended early") from None
+    except (ConnectionError, HttpProcessingError) as exc:
+        raise body_failure(exc) from None
 
 
 async def request_body(
@@ -221,9 +228,17 @@ async def request_body(
     if length is not None and length <= SMALL_BODY:
         try:
             return await request.content.readexactly(length), length
-        except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError):
-            raise GatewayError(BAD_REQUEST, "the request body ended early") from None
+        except (asyncio.IncompleteReadError, ConnectionError, HttpProcessingError) as exc:
+            raise body_failure(exc) from None
     return counted_body(request, limit), length
+
+
+def body_failure(exc: Exception) -> GatewayError:
+    """A body that did not arrive whole: 408 when it came too slowly (``gateway.deadlines``),
+    else 400."""
+    if isinstance(exc, RequestTimeout):
+        return GatewayError(REQUEST_TIMEOUT, "the request body did not arrive in time")
+    return GatewayError(BAD_REQUEST, "the request body ended early")
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -232,6 +247,7 @@ async def expect_continue(request: web.Request) -> None:
     as curl wait a second before sending the body (RFC 9110 §10.1.1)."""
     if request.headers["Expect"].strip().lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request[CONTINUED] = True  # the body's deadline runs from here (gateway.deadlines)
         request.writer.output_size = 0  # the interim response is not part of the answer
 
 

@@ -15,6 +15,7 @@ another advisory lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
@@ -236,9 +237,16 @@ class PostgresDb(Statements):
         if pool is None:
             raise StoreUnavailable(f"postgres key store at {self.target} is not open")
         limit = self.command_timeout if deadline is None else deadline
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
         with _translated(self.target):
-            async with asyncio.timeout(limit), pool.acquire(timeout=limit) as conn:
-                yield conn
+            async with asyncio.timeout_at(end):
+                conn = await pool.acquire(timeout=limit)
+            try:
+                async with asyncio.timeout_at(end):
+                    yield conn
+            finally:
+                await _release(pool, conn, end - loop.time())
 
     @asynccontextmanager
     async def transaction(
@@ -250,6 +258,15 @@ class PostgresDb(Statements):
 
     def __repr__(self) -> str:
         return f"PostgresDb({_redacted(self.url)!r})"
+
+
+async def _release(pool: asyncpg.Pool, conn: Any, budget: float) -> None:
+    """Give ``conn`` back within what is left of the deadline. asyncpg's own release waits
+    for a cancelled statement, then resets, each for up to the acquire timeout: against a
+    server that stopped answering (packets dropped, a process stopped) that doubled a call's
+    time. Past the budget asyncpg terminates the connection; the pool opens a new one."""
+    with contextlib.suppress(TimeoutError, *_DRIVER_ERRORS):
+        await pool.release(conn, timeout=max(budget, 0.001))
 
 
 def is_postgres_url(url: str) -> bool:

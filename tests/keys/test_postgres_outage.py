@@ -15,6 +15,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -179,3 +180,102 @@ async def test_outage_and_recovery(
     finally:
         node.stop()
     print(f"\noutage: slowest request while down {worst * 1000:.1f} ms; resumed in {resumed:.2f} s")
+
+
+def cluster_pids(server: PrivatePostgres) -> list[int]:
+    """The postmaster and every backend of the private cluster."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids, todo = [], [postmaster]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def signal_cluster(server: PrivatePostgres, signum: int) -> None:
+    for pid in cluster_pids(server):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+async def metric(session: aiohttp.ClientSession, admin_url: str, line: str) -> float:
+    async with session.get(f"{admin_url}/metrics") as response:
+        text = await response.text()
+    return next((float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(line)),
+                0.0)
+
+
+@pytest.mark.slow
+async def test_black_holed_postgres(
+    private_pg: PrivatePostgres, tmp_path: Path, upstream: Upstream
+) -> None:
+    """Postgres stops answering without closing anything (every process of the cluster
+    SIGSTOPped: connections stay open, queries are never answered, a connect is accepted by
+    the kernel and left at that): a cached key is served, each cold key is 503
+    ``auth_unavailable`` within ``key_store.timeout`` and costs one store call however many
+    requests carry it (single flight); once Postgres answers again, cold keys are 200."""
+    timeout = 1.0
+    node = GatewayProcess.create(
+        tmp_path, [{"name": "api", "path": "/api/", "upstream": upstream.url}],
+        database=private_pg.url, key_store={"timeout": timeout, "connect_timeout": timeout},
+    )
+    stopped = False
+    try:
+        token = node.admin_key()
+        node.start()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await node.wait_ready(session)
+            auth = {"Authorization": f"Bearer {token}"}
+            async with session.post(
+                f"{node.admin_url}/admin/v1/workspaces", json={"name": "bh"}, headers=auth
+            ) as response:
+                workspace = await response.json()
+            keys = []
+            for i in range(4):
+                async with session.post(
+                    f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys",
+                    json={"name": f"k{i}"}, headers=auth,
+                ) as response:
+                    keys.append((await response.json())["key"])
+            warm, cold = keys[0], keys[1:]
+            api = f"{node.url}/api/x"
+            assert (await timed_get(session, api, {"Authorization": f"Bearer {warm}"}))[0] == 200
+            lookups = 'gateway_store_errors_total{operation="key_lookup"}'
+            before = await metric(session, node.admin_url, lookups)
+
+            signal_cluster(private_pg, signal.SIGSTOP)
+            stopped = True
+            started = time.monotonic()
+            waves = [timed_get(session, api, {"Authorization": f"Bearer {key}"})
+                     for key in cold for _ in range(5)]
+            warm_answers = [await timed_get(session, api, {"Authorization": f"Bearer {warm}"})
+                            for _ in range(10)]
+            cold_answers = await asyncio.gather(*waves)
+            whole = time.monotonic() - started
+            assert [status for status, _, _ in warm_answers] == [200] * 10
+            assert max(elapsed for _, _, elapsed in warm_answers) < 0.5
+            assert {(status, (body or {}).get("code")) for status, body, _ in cold_answers} == {
+                (503, "auth_unavailable")}
+            slowest = max(elapsed for _, _, elapsed in cold_answers)
+            assert slowest < timeout + 0.5, slowest
+            calls = await metric(session, node.admin_url, lookups) - before
+            assert calls == len(cold), calls  # one store call per cold key, 5 requests each
+
+            signal_cluster(private_pg, signal.SIGCONT)
+            stopped = False
+            back = time.monotonic()
+            while (await timed_get(session, api, {"Authorization": f"Bearer {cold[0]}"}))[0] != 200:
+                assert time.monotonic() - back < 2 * timeout + 2.0, "not resumed"
+                await asyncio.sleep(0.05)
+            resumed = time.monotonic() - back
+    finally:
+        if stopped:
+            signal_cluster(private_pg, signal.SIGCONT)
+        node.stop()
+    print(f"\nblack hole: {len(cold_answers)} requests with {len(cold)} cold keys: 503 "
+          f"auth_unavailable, slowest {slowest * 1000:.0f} ms (key_store.timeout "
+          f"{timeout:g} s), {calls:g} store calls; cached key served; 200 again {resumed:.2f} s "
+          f"after SIGCONT; whole wave {whole:.2f} s")
