@@ -23,6 +23,7 @@ from gateway.keys.model import MEMBER_ID_PREFIX, KeyPage, KeyRecord, utcnow
 from gateway.store.db import Conn, Db, Row
 from gateway.store.feed import ChangeLog
 from gateway.store.rows import (
+    CREDITS,
     SCOPES,
     STRINGS,
     TIMESTAMP,
@@ -41,6 +42,7 @@ KINDS = {
     "created_at": TIMESTAMP,
     "revoked_at": TIMESTAMP,
     "disabled_at": TIMESTAMP,
+    "credits": CREDITS,
 }
 # update: the fields that may change -> may it be set to null?
 UPDATABLE: dict[str, bool] = {
@@ -57,6 +59,7 @@ UPDATABLE: dict[str, bool] = {
     "revoked_by": True,
     "last_used_at": True,
     "disabled_at": True,
+    "credits": True,
 }
 # the key's plan comes with it, in the same one query (a workspace has at most one row)
 _OF_WORKSPACE = "FROM subscriptions s WHERE s.workspace_id = api_keys.workspace_id"
