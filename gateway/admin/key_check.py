@@ -1,9 +1,9 @@
 """The key check API (README "Key check API"): ``POST /admin/v1/keys/verify`` tells a service
 that checks keys itself what the request path would answer for one: the key's status, the
 permissions asked for (through ``permissions.implies``), a resource and operation against its
-scopes, then its own rate limit and its workspace's quotas, spent as a request spends them
-(gateway.keys.access, gateway.limiter.budget: the request path's own rules). Usage is counted
-with the outcome.
+scopes, then its own rate limit, its workspace's quotas and its credits (one each), spent as
+a request spends them (gateway.keys.access, gateway.limiter.budget: the request path's own
+rules). Usage is counted with the outcome.
 
 The answer is 200 whatever the key: ``valid``, and ``code``, ``ok`` or the error code the
 request path would have answered. A workspace admin key asks about its own workspace's keys
@@ -22,6 +22,7 @@ from gateway.admin.route import BAD, Route, returns
 from gateway.admin.state import SERVICES
 from gateway.errors import (
     AUTH_UNAVAILABLE,
+    CREDITS_EXHAUSTED,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
     QUOTA_EXCEEDED,
@@ -75,12 +76,12 @@ async def spend(services: Services, record: KeyRecord) -> tuple[str, Decision | 
     budget = budget_of(record)
     try:
         decision = await services.limiter.admit(budget, "", limit, window, None, None, quota,
-                                                limits.algorithm)
+                                                limits.algorithm, record.credits)
     except LimiterUnavailable:
         policy = config.defaults.on_limiter_error
         services.metrics.count_limiter_error(policy)
-        if policy == "closed":
-            return RATE_LIMIT_UNAVAILABLE.code, None
+        if policy == "closed" or (policy == "local" and record.credits is not None):
+            return RATE_LIMIT_UNAVAILABLE.code, None  # credits: only the shared limiter's
         if policy == "open":
             return OK, None
         nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
@@ -88,6 +89,8 @@ async def spend(services: Services, record: KeyRecord) -> tuple[str, Decision | 
                                            window, None, None, quota, limits.algorithm)
     if decision.allowed:
         return OK, decision
+    if decision.no_credits:
+        return CREDITS_EXHAUSTED.code, decision
     return (QUOTA_EXCEEDED if decision.over_quota else RATE_LIMITED).code, decision
 
 
@@ -135,6 +138,7 @@ def answer(code: str, record: KeyRecord | None = None, decision: Decision | None
         "principal_id": (record.principal_id or None) if record else None,
         "permissions": list(record.permissions) if record else [],
         "ratelimit": limits,
+        "credits_remaining": decision.credits if decision is not None else None,
     }
 
 

@@ -13,11 +13,17 @@
   with ``Retry-After`` = seconds until that period ends; ``X-Quota-*`` for the quota nearer to
   running out.
 
+* the key's credits (README "Credits"), when it has any: the route's ``cost`` is spent from
+  them; short, 429 ``credits_exhausted`` (``Retry-After`` only when a refill is due: seconds
+  until it); ``X-Credits-Remaining`` on the responses of such keys.
+
 The plan comes with the cached key (``KeyRecord.plan``, read with it): no store lookup here.
 A request refused for any reason spends nothing. A limiter failure follows ``on_limiter_error``:
 ``open`` admits (no limit headers), ``closed`` answers 503 ``rate_limit_unavailable``, ``local``
 enforces each limit (quotas included) in this process divided by the number of processes
-expected to share it (``limiter.expected_nodes`` times ``workers``).
+expected to share it (``limiter.expected_nodes`` times ``workers``) — except a key's credits,
+whose live balance only the shared limiter knows: with ``local``, a key with credits gets 503
+``rate_limit_unavailable`` rather than spend credits no other process would see.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from multidict import istr
 from gateway.config import RouteConfig
 from gateway.errors import (
     CONCURRENCY_LIMITED,
+    CREDITS_EXHAUSTED,
     QUOTA_EXCEEDED,
     RATE_LIMITED,
     RETRY_SOON,
@@ -39,7 +46,7 @@ from gateway.errors import (
     LimiterUnavailable,
 )
 from gateway.exchange import Check, Exchange
-from gateway.keys.model import KeyRecord
+from gateway.keys.model import Credits, KeyRecord
 from gateway.limiter.base import Decision, QuotaAsk, RateLimiter
 from gateway.limiter.budget import Limits, admit_local_share, budget_of
 from gateway.services import Services
@@ -64,6 +71,7 @@ X_LIMIT, X_REMAINING, X_RESET = (
 X_QUOTA_LIMIT, X_QUOTA_REMAINING, X_QUOTA_RESET = (
     istr("X-Quota-Limit"), istr("X-Quota-Remaining"), istr("X-Quota-Reset")
 )
+X_CREDITS_REMAINING = istr("X-Credits-Remaining")
 
 
 def quota_headers(decision: Decision) -> dict[str, str]:
@@ -83,6 +91,8 @@ def quota_headers(decision: Decision) -> dict[str, str]:
         headers[X_QUOTA_LIMIT] = _text(quota.limit)
         headers[X_QUOTA_REMAINING] = str(quota.remaining)
         headers[X_QUOTA_RESET] = str(max(0, math.ceil(quota.reset)))
+    if decision.credits is not None:
+        headers[X_CREDITS_REMAINING] = str(decision.credits)
     return headers
 
 
@@ -123,6 +133,8 @@ def apply(
                 f"at most {cap} requests may be in flight for this key",
                 RETRY_SOON,
             )
+        if decision.no_credits:
+            raise out_of_credits(decision)
         retry = str(max(1, math.ceil(decision.retry_after)))
         if decision.over_quota:
             raise GatewayError(QUOTA_EXCEEDED, "the workspace's plan quota is spent",
@@ -130,12 +142,20 @@ def apply(
         raise GatewayError(RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry})
 
 
+def out_of_credits(decision: Decision) -> GatewayError:
+    """429 ``credits_exhausted``; ``Retry-After`` only when a refill is due (README
+    "Credits")."""
+    wait = math.ceil(decision.retry_after)
+    return GatewayError(CREDITS_EXHAUSTED, "this key's credits are spent",
+                        {"Retry-After": str(max(1, wait))} if wait > 0 else None)
+
+
 def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
         return None
     config = services.config
     limits = Limits(route, config)
-    also, algorithm = limits.also, limits.algorithm
+    also, algorithm, cost = limits.also, limits.algorithm, limits.cost
     policy = route.on_limiter_error or config.defaults.on_limiter_error
     nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
     limiter = services.limiter
@@ -143,10 +163,13 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     metrics = services.metrics
 
     async def degraded(
-        budget: str, limit: int, window: float, cap: int | None, quota: QuotaAsk | None
+        budget: str, limit: int, window: float, cap: int | None, quota: QuotaAsk | None,
+        credits: Credits | None,
     ) -> tuple[Decision | None, RateLimiter]:
         """The limiter failed and on_limiter_error is ``open`` or ``local``."""
         if policy == "local":  # this process's share of each limit
+            if credits is not None:
+                raise LimiterUnavailable("credits are only spent on the shared limiter")
             decision = await admit_local_share(local, nodes, budget, limit, window, cap, also,
                                                quota, algorithm)
             return decision, local
@@ -154,17 +177,18 @@ def build(route: RouteConfig, services: Services) -> Check | None:
 
     async def decide(
         exchange: Exchange, budget: str, limit: int, window: float, cap: int | None,
-        quota: QuotaAsk | None,
+        quota: QuotaAsk | None, credits: Credits | None,
     ) -> None:
         decision: Decision | None
         decider: RateLimiter = limiter
         try:
-            decision = await limiter.admit(budget, "", limit, window, cap, also, quota, algorithm)
+            decision = await limiter.admit(budget, "", limit, window, cap, also, quota, algorithm,
+                                           credits, cost)
         except LimiterUnavailable:
             metrics.count_limiter_error(policy)
             if policy == "closed":
                 raise  # 503 rate_limit_unavailable, Retry-After: 1 (gateway.errors)
-            decision, decider = await degraded(budget, limit, window, cap, quota)
+            decision, decider = await degraded(budget, limit, window, cap, quota, credits)
         if decision is not None:
             apply(exchange, decision, decider, budget, cap)
 
@@ -173,9 +197,11 @@ def build(route: RouteConfig, services: Services) -> Check | None:
         assert key is not None  # authenticate runs first on every auth route
         budget = budget_of(key)
         limit, window, cap, quota = limits.of(key)
-        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota, algorithm)
+        credits = key.credits
+        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota, algorithm,
+                                        credits, cost)
         if decision is None:  # a shared limiter: the driver awaits its answer
-            return decide(exchange, budget, limit, window, cap, quota)
+            return decide(exchange, budget, limit, window, cap, quota, credits)
         apply(exchange, decision, limiter, budget, cap)
         return None
 
