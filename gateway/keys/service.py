@@ -193,18 +193,18 @@ class KeyService:
         current = await self.get_key(key_id, workspace_id)
         changes = validate_fields(body, UPDATE_FIELDS, required=())
         _require_active(current, "changed", also="disabled")
+        if not changes:
+            return current
+        audited = {k: _audit_value(v) for k, v in changes.items()}
         if "credits" in changes:  # a set: on the whole rotation chain, like a top-up
             given = changes.pop("credits")
             current = await self._set_credits(
-                current, lambda now_credits: as_set(given, now_credits, utcnow())
-                if given is not None else None)
+                current, lambda held: None if given is None else as_set(given, held, utcnow()))
             if not changes:
                 await self._audit(actor, "key.update", current.key_id, current.workspace_id,
-                                  {"credits": _credits_audit(given)})
+                                  audited)
                 return current
-        if not changes:
-            return current
-        return await self._change(current, changes, actor, "key.update")
+        return await self._change(current, changes, actor, "key.update", audited)
 
     async def top_up_credits(
         self, key_id: str, body: Any, actor: str | None, workspace_id: str | None = None

@@ -260,8 +260,20 @@ async def embedded_scenario(session: aiohttp.ClientSession, admin: Admin,
     status, shown = await admin.call("POST", f"/admin/v1/keys/{plain['key_id']}/credits",
                                      {"set": 2})
     assert status == 200 and shown["credits"] == {"remaining": 2, "refill": None}
-    # a PATCH can take them away again
+    # a rotated key spends its predecessor's balance: a rotation does not double it
+    status, rotated = await admin.call("POST", f"/admin/v1/keys/{plain['key_id']}/rotate",
+                                       {"grace_period_seconds": 60})
+    assert status == 201 and rotated["credits"]["remaining"] == 2
+    assert (await proxied(session, node, plain["key"]))[2]["X-Credits-Remaining"] == "1"
+    assert (await proxied(session, node, rotated["key"]))[2]["X-Credits-Remaining"] == "0"
+    assert (await proxied(session, node, plain["key"]))[0] == 429
+    # a top-up of either is the chain's
+    await admin.call("POST", f"/admin/v1/keys/{rotated['key_id']}/credits", {"add": 1})
+    assert (await proxied(session, node, plain["key"]))[2]["X-Credits-Remaining"] == "0"
+    # a PATCH can take them away again, with another change, both audited
     status, shown = await admin.call("PATCH", f"/admin/v1/keys/{plain['key_id']}",
-                                     {"credits": None})
-    assert status == 200 and shown["credits"] is None
+                                     {"credits": None, "description": "unmetered"})
+    assert status == 200 and shown["credits"] is None and shown["description"] == "unmetered"
     assert (await proxied(session, node, plain["key"]))[0] == 200
+    _, events = await admin.call("GET", f"/admin/v1/audit?workspace_id={ws}")
+    assert events["results"][0]["changes"] == {"credits": None, "description": "unmetered"}
