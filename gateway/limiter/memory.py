@@ -30,7 +30,6 @@ from gateway.limiter.base import (
     Window,
     counter_used,
     counter_wait,
-    credit_period,
     nearest_quota,
     periods,
 )
@@ -204,7 +203,7 @@ class MemoryRateLimiter:
                                      algorithm)
         if decision.allowed:
             balance[2] -= cost
-        return decision._replace(credits=balance[2])
+        return Decision(*decision[:9], balance[2])  # not _replace: this runs per request
 
     async def quota_usage(self, workspace: str) -> QuotaUsage:
         counts, (day_reset, month_reset) = self._quota(workspace)
@@ -213,11 +212,7 @@ class MemoryRateLimiter:
     def _quota(self, workspace: str) -> tuple[list[int], tuple[float, float]]:
         """The workspace's counters of the current UTC day and month, and their resets."""
         now = self._wall()
-        day, month, day_end, month_end = self._period
-        if now >= day_end:
-            day, month, day_left, month_left = periods(now)
-            day_end, month_end = now + day_left, now + month_left
-            self._period = (day, month, day_end, month_end)
+        day, month, day_end, month_end = self._calendar(now)
         counts = self._quotas.get(workspace)
         if counts is None:
             counts = self._quotas[workspace] = [day, 0, month, 0]
@@ -247,7 +242,6 @@ class MemoryRateLimiter:
         """The budget's [set_version, added, balance, period] brought up to ``credits``: a
         newer set starts again from its value, adds not yet applied are, and a new refill
         period sets the balance to the refill amount; and the seconds to the next refill."""
-        period, refill_in = credit_period(credits.refill_interval, self._wall())
         state = self._credits.get(budget)
         if state is None or state[0] < credits.set_version:
             state = self._credits[budget] = [credits.set_version, credits.added,
@@ -255,9 +249,23 @@ class MemoryRateLimiter:
         elif state[0] == credits.set_version and state[1] < credits.added:
             state[2] += credits.added - state[1]
             state[1] = credits.added
-        if credits.refill_amount is not None and state[3] < period:
-            state[2], state[3] = credits.refill_amount, period
-        return state, refill_in
+        interval = credits.refill_interval
+        if interval is None:
+            return state, 0.0
+        now = self._wall()
+        day, month, day_end, month_end = self._calendar(now)
+        period, ends = (day, day_end) if interval == "day" else (month, month_end)
+        if state[3] < period:
+            state[2], state[3] = credits.refill_amount or 0, period
+        return state, ends - now
+
+    def _calendar(self, now: float) -> tuple[int, int, float, float]:
+        """The current UTC day and month, and the epoch seconds they end (recomputed once a
+        day)."""
+        if now >= self._period[2]:
+            day, month, day_left, month_left = periods(now)
+            self._period = (day, month, now + day_left, now + month_left)
+        return self._period
 
     async def credits_left(self, budget: str, credits: Credits) -> CreditState:
         state, refill_in = self._balance(budget, credits)
