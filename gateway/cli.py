@@ -160,9 +160,22 @@ async def cmd_keys_create(args: argparse.Namespace, config: Config) -> int:
         "enforcement": args.enforcement,
         "scopes": [_scope(s) for s in args.scope] if args.scope else None,
         "key_type": "admin" if args.admin else None,
+        "credits": _credits(args.credits, args.refill),
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return await _create_key(config, args.workspace, body)
+
+
+def _credits(remaining: int | None, refill: str | None) -> Any:
+    """``--credits N [--refill M/day]`` as the create body's ``credits`` (validated there);
+    a refill without credits, or not M/day or M/month, is the credits field's error."""
+    if remaining is None and refill is None:
+        return None
+    if refill is None:
+        return {"remaining": remaining}
+    amount, _, interval = refill.partition("/")
+    given: Any = int(amount) if amount.isdigit() else amount
+    return {"remaining": remaining, "refill": {"amount": given, "interval": interval}}
 
 
 def _scope(text: str) -> dict[str, Any]:
@@ -226,6 +239,14 @@ async def cmd_keys_update(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
 
     return await with_service(config, action, writes=True)
+
+
+async def cmd_keys_credits(args: argparse.Namespace, config: Config) -> int:
+    """The store's balance is printed (README "Credits": the live one is the limiter's, which
+    the admin API shows); every node applies the top-up within the revocation bound."""
+    body = {"add": args.add} if args.add is not None else {"set": args.set}
+    return await _key_command(
+        lambda service, key_id: service.top_up_credits(key_id, body, "cli"))(args, config)
 
 
 async def cmd_keys_rotate(args: argparse.Namespace, config: Config) -> int:
@@ -374,6 +395,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("keys", "show"): cmd_keys_show,
     ("keys", "revoke"): cmd_keys_revoke,
     ("keys", "rotate"): cmd_keys_rotate,
+    ("keys", "credits"): cmd_keys_credits,
     ("keys", "disable"): cmd_keys_disable,
     ("keys", "enable"): cmd_keys_enable,
     ("keys", "usage"): cmd_keys_usage,

@@ -118,6 +118,10 @@ def _keys_parser(sub: Any) -> None:
     create.add_argument("--environment", choices=("live", "test"), help="selects the prefix")
     create.add_argument("--project", metavar="PROJECT", help="default: the workspace's own")
     create.add_argument("--admin", action="store_true", help="a workspace admin key")
+    create.add_argument("--credits", type=int, metavar="N",
+                        help="credits the key starts with (README \"Credits\")")
+    create.add_argument("--refill", metavar="M/day|M/month",
+                        help="with --credits: the balance set at each UTC day's (month's) start")
     list_ = _command(keys, "list", "list a workspace's keys (never a plaintext or a hash)")
     list_.add_argument("--workspace", required=True, metavar="WS", help=WORKSPACE_HELP)
     list_.add_argument("--user-id", help="only this owner's keys")
@@ -139,6 +143,11 @@ def _keys_parser(sub: Any) -> None:
     usage.add_argument("--to", metavar="TIME", help="RFC 3339 end, excluded (default: now)")
     usage.add_argument("--granularity", choices=tuple(GRANULARITIES),
                        help="bucket length (default: hour); at most 1440 buckets")
+    credits = _command(keys, "credits", "top up a key's credits (README \"Credits\")")
+    credits.add_argument("key_id", help="the key's key_id")
+    top_up = credits.add_mutually_exclusive_group(required=True)
+    top_up.add_argument("--add", type=int, metavar="N", help="add N (>= 1) to the balance")
+    top_up.add_argument("--set", type=int, metavar="N", help="set the balance to N (>= 0)")
     rotate = _command(keys, "rotate", "replace a key by a new one (plaintext: last line)")
     rotate.add_argument("key_id", help="the key's key_id")
     rotate.add_argument("--grace-period", type=int, default=0, metavar="SECONDS",

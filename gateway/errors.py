@@ -75,6 +75,7 @@ HEADERS_TOO_LARGE = ErrorKind(431, "headers_too_large", "Request headers too lar
 RATE_LIMITED = ErrorKind(429, "rate_limited", "Rate limit exceeded")
 CONCURRENCY_LIMITED = ErrorKind(429, "concurrency_limited", "Too many concurrent requests")
 QUOTA_EXCEEDED = ErrorKind(429, "quota_exceeded", "Quota exceeded")
+CREDITS_EXHAUSTED = ErrorKind(429, "credits_exhausted", "Credits exhausted")
 TOO_MANY_FAILED_AUTH = ErrorKind(
     429, "too_many_failed_auth", "Too many failed authentications"
 )

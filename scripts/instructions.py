@@ -10,7 +10,8 @@ for each route zeroes the counters, sends ``--requests`` requests one after anot
 keep-alive connection, and dumps the counters: the instructions the gateway process executed
 for exactly those requests (parsing, the pipeline, forwarding, the event loop), divided by the
 count. ``open`` is the ``auth: none`` route, ``limited`` the same with a ``rate_limit`` per
-client address; ``api`` is the full pipeline with a key.
+client address; ``api`` is the full pipeline with a key. ``--credits`` adds ``credits``: the
+same with a key that has credits (README "Credits"; a checkout that has them).
 
 Instruction counts are not time (cache misses and branch mispredictions do not show), so use
 them for A/B comparisons of the same code path, beside ``scripts/bench.py``'s req/s.
@@ -126,6 +127,8 @@ def main() -> int:
                         help="the checkout whose gateway is measured (default: this one)")
     parser.add_argument("--requests", type=int, default=500, help="requests per route")
     parser.add_argument("--no-plan", action="store_true", help="leave the plan out")
+    parser.add_argument("--credits", action="store_true",
+                        help="also measure the api route with a key that has credits")
     args = parser.parse_args()
     repo = args.repo.resolve()
     with tempfile.TemporaryDirectory(prefix="gw-instr-") as tmp:
@@ -143,6 +146,9 @@ def main() -> int:
         workspace = json.loads(cli(repo, cfg, "workspaces", "create", "--name", "bench"))
         key = cli(repo, cfg, "keys", "create", "--workspace", workspace["id"], "--name", "b",
                   "--permission", "read").strip().splitlines()[-1]
+        paying = cli(repo, cfg, "keys", "create", "--workspace", workspace["id"], "--name", "c",
+                     "--permission", "read", "--credits", "1000000000",
+                     ).strip().splitlines()[-1] if args.credits else None
         served = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.out",
              *gateway(cfg, "serve")],
@@ -159,6 +165,11 @@ def main() -> int:
                 "api": counted(served.pid, directory, port, "/api/x", bearer, args.requests),
                 "limited": counted(served.pid, directory, port, "/limited/x", {}, args.requests),
             }
+            if paying is not None:
+                spender = {"Authorization": f"Bearer {paying}"}
+                send(port, "/api/x", spender, 200)
+                results["credits"] = counted(served.pid, directory, port, "/api/x", spender,
+                                             args.requests)
         finally:
             served.terminate()
             echo.terminate()
@@ -169,6 +180,8 @@ def main() -> int:
     for route, per_request in results.items():
         print(f"{commit} {route}: {per_request:,.0f} instructions per request")
     print(f"{commit} api - open: {results['api'] - results['open']:,.0f}")
+    if "credits" in results:
+        print(f"{commit} credits - api: {results['credits'] - results['api']:,.0f}")
     return 0
 
 

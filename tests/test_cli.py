@@ -154,6 +154,25 @@ def test_keys_disable_and_enable(config: Path, capsys: pytest.CaptureFixture[str
     assert code == EXIT_CONFLICT and "revoked" in err
 
 
+def test_keys_credits(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README "Credits": create with credits and a refill, top up, one-line errors."""
+    c = ("-c", str(config))
+    ws = json.loads(run(capsys, "workspaces", "create", "--name", "acme", *c)[1])["id"]
+    out = run(capsys, "keys", "create", "--workspace", ws, "--name", "k", "--credits", "5",
+              "--refill", "20/month", *c)[1]
+    created = json.loads("\n".join(out.strip().splitlines()[:-1]))
+    assert created["credits"] == {"remaining": 5, "refill": {"amount": 20, "interval": "month"}}
+    code, out, _ = run(capsys, "keys", "credits", created["key_id"], "--add", "3", *c)
+    assert code == EXIT_OK and json.loads(out)["credits"]["remaining"] == 8
+    code, out, _ = run(capsys, "keys", "credits", created["key_id"], "--set", "0", *c)
+    assert code == EXIT_OK and json.loads(out)["credits"]["remaining"] == 0
+    code, _, err = run(capsys, "keys", "credits", created["key_id"], "--add", "0", *c)
+    assert code != EXIT_OK and err.count("\n") == 1 and "add" in err
+    code, _, err = run(capsys, "keys", "create", "--workspace", ws, "--name", "x", "--credits",
+                       "1", "--refill", "3/week", *c)
+    assert code != EXIT_OK and err.count("\n") == 1 and "credits" in err and "interval" in err
+
+
 def test_member_commands_have_help(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["members", "--help"], ["members", "add", "--help"],
                  ["members", "set-role", "--help"], ["keys", "disable", "--help"]):

@@ -381,6 +381,7 @@ CASES: dict[str, str] = {
         "defaults.rate_limit: missing required key 'window', got {'requests': 10}"
     ),
     "max_concurrent_zero.yaml": "defaults.max_concurrent: must be an integer >= 1, got 0",
+    "route_cost_zero.yaml": "routes[0].cost: must be an integer >= 1, got 0",
     "on_limiter_error_bad.yaml": (
         "defaults.on_limiter_error: must be one of open, closed, local, got 'fail'"
     ),
@@ -425,8 +426,8 @@ CASES: dict[str, str] = {
     "route_unknown_key.yaml": (
         "routes[0].upstreams: unknown key (did you mean 'upstream'? allowed: name, path, "
         "mode, upstream, health, strip_prefix, auth, permissions, rate_limit, max_concurrent, "
-        "on_limiter_error, algorithm, timeout, max_body_bytes, cors, resource, operations), got "
-        "['http://127.0.0.1:9001']"
+        "on_limiter_error, algorithm, cost, timeout, max_body_bytes, cors, resource, "
+        "operations), got ['http://127.0.0.1:9001']"
     ),
     "route_verify_with_upstream.yaml": (
         "routes[1].upstream: a verify route (mode: verify) has no upstream, "

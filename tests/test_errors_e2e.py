@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from gateway.errors import LimiterUnavailable
-from gateway.keys.model import utcnow
-from gateway.limiter.base import Decision, QuotaAsk, QuotaUsage, Window
+from gateway.keys.model import Credits, utcnow
+from gateway.limiter.base import CreditState, Decision, QuotaAsk, QuotaUsage, Window
 from tests.conftest import (
     Gateway,
     GatewayFactory,
@@ -353,18 +353,21 @@ class DownLimiter:
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = "sliding_log",
+        algorithm: str = "sliding_log", credits: Credits | None = None, cost: int = 1,
     ) -> Decision:
         raise LimiterUnavailable("down")
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = "sliding_log",
+        algorithm: str = "sliding_log", credits: Credits | None = None, cost: int = 1,
     ) -> None:
         return None
 
     async def quota_usage(self, workspace: str) -> QuotaUsage:
+        raise LimiterUnavailable("down")
+
+    async def credits_left(self, budget: str, credits: Credits) -> CreditState:
         raise LimiterUnavailable("down")
 
     async def peek(self, budget: str, scope: str, limit: int, window: float,
@@ -402,6 +405,29 @@ async def test_limiter_down_follows_policy(
         "gateway_limiter_degraded_decisions_total", {"policy": policy}
     )
     assert degraded == 1
+
+
+@pytest.mark.parametrize(("policy", "status"), [("closed", 503), ("open", 200), ("local", 503)])
+async def test_limiter_down_with_credits(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+    policy: str, status: int,
+) -> None:
+    """README "Credits": only the shared limiter knows a balance, so ``local`` refuses a key
+    with credits (503) rather than spend a share of it; ``open`` admits without spending; the
+    key object shows the stored balance."""
+    monkeypatch.setattr("gateway.services.create_limiter", lambda config: DownLimiter())
+    gateway = await make_gateway(defaults={"on_limiter_error": policy})
+    key = await gateway.key(credits={"remaining": 4})
+    async with http.get(f"{gateway.url}/api/ai/x", headers=bearer(key)) as response:
+        if status == 503:
+            await problem(response, 503, "rate_limit_unavailable")
+        else:
+            assert response.status == 200 and "X-Credits-Remaining" not in response.headers
+    admin = await gateway.admin_key()
+    key_id = gateway.created[-1].key_id
+    async with http.get(f"{gateway.admin_url}/admin/v1/keys/{key_id}",
+                        headers=bearer(admin)) as response:
+        assert (await response.json())["credits"]["remaining"] == 4
 
 
 async def test_every_response_has_a_request_id(

@@ -1,9 +1,9 @@
 """The key check API (README "Key check API"): ``POST /admin/v1/keys/verify`` tells a service
 that checks keys itself what the request path would answer for one: the key's status, the
 permissions asked for (through ``permissions.implies``), a resource and operation against its
-scopes, then its own rate limit and its workspace's quotas, spent as a request spends them
-(gateway.keys.access, gateway.limiter.budget: the request path's own rules). Usage is counted
-with the outcome.
+scopes, then its own rate limit, its workspace's quotas and its credits (one each), spent as
+a request spends them (gateway.keys.access, gateway.limiter.budget: the request path's own
+rules). Usage is counted with the outcome.
 
 The answer is 200 whatever the key: ``valid``, and ``code``, ``ok`` or the error code the
 request path would have answered. A workspace admin key asks about its own workspace's keys
@@ -29,6 +29,7 @@ from gateway.admin.state import SERVICES
 from gateway.client_address import ip_allowlist
 from gateway.errors import (
     AUTH_UNAVAILABLE,
+    CREDITS_EXHAUSTED,
     INSUFFICIENT_PERMISSIONS,
     INVALID_API_KEY,
     IP_NOT_ALLOWED,
@@ -95,7 +96,7 @@ async def spend(
     limits = Limits(None, services.config)
     limit, window, _cap, quota = limits.of(record)
     real, shadow = split(budget_of(record), limit, window, None, None, quota,
-                         limits.algorithm, None, record.enforcement == SHADOW)
+                         limits.algorithm, None, record.enforcement == SHADOW, record.credits)
     if shadow is None:
         assert real is not None  # split leaves out the real ask only for a shadow key
         code, decision = await spend_real(services, real)
@@ -110,6 +111,8 @@ async def spend(
     would = would_refuse(decision, shadow_decision) if code == OK else None
     # a shadow key's own budget (shadow scope "") is what the answer shows
     shown = shadow_decision if shadow.scope == "" and shadow_decision else decision
+    if shown is not decision and shown is not None and decision is not None:
+        shown = shown._replace(credits=decision.credits)  # credits are spent by the real one
     return code, visible(shown) if shown else None, would
 
 
@@ -119,12 +122,13 @@ async def spend_real(services: Services, real: Ask) -> tuple[str, Decision | Non
                                                real.algorithm)
     try:
         decision = await services.limiter.admit(budget, real.scope, limit, window, None,
-                                                real.also, quota, algorithm)
+                                                real.also, quota, algorithm, real.credits,
+                                                real.cost)
     except LimiterUnavailable:
         policy = config.defaults.on_limiter_error
         services.metrics.count_limiter_error(policy)
-        if policy == "closed":
-            return RATE_LIMIT_UNAVAILABLE.code, None
+        if policy == "closed" or (policy == "local" and real.credits is not None):
+            return RATE_LIMIT_UNAVAILABLE.code, None  # credits: only the shared limiter's
         if policy == "open":
             return OK, None
         nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
@@ -133,6 +137,8 @@ async def spend_real(services: Services, real: Ask) -> tuple[str, Decision | Non
                                            scope=real.scope)
     if decision.allowed:
         return OK, decision
+    if decision.no_credits:
+        return CREDITS_EXHAUSTED.code, decision
     return (QUOTA_EXCEEDED if decision.over_quota else RATE_LIMITED).code, decision
 
 
@@ -191,6 +197,7 @@ def answer(code: str, record: KeyRecord | None = None, decision: Decision | None
         "permissions": list(record.permissions) if record else [],
         "ratelimit": limits,
         "shadow_refused": shadow,
+        "credits_remaining": decision.credits if decision is not None else None,
     }
 
 

@@ -1,9 +1,12 @@
 """API keys of a workspace: create (also for a member by email, seed 002's path), list, show,
-update, disable, enable, revoke, rotate (README "Admin API"); their usage is in ``usage``."""
+update, disable, enable, revoke, rotate, top up credits (README "Admin API"); their usage is in
+``usage``. A key with credits shows the limiter's live balance (README "Credits")."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -18,12 +21,13 @@ from gateway.admin.handler import (
     visible_workspace,
 )
 from gateway.admin.route import BAD, READ, WRITE, Route, query_param, returns
-from gateway.admin.state import KEY_SERVICE
+from gateway.admin.state import KEY_SERVICE, SERVICES
 from gateway.admin.workspaces import WORKSPACE
-from gateway.errors import NotFound, ValidationError
+from gateway.errors import LimiterUnavailable, NotFound, ValidationError
 from gateway.keys.model import KeyRecord, utcnow
 from gateway.keys.service import KeyService
 from gateway.keys.validation import validate_rotate
+from gateway.limiter.budget import budget_of
 
 WORKSPACE_KEYS = WORKSPACE + "/keys"
 KEY = "/admin/v1/keys/{key_id}"
@@ -42,12 +46,26 @@ LIST_PARAMS = (
 )
 
 
+async def key_object(request: web.Request, record: KeyRecord) -> dict[str, Any]:
+    """The key object, its ``credits.remaining`` the live balance the limiter holds (the
+    stored one while the limiter is unreachable)."""
+    public = record.to_public(utcnow())
+    if record.credits is not None:
+        try:
+            left = await request.app[SERVICES].limiter.credits_left(budget_of(record),
+                                                                    record.credits)
+            public["credits"] = record.credits.to_public(left.remaining)
+        except LimiterUnavailable:
+            pass
+    return public
+
+
 async def create_key(request: web.Request) -> web.Response:
     workspace_id = visible_workspace(request)
     record, plaintext = await request.app[KEY_SERVICE].create_key(
         workspace_id, await read_json(request), actor(request)
     )
-    return json_response({**record.to_public(utcnow()), "key": plaintext}, 201)
+    return json_response({**await key_object(request, record), "key": plaintext}, 201)
 
 
 async def create_member_key(request: web.Request) -> web.Response:
@@ -63,7 +81,7 @@ async def create_member_key(request: web.Request) -> web.Response:
     record, plaintext = await request.app[KEY_SERVICE].create_key(
         workspace_id, body, actor(request)
     )
-    return json_response({**record.to_public(utcnow()), "key": plaintext}, 201)
+    return json_response({**await key_object(request, record), "key": plaintext}, 201)
 
 
 def _callers_workspace(request: web.Request) -> str:
@@ -87,9 +105,8 @@ async def list_keys(request: web.Request) -> web.Response:
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,  # "?cursor=" is the first page
     )
-    now = utcnow()
     return json_response({
-        "results": [r.to_public(now) for r in page.results],
+        "results": await asyncio.gather(*(key_object(request, r) for r in page.results)),
         "total": page.total,
         "next_cursor": page.next_cursor,
     })
@@ -99,7 +116,7 @@ async def get_key(request: web.Request) -> web.Response:
     record = await request.app[KEY_SERVICE].get_key(
         request.match_info["key_id"], caller_workspace(request)
     )
-    return json_response(record.to_public(utcnow()))
+    return json_response(await key_object(request, record))
 
 
 async def update_key(request: web.Request) -> web.Response:
@@ -107,7 +124,15 @@ async def update_key(request: web.Request) -> web.Response:
         request.match_info["key_id"], await read_json(request), actor(request),
         caller_workspace(request),
     )
-    return json_response(record.to_public(utcnow()))
+    return json_response(await key_object(request, record))
+
+
+async def top_up_credits(request: web.Request) -> web.Response:
+    record = await request.app[KEY_SERVICE].top_up_credits(
+        request.match_info["key_id"], await read_json(request), actor(request),
+        caller_workspace(request),
+    )
+    return json_response(await key_object(request, record))
 
 
 KeyChange = Callable[[KeyService, str, str | None, str | None], Awaitable[KeyRecord]]
@@ -120,7 +145,7 @@ def key_change(apply: KeyChange) -> Callable[[web.Request], Awaitable[web.Respon
     async def change(request: web.Request) -> web.Response:
         record = await apply(request.app[KEY_SERVICE], request.match_info["key_id"],
                              actor(request), caller_workspace(request))
-        return json_response(record.to_public(utcnow()))
+        return json_response(await key_object(request, record))
 
     return change
 
@@ -136,7 +161,7 @@ async def rotate_key(request: web.Request) -> web.Response:
         request.match_info["key_id"], grace, actor(request),
         caller_workspace(request),
     )
-    return json_response({**new.to_public(utcnow()), "key": plaintext}, 201)
+    return json_response({**await key_object(request, new), "key": plaintext}, 201)
 
 
 ROUTES = (
@@ -151,6 +176,8 @@ ROUTES = (
     Route("POST", KEY + "/disable", disable_key, "Disable key", returns(200, "Key"),
           errors=STATE),
     Route("POST", KEY + "/enable", enable_key, "Enable key", returns(200, "Key"), errors=STATE),
+    Route("POST", KEY + "/credits", top_up_credits, "Top up credits", returns(200, "Key"),
+          body="CreditsTopUp", errors=WRITE),
     Route("POST", KEY + "/rotate", rotate_key, "Rotate key", returns(201, "CreatedKey"),
           body="Rotate", errors=WRITE),
     Route("POST", MEMBER_KEYS, create_member_key, "Create member key",

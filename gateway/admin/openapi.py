@@ -30,6 +30,7 @@ from gateway.keys.model import (
     KEY_TYPES,
     OUTCOMES,
     PERMISSION_PATTERN,
+    REFILL_INTERVALS,
     ROLES,
     STATUSES,
 )
@@ -104,6 +105,8 @@ UPDATABLE: dict[str, Schema] = {
     "rate_limit_override": _nullable(COUNT),
     "concurrency_limit": _nullable(COUNT),
     "expires_at": _nullable({**TIMESTAMP, "description": "RFC 3339, in the future"}),
+    "credits": _nullable({**ref("CreditsSet"), "description": "README \"Credits\": a set of "
+                          "the balance (and the refill); null: the key spends no credits"}),
 }
 OWNER: dict[str, Schema] = {
     "user_id": _nullable(
@@ -166,14 +169,39 @@ KEY_OBJECT: dict[str, Schema] = {
                      "X-Principal-Id"},
     "disabled_at": _OPT_TIME,
     "subscription_id": {**_OPT_STRING, "description": "the workspace's subscription"},
+    "credits": _nullable(ref("Credits")),
 }
 MEMBER_OBJECT: dict[str, Schema] = {"user_id": _STRING, "email": _STRING, "role": ROLE,
                                     "workspace_id": _STRING, "created_at": TIMESTAMP}
 TENANT: dict[str, Schema] = {"id": _STRING, "name": _STRING, "workspace_id": _STRING,
                              "created_at": TIMESTAMP}
 
+REFILL: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["amount", "interval"],
+    "properties": {
+        "amount": {**COUNT, "description": "the balance each refill sets"},
+        "interval": {"type": "string", "enum": list(REFILL_INTERVALS),
+                     "description": "at each UTC day's or month's start"},
+    },
+}
+
 SCHEMAS: dict[str, Schema] = {
     "Scope": SCOPE,
+    "CreditsSet": {
+        "type": "object", "additionalProperties": False, "required": ["remaining"],
+        "properties": {"remaining": {"type": "integer", "minimum": 0, "maximum": COUNT_MAX},
+                       "refill": _nullable(REFILL)},
+    },
+    "Credits": _object({
+        "remaining": {"type": "integer", "description": "the live balance (the limiter's)"},
+        "refill": _nullable(REFILL),
+    }),
+    "CreditsTopUp": {
+        "type": "object", "additionalProperties": False, "minProperties": 1,
+        "maxProperties": 1, "description": "exactly one of add or set",
+        "properties": {"add": COUNT,
+                       "set": {"type": "integer", "minimum": 0, "maximum": COUNT_MAX}},
+    },
     "Key": {**_object(KEY_OBJECT), "additionalProperties": False},
     "CreatedKey": {
         **_object({**KEY_OBJECT, "key": {"type": "string", "description": "plaintext, once"}}),
@@ -255,6 +283,8 @@ SCHEMAS: dict[str, Schema] = {
         })),
         "shadow_refused": {**_OPT_STRING, "description": "the code a shadow rule would have "
                            "answered (README \"Shadow mode\"); the check itself is ok"},
+        "credits_remaining": {"type": ["integer", "null"], "description": "the key's credits "
+                              "after this check (README \"Credits\"); null: it has none"},
     }),
     "WorkspaceUsage": _object({
         "workspace_id": _STRING,

@@ -239,6 +239,7 @@ class RouteConfig:
     max_concurrent: int | None = option(None, parsers.count)  # extension: over the defaults'
     on_limiter_error: str | None = option(None, parsers.limiter_policy)  # extension: likewise
     algorithm: str | None = option(None, parsers.algorithm)  # of its own rate_limit
+    cost: int = option(1, parsers.count)  # credits a request spends (README "Credits")
     timeout: float = option(30.0, parsers.positive_number)
     max_body_bytes: int = option(10 * 1024 * 1024, parsers.integer(0))
     cors: CorsConfig | None = option(None, section(CorsConfig, cors_rules))

@@ -15,7 +15,7 @@ import secrets
 import zlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RANDOM_LEN = 26
@@ -91,6 +91,34 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+REFILL_INTERVALS = ("day", "month")
+
+
+class Credits(NamedTuple):
+    """A key's credits as stored (README "Credits"): the balance of the last ``set`` (the key's
+    creation counts as one) and every ``add`` since, with the refill. What was spent lives in
+    the limiter, which holds the live balance: ``set_version`` and ``added`` let it apply a
+    top-up it has not seen exactly once, however many nodes spend meanwhile."""
+
+    set_value: int  # the balance the last set gave
+    set_version: int  # bumped by every set: a limiter holding an older one starts again from it
+    set_period: int  # the refill period (UTC day or month number) of that set; 0 without refill
+    added: int = 0  # the sum of every add since that set
+    refill_amount: int | None = None  # the balance each refill sets
+    refill_interval: str | None = None  # day | month (UTC), or None: no refill
+
+    def to_public(self, remaining: int) -> dict[str, Any]:
+        refill = None
+        if self.refill_amount is not None:
+            refill = {"amount": self.refill_amount, "interval": self.refill_interval}
+        return {"remaining": remaining, "refill": refill}
+
+    @property
+    def configured(self) -> int:
+        """The balance as the store knows it, before anything spent (the limiter knows that)."""
+        return self.set_value + self.added
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     resource_id: str
@@ -136,6 +164,7 @@ class KeyRecord:
     # the workspace's subscription and its plan, read with the key (never stored with it)
     subscription_id: str | None = None
     plan: str | None = None
+    credits: Credits | None = None  # README "Credits"; None: the key spends no credits
 
     def effective_status(self, now: datetime) -> str:
         """revoked, then expired (both final), then disabled (reversible), else active."""
@@ -187,6 +216,8 @@ class KeyRecord:
             "principal_id": self.principal_id,
             "disabled_at": rfc3339(self.disabled_at),
             "subscription_id": self.subscription_id,
+            # the balance as stored; the admin API shows the limiter's live one instead
+            "credits": self.credits.to_public(self.credits.configured) if self.credits else None,
         }
 
 

@@ -8,7 +8,7 @@ hash so this process's cache drops it at once (other processes follow the change
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.config import Config
@@ -18,6 +18,7 @@ from gateway.keys.members import MemberService
 from gateway.keys.model import (
     ENFORCE,
     AuditEvent,
+    Credits,
     KeyHasher,
     KeyPage,
     KeyRecord,
@@ -40,13 +41,17 @@ from gateway.keys.validation import (
     validate_fields,
     validate_name,
     validate_plan,
+    validate_top_up,
 )
+from gateway.limiter.base import credit_period
 from gateway.store import Store
 
 ChangeHook = Callable[[str], None]
 
 
 def _audit_value(value: Any) -> Any:
+    if isinstance(value, Credits):
+        return _credits_audit(value)
     if isinstance(value, tuple):
         return [_audit_value(v) for v in value]
     if hasattr(value, "isoformat"):
@@ -154,6 +159,8 @@ class KeyService:
         project_id = await self._project_for(workspace_id, fields.get("project_id"))
         await self._owner_by_email(workspace_id, fields)
         environment = fields.get("environment", "live")
+        if fields.get("credits") is not None:
+            fields["credits"] = as_set(fields["credits"], None, utcnow())
         plaintext = generate_key(self._config.keys.prefixes[environment])
         record = self._new_record(plaintext, workspace_id, project_id, fields, actor)
         created = await self._store.create_key(
@@ -189,7 +196,38 @@ class KeyService:
         _require_active(current, "changed", also="disabled")
         if not changes:
             return current
-        return await self._change(current, changes, actor, "key.update")
+        audited = {k: _audit_value(v) for k, v in changes.items()}
+        if "credits" in changes:  # a set: on the whole rotation chain, like a top-up
+            given = changes.pop("credits")
+            current = await self._set_credits(
+                current, lambda held: None if given is None else as_set(given, held, utcnow()))
+            if not changes:
+                await self._audit(actor, "key.update", current.key_id, current.workspace_id,
+                                  audited)
+                return current
+        return await self._change(current, changes, actor, "key.update", audited)
+
+    async def top_up_credits(
+        self, key_id: str, body: Any, actor: str | None, workspace_id: str | None = None
+    ) -> KeyRecord:
+        """``{add: N}`` or ``{set: N}`` (README "Credits"): in force on every node through the
+        change feed; an add is applied exactly once by the limiter, however many nodes spend
+        meanwhile. A key without credits may be ``set`` (then it has some, without refill)."""
+        op, amount = validate_top_up(body)
+        current = await self.get_key(key_id, workspace_id)
+        _require_active(current, "topped up", also="disabled")
+        updated = await self._set_credits(
+            current, lambda credits: topped_up(credits, op, amount, key_id, utcnow()))
+        await self._audit(actor, "key.credits", key_id, current.workspace_id, {op: amount})
+        return updated
+
+    async def _set_credits(
+        self, current: KeyRecord, change: Callable[[Credits | None], Credits | None]
+    ) -> KeyRecord:
+        updated, hashes = await self._store.keys.change_credits(current.key_id, change)
+        for key_hash in hashes:
+            self._on_change(key_hash)
+        return updated
 
     async def revoke_key(
         self, key_id: str, actor: str | None, workspace_id: str | None = None
@@ -362,6 +400,7 @@ class KeyService:
             rate_limit_override=fields.get("rate_limit_override"),
             concurrency_limit=fields.get("concurrency_limit"),
             expires_at=fields.get("expires_at"),
+            credits=fields.get("credits"),
         )
 
     async def _audit(
@@ -371,6 +410,33 @@ class KeyService:
         await self._store.add_audit(
             actor=actor, action=action, target=target, workspace_id=workspace_id, changes=changes
         )
+
+
+def as_set(given: Credits, previous: Credits | None, now: datetime) -> Credits:
+    """``given`` (validated: a balance and a refill) as a set made ``now``: a version above
+    any before it (milliseconds, so a set after the key's credits were removed is newer too)
+    and the refill period it falls in."""
+    version = int(now.timestamp() * 1000)
+    if previous is not None:
+        version = max(version, previous.set_version + 1)
+    period = credit_period(given.refill_interval, now.timestamp())[0]
+    return given._replace(set_version=version, set_period=period, added=0)
+
+
+def topped_up(
+    credits: Credits | None, op: str, amount: int, key_id: str, now: datetime
+) -> Credits:
+    """The stored credits after ``{add: amount}`` or ``{set: amount}``; the refill stays."""
+    if op == "set":
+        base = credits or Credits(0, 0, 0)
+        return as_set(base._replace(set_value=amount), credits, now)
+    if credits is None:
+        raise Conflict(f"key {key_id} has no credits: set them first")
+    return credits._replace(added=credits.added + amount)
+
+
+def _credits_audit(credits: Credits | None) -> Any:
+    return credits.to_public(credits.set_value) if credits is not None else None
 
 
 def _grace(value: Any) -> int:

@@ -57,6 +57,7 @@ OUTCOME_OF_CODE = {
     "upstream_timeout": UPSTREAM_ERROR,
     "rate_limited": RATE_LIMITED,
     "quota_exceeded": QUOTA_EXCEEDED,
+    "credits_exhausted": QUOTA_EXCEEDED,  # README "Credits": a spent allowance, like a quota
     "concurrency_limited": CONCURRENCY_LIMITED,
     "insufficient_permissions": FORBIDDEN,
     "resource_forbidden": FORBIDDEN,

@@ -15,7 +15,9 @@ from gateway.keys.model import (
     ENVIRONMENTS,
     KEY_TYPES,
     PERMISSION_PATTERN,
+    REFILL_INTERVALS,
     ROLES,
+    Credits,
     Scope,
     utcnow,
 )
@@ -61,6 +63,7 @@ CREATE_FIELDS = frozenset(
         "environment",
         "project_id",
         "key_type",
+        "credits",
     }
 )
 UPDATE_FIELDS = frozenset(
@@ -75,6 +78,7 @@ UPDATE_FIELDS = frozenset(
         "rate_limit_override",
         "concurrency_limit",
         "expires_at",
+        "credits",
     }
 )
 
@@ -206,6 +210,40 @@ def _positive_or_null(value: Any) -> int | None:
     return number
 
 
+def _count(value: Any, least: int) -> int:
+    number = as_integer(value)
+    if number is None or not least <= number <= COUNT_MAX:
+        raise ValueError(f"must be an integer from {least} to {COUNT_MAX}")
+    return number
+
+
+def _credits(value: Any) -> Credits | None:
+    """``{remaining, refill?: {amount, interval}}`` (README "Credits"), or null: none. The
+    store's version and period are the service's to set (a create or a PATCH is a set)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"remaining", "refill"} or (
+        "remaining" not in value
+    ):
+        raise ValueError("must be {remaining, refill?: {amount, interval}} or null")
+    try:
+        remaining = _count(value["remaining"], 0)
+    except ValueError as exc:
+        raise ValueError(f"remaining {exc}") from None
+    refill = value.get("refill")
+    if refill is None:
+        return Credits(remaining, 0, 0)
+    if not isinstance(refill, dict) or set(refill) != {"amount", "interval"}:
+        raise ValueError("refill must be {amount, interval} or null")
+    try:
+        amount = _count(refill["amount"], 1)
+    except ValueError as exc:
+        raise ValueError(f"refill amount {exc}") from None
+    if refill["interval"] not in REFILL_INTERVALS:
+        raise ValueError(f"refill interval must be one of {', '.join(REFILL_INTERVALS)}")
+    return Credits(remaining, 0, 0, 0, amount, str(refill["interval"]))
+
+
 def parse_timestamp(value: str) -> datetime:
     if not RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 date-time with a time zone")
@@ -302,6 +340,9 @@ FIELD_CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "key": _key,
     "resource_id": _resource_id,
     "operation": _operation,
+    "credits": _credits,
+    "add": lambda value: _count(value, 1),
+    "set": lambda value: _count(value, 0),
 }
 
 
@@ -341,6 +382,7 @@ ROLE_FIELDS = frozenset({"role"})
 ROTATE_FIELDS = frozenset({"grace_period_seconds"})
 PLAN_FIELDS = frozenset({"plan"})
 KEY_CHECK_FIELDS = frozenset({"key", "permissions", "resource_id", "operation", "ip"})
+TOP_UP_FIELDS = frozenset({"add", "set"})
 
 
 def validate_named(body: Any) -> str:
@@ -378,6 +420,15 @@ def validate_member(body: Any) -> tuple[str, str]:
 def validate_role(body: Any) -> str:
     """The ``{role}`` body of a member's role change."""
     return str(validate_fields(body, ROLE_FIELDS, required=("role",))["role"])
+
+
+def validate_top_up(body: Any) -> tuple[str, int]:
+    """The ``{add: N}`` or ``{set: N}`` body of a credits top-up: (``add`` | ``set``, N)."""
+    fields = validate_fields(body, TOP_UP_FIELDS, required=())
+    if len(fields) != 1:
+        raise ValidationError({"body": "give exactly one of add (N >= 1) or set (N >= 0)"})
+    ((op, amount),) = fields.items()
+    return op, amount
 
 
 def validate_key_check(body: Any) -> dict[str, Any]:

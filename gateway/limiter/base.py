@@ -6,6 +6,8 @@ One call decides a request: ``admit`` checks the key's sliding window and, when 
 requests in flight, takes a concurrency lease in the same step (one Redis round trip).
 
 Quotas count a workspace's admitted requests per UTC calendar day and month, in the same call.
+So do a key's credits (README "Credits"): the limiter holds each budget's live balance, made
+from the key's stored ``Credits`` (the last set, the adds since, the refill) and what it spent.
 
 Two algorithms (README "Algorithms"): ``sliding_log``, the exact log of admission times, and
 ``sliding_counter``, two fixed windows weighted by the elapsed fraction of the current one
@@ -25,6 +27,8 @@ import functools
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
+
+from gateway.keys.model import Credits
 
 SLIDING_LOG, SLIDING_COUNTER = "sliding_log", "sliding_counter"
 # Budgets that are not a key's (key ids are ``key_…``, so these never collide): a client
@@ -84,6 +88,15 @@ class Decision(NamedTuple):
     busy: bool = False  # refused because every concurrency slot is held (nothing was counted)
     quota: QuotaState | None = None  # when a quota was asked for and the limiter answered it
     over_quota: bool = False  # refused by a quota (nothing was counted anywhere)
+    credits: int | None = None  # the key's balance after this decision, when it has credits
+    no_credits: bool = False  # refused: the balance is below the request's cost
+
+
+class CreditState(NamedTuple):
+    """A key's live balance (the admin API's ``credits.remaining``), without spending."""
+
+    remaining: int
+    refill_in: float  # seconds until the next refill; 0.0 without refill
 
 
 class LimiterStats(NamedTuple):
@@ -101,18 +114,18 @@ class RateLimiter(Protocol):
     def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = SLIDING_LOG,
+        algorithm: str = SLIDING_LOG, credits: Credits | None = None, cost: int = 1,
     ) -> Awaitable[Decision]:
         """Count one request if the window, kept by ``algorithm`` (and ``also``, a second
         window of the budget), admits it, when ``max_in_flight`` is set a concurrency slot is
-        free (then ``lease`` names the slot), and the workspace's ``quota`` is not spent. A
-        request refused for any reason is counted nowhere: not in a window, not as a slot, not
-        in a quota."""
+        free (then ``lease`` names the slot), the workspace's ``quota`` is not spent, and the
+        budget's ``credits`` hold ``cost`` (then spent). A request refused for any reason is
+        counted nowhere: not in a window, not as a slot, not in a quota, not in credits."""
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = SLIDING_LOG,
+        algorithm: str = SLIDING_LOG, credits: Credits | None = None, cost: int = 1,
     ) -> Decision | None:
         """``admit``'s decision when this limiter can make it without waiting (in-process), else
         None: then call ``admit``. The request path asks this first, so an in-process decision
@@ -124,6 +137,9 @@ class RateLimiter(Protocol):
 
     def quota_usage(self, workspace: str) -> Awaitable[QuotaUsage]:
         """The workspace's admitted requests this UTC day and month, without counting."""
+
+    def credits_left(self, budget: str, credits: Credits) -> Awaitable[CreditState]:
+        """The budget's live balance for the key's stored ``credits``, without spending."""
 
     def release(self, budget: str, lease: str) -> None:
         """Give back a slot taken by ``admit``. Never waits: a shared limiter sends it in the
@@ -176,6 +192,15 @@ def _month_of(day: int) -> tuple[int, int]:
     moment = datetime.fromtimestamp(day * DAY, UTC)
     days_in_month = calendar.monthrange(moment.year, moment.month)[1]
     return moment.year * 12 + moment.month - 1, (day + days_in_month - moment.day + 1) * DAY
+
+
+def credit_period(interval: str | None, now: float) -> tuple[int, float]:
+    """The refill period ``now`` falls in (its UTC day or month number; 0 without refill) and
+    the seconds until it ends (0.0 without refill)."""
+    if interval is None:
+        return 0, 0.0
+    day, month, day_left, month_left = periods(now)
+    return (day, day_left) if interval == "day" else (month, month_left)
 
 
 def nearest_quota(ask: QuotaAsk, day: int, month: int, day_reset: float,

@@ -40,6 +40,7 @@ class Limits:
 
     def __init__(self, route: RouteConfig | None, config: Config) -> None:
         self.algorithm = config.defaults.algorithm  # the key-wide budget's, on every route
+        self.cost = route.cost if route is not None else 1  # credits (README "Credits")
         own = (
             Window(route.name, route.rate_limit.requests, route.rate_limit.window,
                    route.algorithm or self.algorithm)

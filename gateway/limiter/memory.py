@@ -2,7 +2,8 @@
 the ``local`` fallback while Redis is unreachable).
 
 Quotas are two counters per workspace (this UTC day's and month's), checked with everything
-else before anything is counted, so a refused request spends nothing.
+else before anything is counted, so a refused request spends nothing. Credits are a live balance
+per budget, synced from the key's stored ``Credits`` (``_balance``) and spent last.
 
 A bucket is kept by its route's algorithm (README "Algorithms"): ``Log``, the admission times of
 the last ``window`` seconds in a deque, so the count in any window never exceeds the limit and a
@@ -17,8 +18,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from gateway.keys.model import Credits
 from gateway.limiter.base import (
     SLIDING_LOG,
+    CreditState,
     Decision,
     LimiterStats,
     QuotaAsk,
@@ -116,6 +119,8 @@ class MemoryRateLimiter:
         self._buckets: dict[str, Log | Counter] = {}
         self._in_flight: dict[str, int] = {}  # budget -> slots held
         self._quotas: dict[str, list[int]] = {}  # workspace -> [day, count, month, count]
+        # budget -> [set_version, added, balance, period]: README "Credits"
+        self._credits: dict[str, list[int]] = {}
         # the current UTC day and month, and the epoch seconds they end: recomputed once a day
         self._period: tuple[int, int, float, float] = (-1, -1, 0.0, 0.0)
         self._sweep_every = sweep_every
@@ -127,17 +132,20 @@ class MemoryRateLimiter:
     async def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = SLIDING_LOG,
+        algorithm: str = SLIDING_LOG, credits: Credits | None = None, cost: int = 1,
     ) -> Decision:
         return self.admit_nowait(budget, scope, limit, window, max_in_flight, also, quota,
-                                 algorithm)
+                                 algorithm, credits, cost)
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = SLIDING_LOG,
+        algorithm: str = SLIDING_LOG, credits: Credits | None = None, cost: int = 1,
     ) -> Decision:
         """Every check first, then every count: one step, as nothing else runs meanwhile."""
+        if credits is not None:
+            return self._admit_spending(budget, scope, limit, window, max_in_flight, also, quota,
+                                        algorithm, credits, cost)
         now = self._clock()
         bucket = self._bucket(f"{budget}:{scope}", window, algorithm)
         self._hits += 1
@@ -178,6 +186,25 @@ class MemoryRateLimiter:
         remaining = shown_limit - math.ceil(shown_used + 1)
         return Decision(True, shown_limit, remaining, shown.reset(now), 0.0, lease, False, state)
 
+    def _admit_spending(
+        self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
+        also: Window | None, quota: QuotaAsk | None, algorithm: str, credits: Credits,
+        cost: int,
+    ) -> Decision:
+        """``admit`` for a key with credits: checked first (a short balance is refused with
+        nothing counted, whatever else would have refused), spent when everything else
+        admits."""
+        balance, refill_in = self._balance(budget, credits)
+        if balance[2] < cost:
+            shown = self._peek(budget, scope, limit, window, algorithm)
+            return shown._replace(allowed=False, retry_after=refill_in, credits=balance[2],
+                                  no_credits=True)
+        decision = self.admit_nowait(budget, scope, limit, window, max_in_flight, also, quota,
+                                     algorithm)
+        if decision.allowed:
+            balance[2] -= cost
+        return Decision(*decision[:9], balance[2])  # not _replace: this runs per request
+
     async def quota_usage(self, workspace: str) -> QuotaUsage:
         counts, (day_reset, month_reset) = self._quota(workspace)
         return QuotaUsage(counts[1], counts[3], day_reset, month_reset)
@@ -185,11 +212,7 @@ class MemoryRateLimiter:
     def _quota(self, workspace: str) -> tuple[list[int], tuple[float, float]]:
         """The workspace's counters of the current UTC day and month, and their resets."""
         now = self._wall()
-        day, month, day_end, month_end = self._period
-        if now >= day_end:
-            day, month, day_left, month_left = periods(now)
-            day_end, month_end = now + day_left, now + month_left
-            self._period = (day, month, day_end, month_end)
+        day, month, day_end, month_end = self._calendar(now)
         counts = self._quotas.get(workspace)
         if counts is None:
             counts = self._quotas[workspace] = [day, 0, month, 0]
@@ -215,8 +238,45 @@ class MemoryRateLimiter:
             month = counts[3] = month + 1
         return nearest_quota(quota, day, month, day_reset, month_reset), over
 
+    def _balance(self, budget: str, credits: Credits) -> tuple[list[int], float]:
+        """The budget's [set_version, added, balance, period] brought up to ``credits``: a
+        newer set starts again from its value, adds not yet applied are, and a new refill
+        period sets the balance to the refill amount; and the seconds to the next refill."""
+        state = self._credits.get(budget)
+        if state is None or state[0] < credits.set_version:
+            state = self._credits[budget] = [credits.set_version, credits.added,
+                                             credits.configured, credits.set_period]
+        elif state[0] == credits.set_version and state[1] < credits.added:
+            state[2] += credits.added - state[1]
+            state[1] = credits.added
+        interval = credits.refill_interval
+        if interval is None:
+            return state, 0.0
+        now = self._wall()
+        day, month, day_end, month_end = self._calendar(now)
+        period, ends = (day, day_end) if interval == "day" else (month, month_end)
+        if state[3] < period:
+            state[2], state[3] = credits.refill_amount or 0, period
+        return state, ends - now
+
+    def _calendar(self, now: float) -> tuple[int, int, float, float]:
+        """The current UTC day and month, and the epoch seconds they end (recomputed once a
+        day)."""
+        if now >= self._period[2]:
+            day, month, day_left, month_left = periods(now)
+            self._period = (day, month, now + day_left, now + month_left)
+        return self._period
+
+    async def credits_left(self, budget: str, credits: Credits) -> CreditState:
+        state, refill_in = self._balance(budget, credits)
+        return CreditState(state[2], refill_in)
+
     async def peek(self, budget: str, scope: str, limit: int, window: float,
                    algorithm: str = SLIDING_LOG) -> Decision:
+        return self._peek(budget, scope, limit, window, algorithm)
+
+    def _peek(self, budget: str, scope: str, limit: int, window: float,
+              algorithm: str) -> Decision:
         now = self._clock()
         bucket = self._bucket(f"{budget}:{scope}", window, algorithm)
         remaining = max(0, limit - math.ceil(bucket.used(now)))
@@ -247,6 +307,7 @@ class MemoryRateLimiter:
     async def close(self) -> None:
         self._buckets.clear()
         self._quotas.clear()
+        self._credits.clear()
 
     def stats(self) -> LimiterStats | None:
         return None  # decides in-process: no round trips to count

@@ -22,13 +22,21 @@ when the request spends a quota), so there is never a read-modify-write across r
   spent; the day's first count drops older fields and sets the hash to expire a day after the
   month ends.
 
-Check and compensate: a workspace's quota hash and a key's logs sit in different Cluster slots,
-so one script cannot decide both. The rate script and the quota script go side by side in the
-same batch, each checking and counting on its own. When one admits and the other refuses (or
-fails), ``_compensate`` queues an undo of the admitting one (``u`` mode: the member out of the
-logs and leases, or both quota counts down by one), sent in a batch started at once, before the
-refused client hears back. Meanwhile a concurrent request may see the count one higher than it
-ends up: it errs towards refusing, never past a limit.
+* credits live in ``<prefix>{cr:<budget>}``, a hash (``s`` the set version, ``a`` the adds
+  applied, ``b`` the balance, ``p`` the refill period): ``CREDIT_SCRIPT`` brings it up to the
+  key's stored ``Credits`` (a newer set starts again from its value; adds not yet applied are
+  added, exactly once whichever node sees them first; a new refill period sets the balance to
+  the refill amount), then spends the request's cost if the balance holds it. A hash with a
+  refill expires a day after its period ends; one without never does (README "Credits").
+
+Check and compensate: a workspace's quota hash, a key's credits and a key's logs sit in
+different Cluster slots, so one script cannot decide them all. The rate script, the quota script
+and the credit script go side by side in the same batch, each checking and counting on its own.
+When one refuses (or fails) and others admitted, ``_compensate`` queues an undo of each
+admitting one (``u`` mode: the member out of the logs and leases, both quota counts down by
+one, or the cost back into the balance of the same set and period), sent in a batch started at
+once, before the refused client hears back. Meanwhile a concurrent request may see the count one
+higher than it ends up: it errs towards refusing, never past a limit.
 
 Throughput: the decisions requested within one event-loop tick go out as one pipelined batch
 over one connection (``resp.py``) and come back together: one write and one read per batch.
@@ -55,9 +63,11 @@ from typing import Any
 from gateway.config import LimiterConfig
 from gateway.config.parsers import url_target
 from gateway.errors import LimiterUnavailable
+from gateway.keys.model import Credits
 from gateway.limiter.base import (
     SLIDING_COUNTER,
     SLIDING_LOG,
+    CreditState,
     Decision,
     LimiterStats,
     QuotaAsk,
@@ -318,9 +328,63 @@ end
 return {over, dc, mc, day_end - now, month_end - now, day, month}
 """
 QUOTA_SHA = hashlib.sha1(QUOTA_SCRIPT).hexdigest().encode()
-ADMIT, PEEK, RENEW, UNDO, USAGE = b"a", b"p", b"r", b"u", b"q"
-# mode budget scope limit window cap member, the route's window, the quota, the windows' kinds
-Op = tuple[bytes, str, str, int, float, int, bytes, Window | None, QuotaAsk | None, bytes]
+# KEYS[1] the budget's credits <prefix>{cr:<budget>}: s set version, a adds applied, b balance,
+# p refill period. ARGV[1] mode: a(dmit) | p(eek) | u(ndo). admit and peek: ARGV[2] the key's
+# stored set version, [3] set value, [4] set period, [5] adds since, [6] refill amount, [7]
+# refill interval (d, m or - for none), [8] cost (admit: spent if the balance holds it).
+# Replies {status, balance, ms to the next refill (0: none), period, set version}: status 1
+# spent (or peeked), 0 the balance is short (nothing spent). undo: ARGV[2] cost, [3] set
+# version, [4] period of an admit whose request was refused by another limit: the cost goes
+# back, unless a set or a refill has replaced that balance since.
+CREDIT_SCRIPT = CALENDAR + b"""
+local key, mode = KEYS[1], ARGV[1]
+if mode == 'u' then
+  local h = redis.call('HMGET', key, 's', 'p')
+  if tonumber(h[1]) == tonumber(ARGV[3]) and tonumber(h[2]) == tonumber(ARGV[4]) then
+    redis.call('HINCRBY', key, 'b', ARGV[2])
+  end
+  return 1
+end
+local sv, value, sp = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local added, amount = tonumber(ARGV[5]), tonumber(ARGV[6])
+local interval, cost = ARGV[7], tonumber(ARGV[8])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local period, ends = 0, 0
+if interval ~= '-' then
+  local day, month, day_end, month_end = periods(now)
+  if interval == 'd' then period, ends = day, day_end else period, ends = month, month_end end
+end
+local h = redis.call('HMGET', key, 's', 'a', 'b', 'p')
+local s, a, b, p = tonumber(h[1]), tonumber(h[2]), tonumber(h[3]), tonumber(h[4])
+local dirty = false
+if s == nil or s < sv then
+  s, a, b, p, dirty = sv, added, value + added, sp, true
+elseif s == sv and a < added then
+  b, a, dirty = b + added - a, added, true
+end
+if interval ~= '-' and p < period then b, p, dirty = amount, period, true end
+local status = 1
+if mode == 'a' then
+  if b >= cost then b, dirty = b - cost, true else status = 0 end
+  if dirty then
+    redis.call('HSET', key, 's', s, 'a', a, 'b', b, 'p', p)
+    if interval ~= '-' then redis.call('PEXPIREAT', key, ends + 86400000)
+    else redis.call('PERSIST', key) end
+  end
+end
+local left = 0
+if interval ~= '-' then left = ends - now end
+return {status, b, left, p, s}
+"""
+CREDIT_SHA = hashlib.sha1(CREDIT_SCRIPT).hexdigest().encode()
+INTERVAL = {None: b"-", "day": b"d", "month": b"m"}  # a refill interval in CREDIT_SCRIPT
+ADMIT, PEEK, RENEW, UNDO, USAGE, BALANCE = b"a", b"p", b"r", b"u", b"q", b"b"
+SPENT = 1  # CREDIT_SCRIPT's status when it spent the cost
+# mode budget scope limit window cap member, the route's window, the quota, the windows' kinds,
+# the key's credits and the request's cost
+Op = tuple[bytes, str, str, int, float, int, bytes, Window | None, QuotaAsk | None, bytes,
+           Credits | None, int]
 KIND = {SLIDING_LOG: b"l", SLIDING_COUNTER: b"c"}  # a window's letter in COUNTER_SCRIPT's ARGV[2]
 LOGS = b"ll"  # both windows exact logs: SCRIPT decides
 SUFFIX = {b"l": b":r", b"c": b":n"}  # ... and its Redis key: <prefix>{<budget>}<suffix>[:<route>]
@@ -424,7 +488,7 @@ class RedisRateLimiter:
     def admit(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = SLIDING_LOG,
+        algorithm: str = SLIDING_LOG, credits: Credits | None = None, cost: int = 1,
     ) -> asyncio.Future[Decision]:
         """A future, not a coroutine: answered straight from the batch's replies, so the request
         waiting on it resumes through no limiter frames."""
@@ -432,22 +496,27 @@ class RedisRateLimiter:
         member = b"%b.%x" % (self._node, self._sequence)
         cap = max_in_flight or 0
         kinds = _kinds(algorithm, also)
-        return self._submit((ADMIT, budget, scope, limit, window, cap, member, also, quota, kinds))
+        return self._submit((ADMIT, budget, scope, limit, window, cap, member, also, quota, kinds,
+                             credits, cost))
 
     def admit_nowait(
         self, budget: str, scope: str, limit: int, window: float, max_in_flight: int | None,
         also: Window | None = None, quota: QuotaAsk | None = None,
-        algorithm: str = SLIDING_LOG,
+        algorithm: str = SLIDING_LOG, credits: Credits | None = None, cost: int = 1,
     ) -> None:
         return None  # every decision is Redis's
 
     def peek(self, budget: str, scope: str, limit: int, window: float,
              algorithm: str = SLIDING_LOG) -> asyncio.Future[Decision]:
         kinds = _kinds(algorithm, None)
-        return self._submit((PEEK, budget, scope, limit, window, 0, b"", None, None, kinds))
+        return self._submit((PEEK, budget, scope, limit, window, 0, b"", None, None, kinds, None,
+                             0))
 
     def quota_usage(self, workspace: str) -> asyncio.Future[QuotaUsage]:
-        return self._submit((USAGE, workspace, "", 0, 0.0, 0, b"", None, None, b""))
+        return self._submit((USAGE, workspace, "", 0, 0.0, 0, b"", None, None, b"", None, 0))
+
+    def credits_left(self, budget: str, credits: Credits) -> asyncio.Future[CreditState]:
+        return self._submit((BALANCE, budget, "", 0, 0.0, 0, b"", None, None, b"", credits, 0))
 
     def release(self, budget: str, lease: str) -> None:
         member = lease.encode()
@@ -516,9 +585,10 @@ class RedisRateLimiter:
         for op, waiter in zip(ops, waiters, strict=True):
             reply = next(replies)
             quota = next(replies) if op[0] == ADMIT and op[8] is not None else None
-            if quota is not None:
-                self._compensate(op, reply, quota)
-            error = next((r for r in (reply, quota) if isinstance(r, ReplyError)), None)
+            credit = next(replies) if op[0] == ADMIT and op[10] is not None else None
+            if quota is not None or credit is not None:
+                self._compensate(op, reply, quota, credit)
+            error = next((r for r in (reply, quota, credit) if isinstance(r, ReplyError)), None)
             if error is not None:
                 if waiter.done():
                     continue
@@ -527,36 +597,43 @@ class RedisRateLimiter:
                 else:
                     waiter.set_exception(LimiterUnavailable(f"redis: {error}"))
             elif waiter.done():  # cancelled while it waited: give back the slot it got
-                if op[0] == ADMIT and op[5] and reply[0] == ADMITTED and _quota_ok(quota):
+                if (op[0] == ADMIT and op[5] and reply[0] == ADMITTED and _quota_ok(quota)
+                        and _credit_ok(credit)):
                     self._give_back(op[1], op[6])
             else:
-                waiter.set_result(self._decision(op, reply, quota))
+                waiter.set_result(self._decision(op, reply, quota, credit))
         if second_tries:
             second_tries.difference_update(waiters)  # answered, failed or cancelled: done
         if reload:
             self._reloading.add(asyncio.ensure_future(self._retry(reload)))
 
-    def _compensate(self, op: Op, reply: Any, quota: Any) -> None:
-        """The rate script and the quota script ran side by side (their keys live in different
-        Cluster slots): when one admitted and the other refused (or failed), take back what the
+    def _compensate(self, op: Op, reply: Any, quota: Any, credit: Any) -> None:
+        """The rate script, the quota script and the credit script ran side by side (their keys
+        live in different Cluster slots): when one refused (or failed), take back what each
         admitting one counted, so a refused request spends nothing."""
         rate_ok = not isinstance(reply, ReplyError) and reply[0] == ADMITTED
-        quota_ok = not isinstance(quota, ReplyError) and quota[0] == 0
-        if rate_ok and not quota_ok:
-            _, budget, scope, _, _, _, member, also, _, kinds = op
+        quota_ok = quota is not None and _quota_ok(quota)
+        credit_ok = credit is not None and _credit_ok(credit)
+        if rate_ok and quota_ok is (quota is not None) and credit_ok is (credit is not None):
+            return  # everything asked admitted it
+        budget = op[1]
+        if rate_ok:
+            _, _, scope, _, _, _, member, also, _, kinds, _, _ = op
             keys = self._rate_keys(budget, scope, also, kinds)
             undo: tuple[bytes | int, ...] = (
                 (SHA, 3, *keys, UNDO) if kinds == LOGS else (COUNTER_SHA, 3, *keys, UNDO, kinds)
             )
             self._undos.append((encode(b"EVALSHA", *undo, member), keys[1]))
-        elif quota_ok and not rate_ok:
+        if quota_ok:
             workspace = op[8].workspace  # type: ignore[union-attr]  # a quota op has one
             key = self._quota_key(workspace)
             self._undos.append((encode(b"EVALSHA", QUOTA_SHA, 1, key, UNDO, quota[5], quota[6]),
                                 key))
-        else:
-            return
-        if self._batch is None:  # out before the refused client hears back: no lingering count
+        if credit_ok:
+            key = self._credit_key(budget)
+            self._undos.append((encode(b"EVALSHA", CREDIT_SHA, 1, key, UNDO, op[11], credit[4],
+                                       credit[3]), key))
+        if self._batch is None and self._undos:  # out before the refused client hears back
             self._start_batch()
 
     async def _retry(self, ops: list[tuple[Op, asyncio.Future[Any]]]) -> None:
@@ -572,38 +649,53 @@ class RedisRateLimiter:
         finally:
             self._reloading.discard(asyncio.current_task())
 
-    def _decision(self, op: Op, reply: list[int], quota: list[int] | None) -> Any:
-        mode, budget, _scope, limit, _window, cap, member, also, ask, _ = op
-        if mode == USAGE:
-            return QuotaUsage(reply[1], reply[2], reply[3] / 1000, reply[4] / 1000)
+    def _decision(
+        self, op: Op, reply: list[int], quota: list[int] | None, credit: list[int] | None
+    ) -> Any:
+        mode, budget, _scope, limit, _window, cap, member, also, ask, _, _, cost = op
+        if mode != ADMIT:
+            return _read(op, reply)
         status, count, reset_us, which = reply
         reset = reset_us / 1_000_000
         if which == 1 and also is not None:
             limit = also.limit
-        if mode == PEEK:
-            remaining = max(0, limit - count)
-            return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
+        balance = None
+        if credit is not None:
+            balance = credit[1]
+            if credit[0] != SPENT:  # checked first, as in memory.py: whatever else refused
+                return self._short(limit, count - (status == ADMITTED), reset, credit)
+            if status != ADMITTED or (quota is not None and quota[0]):
+                balance += cost  # being given back (``_compensate``)
         state = None
         if quota is not None and ask is not None:
             over, day, month, day_end, month_end = quota[:5]
-            if not over and status != ADMITTED:  # counted, and being taken back
+            if not over and (status != ADMITTED or not _credit_ok(credit)):  # being taken back
                 day, month = day - 1, month - 1
             state = nearest_quota(ask, day, month, day_end / 1000, month_end / 1000)
             if over:
-                if status == ADMITTED:
+                if status == ADMITTED and _credit_ok(credit):
                     count -= 1  # being taken back (``_compensate``)
                 retry = (day_end if over == 1 else month_end) / 1000
                 return Decision(False, limit, max(0, limit - count), reset, retry, None, False,
-                                state, True)
+                                state, True, balance)
         if status == ADMITTED:
             lease = None
             if cap:
                 self._held.setdefault(budget, set()).add(member)
                 lease = member.decode()
-            return Decision(True, limit, limit - count, reset, 0.0, lease, False, state)
+            return Decision(True, limit, limit - count, reset, 0.0, lease, False, state, False,
+                            balance)
         if status == BUSY:
-            return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True, state)
-        return Decision(False, limit, 0, reset, reset, None, False, state)
+            return Decision(False, limit, max(0, limit - count), reset, 1.0, None, True, state,
+                            False, balance)
+        return Decision(False, limit, 0, reset, reset, None, False, state, False, balance)
+
+    @staticmethod
+    def _short(limit: int, count: int, reset: float, credit: list[int]) -> Decision:
+        """Refused for credits: the key's window as it stays (anything counted is being
+        taken back), the balance, and until the next refill if there is one."""
+        return Decision(False, limit, max(0, limit - count), reset, credit[2] / 1000, None,
+                        False, None, False, credit[1], True)
 
     def _give_back(self, budget: str, member: bytes) -> None:
         self._releases.setdefault(budget, []).append(member)
@@ -649,11 +741,11 @@ class RedisRateLimiter:
         parts: list[bytes] = []
         routes: list[bytes] = []  # a key of each command: a Redis Cluster routes by its slot
         carried: list[tuple[int, str, list[bytes]]] = []  # releases inside an admit script
-        for mode, budget, scope, limit, window, cap, member, also, quota, kinds in ops:
-            if mode == USAGE:
-                key = self._quota_key(budget)
-                parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, key, PEEK))
-                routes.append(key)
+        for op in ops:
+            mode, budget, scope, limit, window, cap, member, also, quota, kinds, credits, cost = op
+            if mode in (USAGE, BALANCE):
+                parts.append(self._reading(op))
+                routes.append(self._credit_key(budget) if credits else self._quota_key(budget))
                 continue
             window_us = int(window * 1_000_000)
             keys = self._rate_keys(budget, scope, also, kinds)
@@ -672,6 +764,11 @@ class RedisRateLimiter:
             if quota is not None:  # its own slot: a script of its own, in the same batch
                 key = self._quota_key(quota.workspace)
                 parts.append(encode(b"EVALSHA", QUOTA_SHA, 1, key, ADMIT, quota.day, quota.month))
+                routes.append(key)
+            if credits is not None:  # the budget's credits: a slot of their own too
+                key = self._credit_key(budget)
+                parts.append(encode(b"EVALSHA", CREDIT_SHA, 1, key, ADMIT,
+                                    *_credit_args(credits), cost))
                 routes.append(key)
         for budget, members in releases.items():
             key = self._tag(budget) + b":c"
@@ -718,6 +815,7 @@ class RedisRateLimiter:
             await conn.broadcast(encode(b"SCRIPT", b"LOAD", SCRIPT), keep=True)
             await conn.broadcast(encode(b"SCRIPT", b"LOAD", QUOTA_SCRIPT), keep=True)
             await conn.broadcast(encode(b"SCRIPT", b"LOAD", COUNTER_SCRIPT), keep=True)
+            await conn.broadcast(encode(b"SCRIPT", b"LOAD", CREDIT_SCRIPT), keep=True)
 
     def _rate_keys(
         self, budget: str, scope: str, also: Window | None, kinds: bytes
@@ -739,6 +837,19 @@ class RedisRateLimiter:
     def _quota_key(self, workspace: str) -> bytes:
         """``<prefix>{q:<workspace>}``: a workspace's quotas, a Cluster slot of their own."""
         return b"%b{q:%b}" % (self._prefix, workspace.encode())
+
+    def _reading(self, op: Op) -> bytes:
+        """The command of a read that counts nothing: a quota's usage, a budget's balance."""
+        if op[0] == USAGE:
+            return encode(b"EVALSHA", QUOTA_SHA, 1, self._quota_key(op[1]), PEEK)
+        credits = op[10]
+        assert credits is not None  # a balance is asked with the key's credits
+        return encode(b"EVALSHA", CREDIT_SHA, 1, self._credit_key(op[1]), PEEK,
+                      *_credit_args(credits), 0)
+
+    def _credit_key(self, budget: str) -> bytes:
+        """``<prefix>{cr:<budget>}``: a budget's credits, a Cluster slot of their own."""
+        return b"%b{cr:%b}" % (self._prefix, budget.encode())
 
     def _tag(self, budget: str) -> bytes:
         """``<prefix>{<budget>}``: every Redis key of a budget starts so, one Cluster slot."""
@@ -776,6 +887,33 @@ def _settled(timer: asyncio.TimerHandle, batch: asyncio.Future[list[Any]]) -> No
 def _quota_ok(quota: Any) -> bool:
     """No quota asked, or the quota script counted the request."""
     return quota is None or (not isinstance(quota, ReplyError) and quota[0] == 0)
+
+
+def _read(op: Op, reply: list[int]) -> Decision | QuotaUsage | CreditState:
+    """The answer to a read that counts nothing: a window's peek, a quota's usage, a budget's
+    balance."""
+    mode = op[0]
+    if mode == USAGE:
+        return QuotaUsage(reply[1], reply[2], reply[3] / 1000, reply[4] / 1000)
+    if mode == BALANCE:
+        return CreditState(reply[1], reply[2] / 1000)
+    _, count, reset_us, which = reply
+    also = op[7]
+    limit = also.limit if which == 1 and also is not None else op[3]
+    remaining = max(0, limit - count)
+    reset = reset_us / 1_000_000
+    return Decision(remaining > 0, limit, remaining, reset, 0.0 if remaining else reset)
+
+
+def _credit_ok(credit: Any) -> bool:
+    """No credits asked, or the credit script spent the request's cost."""
+    return credit is None or (not isinstance(credit, ReplyError) and credit[0] == SPENT)
+
+
+def _credit_args(credits: Credits) -> tuple[int | bytes, ...]:
+    """CREDIT_SCRIPT's ARGV[2..7]: the key's stored credits."""
+    return (credits.set_version, credits.set_value, credits.set_period, credits.added,
+            credits.refill_amount or 0, INTERVAL[credits.refill_interval])
 
 
 def _kinds(algorithm: str, also: Window | None) -> bytes:

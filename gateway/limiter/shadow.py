@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from gateway.errors import CONCURRENCY_LIMITED, QUOTA_EXCEEDED, RATE_LIMITED
+from gateway.keys.model import Credits
 from gateway.limiter.base import SLIDING_COUNTER, Decision, QuotaAsk, Window
 
 # Far above any real quota (2**40 requests), far below where Lua's doubles lose integers (2**53)
@@ -46,6 +47,8 @@ class Ask(NamedTuple):
     also: Window | None
     quota: QuotaAsk | None
     algorithm: str
+    credits: Credits | None = None  # never in shadow: spent by the real ask (README "Credits")
+    cost: int = 1
 
 
 def shadow_quota(limit: int) -> int:
@@ -56,20 +59,23 @@ def shadow_quota(limit: int) -> int:
 def split(
     budget: str, limit: int, window: float, cap: int | None, also: Window | None,
     quota: QuotaAsk | None, algorithm: str, shadow_window: Window | None, key_shadow: bool,
+    credits: Credits | None = None, cost: int = 1,
 ) -> tuple[Ask | None, Ask | None]:
-    """(the real ask, the shadow ask) for one request: either may be None."""
+    """(the real ask, the shadow ask) for one request: either may be None. Credits are always
+    spent by the real ask: they are not a rule a key can shadow."""
     if not key_shadow:
-        real = Ask(budget, "", limit, window, cap, also, quota, algorithm)
+        real = Ask(budget, "", limit, window, cap, also, quota, algorithm, credits, cost)
         if shadow_window is None:
             return real, None
         return real, Ask(budget, shadow_window.scope, shadow_window.limit, shadow_window.window,
                          None, None, None, shadow_window.algorithm)
     shadow = Ask(budget, "", limit, window, cap, shadow_window, None, algorithm)
-    enforced = also if also is not None else (PASS if quota is not None else None)
+    spends = quota is not None or credits is not None
+    enforced = also if also is not None else (PASS if spends else None)
     if enforced is None:
         return None, shadow
     return Ask(budget, enforced.scope, enforced.limit, enforced.window, None, None, quota,
-               enforced.algorithm), shadow
+               enforced.algorithm, credits, cost), shadow
 
 
 def is_shadow_quota(decision: Decision) -> bool:

@@ -13,6 +13,10 @@
   with ``Retry-After`` = seconds until that period ends; ``X-Quota-*`` for the quota nearer to
   running out.
 
+* the key's credits (README "Credits"), when it has any: the route's ``cost`` is spent from
+  them; short, 429 ``credits_exhausted`` (``Retry-After`` only when a refill is due: seconds
+  until it); ``X-Credits-Remaining`` on the responses of such keys. Never in shadow.
+
 Shadow rules (README "Shadow mode": a route ``rate_limit`` or a plan ``quota`` with ``shadow:
 true``, a key with ``enforcement: shadow``) refuse no one: ``gateway.limiter.shadow`` splits the
 request's limits into the real decision and a second one asked in the same tick, and a request
@@ -23,7 +27,9 @@ The plan comes with the cached key (``KeyRecord.plan``, read with it): no store 
 A request refused for any reason spends nothing. A limiter failure follows ``on_limiter_error``:
 ``open`` admits (no limit headers), ``closed`` answers 503 ``rate_limit_unavailable``, ``local``
 enforces each limit (quotas included) in this process divided by the number of processes
-expected to share it (``limiter.expected_nodes`` times ``workers``).
+expected to share it (``limiter.expected_nodes`` times ``workers``) — except a key's credits,
+whose live balance only the shared limiter knows: with ``local``, a key with credits gets 503
+``rate_limit_unavailable`` rather than spend credits no other process would see.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from gateway.config import RouteConfig
 from gateway.errors import (
     CONCURRENCY_LIMITED,
+    CREDITS_EXHAUSTED,
     QUOTA_EXCEEDED,
     RATE_LIMITED,
     RETRY_SOON,
@@ -43,7 +50,7 @@ from gateway.errors import (
     LimiterUnavailable,
 )
 from gateway.exchange import Check, Exchange, header_pairs
-from gateway.keys.model import SHADOW, KeyRecord
+from gateway.keys.model import SHADOW, Credits, KeyRecord
 from gateway.limiter.base import Decision, QuotaAsk, RateLimiter
 from gateway.limiter.budget import Limits, admit_local_share, budget_of
 from gateway.pipeline.shadow_limit import ShadowLimits
@@ -61,12 +68,17 @@ def _text(number: int) -> str:
 RATE_NAMES = frozenset({"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset",
                         "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"})
 QUOTA_NAMES = RATE_NAMES | {"x-quota-limit", "x-quota-remaining", "x-quota-reset"}
+# by (a quota decided, credits shown)
+LINE_NAMES = {(False, False): RATE_NAMES, (True, False): QUOTA_NAMES,
+              (False, True): RATE_NAMES | {"x-credits-remaining"},
+              (True, True): QUOTA_NAMES | {"x-credits-remaining"}}
 
 
 def limit_lines(decision: Decision) -> str:
-    """``RateLimit-*`` and ``X-RateLimit-*``, and ``X-Quota-*`` when a quota was decided, as
-    header lines joined by CRLF: one string built per request, which a response written whole
-    takes as it is (``Exchange.limit_lines``)."""
+    """``RateLimit-*`` and ``X-RateLimit-*``, ``X-Quota-*`` when a quota was decided and
+    ``X-Credits-Remaining`` for a key with credits, as header lines joined by CRLF: one string
+    built per request, which a response written whole takes as it is
+    (``Exchange.limit_lines``)."""
     limit, remaining = _text(decision.limit), decision.remaining
     reset = _text(max(0, math.ceil(decision.reset)))
     lines = (f"RateLimit-Limit: {limit}\r\nRateLimit-Remaining: {remaining}\r\n"
@@ -76,12 +88,14 @@ def limit_lines(decision: Decision) -> str:
     if quota is not None:
         lines += (f"\r\nX-Quota-Limit: {_text(quota.limit)}\r\nX-Quota-Remaining: "
                   f"{quota.remaining}\r\nX-Quota-Reset: {max(0, math.ceil(quota.reset))}")
+    if decision.credits is not None:
+        lines += f"\r\nX-Credits-Remaining: {decision.credits}"
     return lines
 
 
 def set_limit_headers(exchange: Exchange, decision: Decision) -> None:
     exchange.limit_lines = limit_lines(decision)
-    exchange.limit_names = RATE_NAMES if decision.quota is None else QUOTA_NAMES
+    exchange.limit_names = LINE_NAMES[decision.quota is not None, decision.credits is not None]
 
 
 def quota_headers(decision: Decision) -> dict[str, str]:
@@ -126,6 +140,8 @@ def apply(
                 f"at most {cap} requests may be in flight for this key",
                 RETRY_SOON,
             )
+        if decision.no_credits:
+            raise out_of_credits(decision)
         retry = str(max(1, math.ceil(decision.retry_after)))
         if decision.over_quota:
             raise GatewayError(QUOTA_EXCEEDED, "the workspace's plan quota is spent",
@@ -133,12 +149,20 @@ def apply(
         raise GatewayError(RATE_LIMITED, "rate limit exceeded for this key", {"Retry-After": retry})
 
 
+def out_of_credits(decision: Decision) -> GatewayError:
+    """429 ``credits_exhausted``; ``Retry-After`` only when a refill is due (README
+    "Credits")."""
+    wait = math.ceil(decision.retry_after)
+    return GatewayError(CREDITS_EXHAUSTED, "this key's credits are spent",
+                        {"Retry-After": str(max(1, wait))} if wait > 0 else None)
+
+
 def build(route: RouteConfig, services: Services) -> Check | None:
     if route.auth == "none":
         return None
     config = services.config
     limits = Limits(route, config)
-    also, algorithm = limits.also, limits.algorithm
+    also, algorithm, cost = limits.also, limits.algorithm, limits.cost
     policy = route.on_limiter_error or config.defaults.on_limiter_error
     nodes = config.limiter.expected_nodes * config.workers if config.redis else 1
     limiter = services.limiter
@@ -146,10 +170,13 @@ def build(route: RouteConfig, services: Services) -> Check | None:
     metrics = services.metrics
 
     async def degraded(
-        budget: str, limit: int, window: float, cap: int | None, quota: QuotaAsk | None
+        budget: str, limit: int, window: float, cap: int | None, quota: QuotaAsk | None,
+        credits: Credits | None,
     ) -> tuple[Decision | None, RateLimiter]:
         """The limiter failed and on_limiter_error is ``open`` or ``local``."""
         if policy == "local":  # this process's share of each limit
+            if credits is not None:
+                raise LimiterUnavailable("credits are only spent on the shared limiter")
             decision = await admit_local_share(local, nodes, budget, limit, window, cap, also,
                                                quota, algorithm)
             return decision, local
@@ -157,17 +184,18 @@ def build(route: RouteConfig, services: Services) -> Check | None:
 
     async def decide(
         exchange: Exchange, budget: str, limit: int, window: float, cap: int | None,
-        quota: QuotaAsk | None,
+        quota: QuotaAsk | None, credits: Credits | None,
     ) -> None:
         decision: Decision | None
         decider: RateLimiter = limiter
         try:
-            decision = await limiter.admit(budget, "", limit, window, cap, also, quota, algorithm)
+            decision = await limiter.admit(budget, "", limit, window, cap, also, quota, algorithm,
+                                           credits, cost)
         except LimiterUnavailable:
             metrics.count_limiter_error(policy)
             if policy == "closed":
                 raise  # 503 rate_limit_unavailable, Retry-After: 1 (gateway.errors)
-            decision, decider = await degraded(budget, limit, window, cap, quota)
+            decision, decider = await degraded(budget, limit, window, cap, quota, credits)
         if decision is not None:
             apply(exchange, decision, decider, budget, cap)
 
@@ -178,9 +206,11 @@ def build(route: RouteConfig, services: Services) -> Check | None:
             return shadowed(exchange, key)
         budget = budget_of(key)
         limit, window, cap, quota = limits.of(key)
-        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota, algorithm)
+        credits = key.credits
+        decision = limiter.admit_nowait(budget, "", limit, window, cap, also, quota, algorithm,
+                                        credits, cost)
         if decision is None:  # a shared limiter: the driver awaits its answer
-            return decide(exchange, budget, limit, window, cap, quota)
+            return decide(exchange, budget, limit, window, cap, quota, credits)
         apply(exchange, decision, limiter, budget, cap)
         return None
 
@@ -189,12 +219,6 @@ def build(route: RouteConfig, services: Services) -> Check | None:
 
     if limits.shadow is None and not limits.shadow_quota:
         return rate_limit
-
-    def rate_limit_with_shadow(exchange: Exchange) -> Awaitable[None] | None:
-        """A route with a shadow window, or plans with a shadow quota: every request takes
-        the shadow-aware path."""
-        key = exchange.key
-        assert key is not None  # authenticate runs first on every auth route
-        return shadowed(exchange, key)
-
-    return rate_limit_with_shadow
+    # a route with a shadow window, or plans with a shadow quota: every request takes the
+    # shadow-aware path
+    return shadowing.stage

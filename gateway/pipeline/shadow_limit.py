@@ -34,11 +34,18 @@ class ShadowLimits:
         self._apply = apply
         self._headers = headers
 
+    def stage(self, exchange: Exchange) -> Awaitable[None] | None:
+        """The rate_limit stage itself, for a route where every request has shadow rules."""
+        key = exchange.key
+        assert key is not None  # authenticate runs first on every auth route
+        return self.check(exchange, key)
+
     def check(self, exchange: Exchange, key: KeyRecord) -> Awaitable[None] | None:
         limits, limiter = self._limits, self._limiter
         limit, window, cap, quota = limits.of(key)
         real, shadow = split(budget_of(key), limit, window, cap, limits.also, quota,
-                             limits.algorithm, limits.shadow, key.enforcement == SHADOW)
+                             limits.algorithm, limits.shadow, key.enforcement == SHADOW,
+                             key.credits, limits.cost)
         real_decision = limiter.admit_nowait(*real) if real is not None else None
         if real is None or real_decision is not None:  # in-process: both decided now
             shadow_decision = limiter.admit_nowait(*shadow) if shadow is not None else None
@@ -75,6 +82,8 @@ class ShadowLimits:
                 raise  # 503 rate_limit_unavailable
             if self._policy == "open":
                 return self._local, None
+            if real.credits is not None:  # README "Credits": only the shared limiter has them
+                raise
             decision = await admit_local_share(
                 self._local, self._nodes, real.budget, real.limit, real.window, real.cap,
                 real.also, real.quota, real.algorithm, scope=real.scope)
@@ -94,9 +103,9 @@ class ShadowLimits:
             self._apply(exchange, shown, decider, real.budget, real.cap)
         if shadow is not None and shadow_decision is not None and shadow.scope == "":
             # a shadow key: its own window is what RateLimit-* show, as for any key, beside
-            # the real decision's quota
-            quota = shown.quota if shown is not None else None
-            self._headers(exchange, shadow_decision._replace(quota=quota))
+            # the real decision's quota and credits
+            quota, credits = (shown.quota, shown.credits) if shown is not None else (None, None)
+            self._headers(exchange, shadow_decision._replace(quota=quota, credits=credits))
         rule = would_refuse(real_decision, shadow_decision)
         if rule is not None and exchange.shadow is None:
             exchange.shadow = rule

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from gateway.errors import KeyLimitReached, MemberNotFound, NotFound, ValidationError
-from gateway.keys.model import MEMBER_ID_PREFIX, KeyPage, KeyRecord, utcnow
+from gateway.keys.model import MEMBER_ID_PREFIX, Credits, KeyPage, KeyRecord, utcnow
 from gateway.store.db import Conn, Db, Row
 from gateway.store.feed import ChangeLog
 from gateway.store.rows import (
+    CREDITS,
     SCOPES,
     STRINGS,
     TIMESTAMP,
@@ -42,6 +43,7 @@ KINDS = {
     "created_at": TIMESTAMP,
     "revoked_at": TIMESTAMP,
     "disabled_at": TIMESTAMP,
+    "credits": CREDITS,
 }
 # update: the fields that may change -> may it be set to null?
 UPDATABLE: dict[str, bool] = {
@@ -60,6 +62,7 @@ UPDATABLE: dict[str, bool] = {
     "revoked_by": True,
     "last_used_at": True,
     "disabled_at": True,
+    "credits": True,
 }
 # the key's plan comes with it, in the same one query (a workspace has at most one row)
 _OF_WORKSPACE = "FROM subscriptions s WHERE s.workspace_id = api_keys.workspace_id"
@@ -93,6 +96,7 @@ PRINCIPAL = (
 )
 IS_MEMBER = "SELECT COUNT(*) FROM members WHERE user_id = $1 AND workspace_id = $2"
 OWNED = "SELECT key_id, key_hash FROM api_keys WHERE workspace_id = $1 AND user_id = $2 AND {}"
+CHAIN = "WHERE key_id = $1 OR rotated_from = $1"  # a rotation chain, by its first key's id
 
 
 class Params:
@@ -200,6 +204,23 @@ class KeyTable:
                 await self._set(tx, key_id, columns)
                 await self._changes.append(tx, [key_hash], now)
             return await self._must_get(tx, key_id)
+
+    async def change_credits(
+        self, key_id: str, change: Callable[[Credits | None], Credits | None]
+    ) -> tuple[KeyRecord, list[str]]:
+        """Under the key's row lock, its credits become ``change(current)`` on every key of its
+        rotation chain (they spend one balance, README "Credits"); their hashes go to the change
+        log. Returns the key and those hashes; ``change`` may raise to change nothing."""
+        now = utcnow()
+        async with self._db.transaction() as tx:
+            record = self._rows.read(await self._locked(tx, "*", key_id))
+            credits = self._rows.value("credits", change(record.credits))
+            root = record.rotated_from or record.key_id
+            rows = await tx.fetch(f"SELECT key_hash FROM api_keys {CHAIN}", root)
+            await tx.execute(f"UPDATE api_keys SET credits = $2 {CHAIN}", root, credits)
+            hashes = [row["key_hash"] for row in rows]
+            await self._changes.append(tx, hashes, now)
+            return await self._must_get(tx, key_id), hashes
 
     async def rotate(
         self, old_key_id: str, new: KeyRecord, old_expires_at: datetime, revoked_by: str | None

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from gateway.errors import ValidationError
-from gateway.keys.model import Scope
+from gateway.keys.model import Credits, Scope
 from gateway.store.db import Row
 from gateway.store.dialect import Dialect
 
@@ -24,6 +24,7 @@ TIMESTAMP = "timestamp"  # a datetime (read back aware, in UTC)
 STRINGS = "strings"  # a tuple of strings
 SCOPES = "scopes"  # a tuple of Scope, as JSON text
 JSON = "json"  # a dict, as JSON text
+CREDITS = "credits"  # a key's Credits, as a JSON list of its fields (text in both dialects)
 MAX_PAGE = 1000  # the most rows one listing returns
 
 
@@ -73,6 +74,7 @@ def _readers(dialect: Dialect) -> dict[str, Codec]:
         STRINGS: dialect.read_strings,
         SCOPES: scopes_from_json,
         JSON: json.loads,
+        CREDITS: credits_from_json,
     }
 
 
@@ -82,6 +84,7 @@ def _writers(dialect: Dialect) -> dict[str, Codec]:
         STRINGS: dialect.strings,
         SCOPES: scopes_json,
         JSON: lambda value: json.dumps(value, default=json_default),
+        CREDITS: lambda value: json.dumps(list(value)),
     }
 
 
@@ -120,6 +123,10 @@ def scopes_from_json(text: str) -> tuple[Scope, ...]:
         Scope(resource_id=str(item["resource_id"]), operations=tuple(item["operations"]))
         for item in json.loads(text)
     )
+
+
+def credits_from_json(text: str) -> Credits:
+    return Credits(*json.loads(text))
 
 
 def json_default(value: object) -> Any:

@@ -11,7 +11,7 @@ KEY_FIELDS = {
     "allowed_origins", "rate_limit_override", "concurrency_limit", "status", "expires_at",
     "last_used_at", "created_at", "created_by", "revoked_at", "revoked_by", "rotated_from",
     "organization_id", "internal_id", "principal_id", "disabled_at",
-    "subscription_id", "allowed_ips", "enforcement",
+    "subscription_id", "allowed_ips", "enforcement", "credits",
 }
 
 

@@ -18,7 +18,7 @@ from tests.verify.conftest import until_usage
 VERIFY = "/admin/v1/keys/verify"
 UNKNOWN = {"valid": False, "code": "invalid_api_key", "key_id": None, "workspace_id": None,
            "project_id": None, "principal_id": None, "permissions": [], "ratelimit": None,
-           "shadow_refused": None}
+           "shadow_refused": None, "credits_remaining": None}
 
 
 async def verify(admin: Admin, **body: Any) -> Any:
@@ -39,6 +39,7 @@ async def test_a_valid_key_is_ok_and_spends_one_request(
         "principal_id": record.principal_id, "permissions": ["write"],
         "ratelimit": {"limit": 5, "remaining": 4, "reset": answer["ratelimit"]["reset"]},
         "shadow_refused": None,
+        "credits_remaining": None,
     }
     assert 0 <= answer["ratelimit"]["reset"] <= 60
     assert (await verify(operator, key=key))["ratelimit"]["remaining"] == 3

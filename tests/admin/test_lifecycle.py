@@ -135,3 +135,20 @@ async def test_max_active_per_user_plus_one_is_409(
     await operator.ok("POST", path, {"name": "other user", "user_id": "v"})
     await operator.ok("DELETE", f"/admin/v1/keys/{made[0]['key_id']}")
     await operator.ok("POST", path, {"name": "k4", "user_id": "u"})  # room again
+
+
+async def test_concurrent_credit_top_ups_all_count_and_a_set_applies_on_the_next_request(
+    gateway: Gateway, http: aiohttp.ClientSession, operator: Admin
+) -> None:
+    """README "Credits": top-ups are serialized by the key's row lock, on either store."""
+    key = await gateway.key(credits={"remaining": 1})
+    key_id = gateway.created[-1].key_id
+    path = f"/admin/v1/keys/{key_id}/credits"
+    await asyncio.gather(*(operator.ok("POST", path, {"add": 1}) for _ in range(8)))
+    shown = await operator.ok("GET", f"/admin/v1/keys/{key_id}")
+    assert shown["credits"]["remaining"] == 9
+    stored = await gateway.keys.get_key(key_id)
+    assert stored.credits is not None and stored.credits.added == 8
+    await operator.ok("POST", path, {"set": 1})
+    assert (await proxy_status(gateway, http, key))[0] == 200
+    assert await proxy_status(gateway, http, key) == (429, "credits_exhausted")

@@ -71,6 +71,7 @@ async def test_workspace_admin_never_reaches_another_workspace(
         ("PATCH", key, {"name": "stolen"}),
         ("DELETE", key, None),
         ("POST", f"{key}/rotate", {"grace_period_seconds": 0}),
+        ("POST", f"{key}/credits", {"set": 1000}),
         ("GET", f"{key}/usage", None),
         ("GET", f"/admin/v1/audit?workspace_id={other.id}", None),
     ]

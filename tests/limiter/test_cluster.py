@@ -37,6 +37,43 @@ async def opened(cluster: RedisCluster, prefix: str, **options: Any) -> Any:
         await limiter.close()
 
 
+async def test_credits_on_another_master_are_spent_in_the_same_batch_and_given_back(
+    redis_cluster: RedisCluster,
+) -> None:
+    """README "Credits": a key's credit hash ``{cr:<budget>}`` lives on another master than its
+    windows; both go in the one batch, and a refusal on either side leaves the other as it was
+    (check and compensate, as for quotas)."""
+    from gateway.keys.model import Credits
+    from gateway.limiter.base import QuotaAsk
+
+    prefix = "credit:"
+    budget = next(f"k{i}" for i in range(1000)
+                  if redis_cluster.master_of(f"{prefix}{{k{i}}}")
+                  != redis_cluster.master_of(f"{prefix}{{cr:k{i}}}"))
+    credit_master = redis_cluster.master_of(f"{prefix}{{cr:{budget}}}")
+    ask = Credits(3, 1, 0)
+    async with opened(redis_cluster, prefix) as limiter:
+        spent = await asyncio.gather(*(limiter.admit(budget, "", 2, 60, None, credits=ask)
+                                       for _ in range(3)))
+        # windows and credits in one batch over both masters; the refused one's credit goes
+        # back in a second, started before its refusal is answered
+        assert limiter.batches == 2
+        assert [d.allowed for d in spent] == [True, True, False]  # the rate limit refused
+        assert {d.credits for d in spent if d.allowed} == {1, 2}
+        assert spent[2].credits == 1 and not spent[2].no_credits
+        await asyncio.sleep(0.05)  # the compensation left before the refusal was answered
+        balance = redis_cluster.client(credit_master).hget(f"{prefix}{{cr:{budget}}}", "b")
+        assert int(balance) == 1  # the third request's credit went back
+        # a credit refusal: nothing stays in the other master's window or the quota's
+        empty = Credits(0, 2, 0)
+        refused = await limiter.admit("other", "", 5, 60, None, quota=QuotaAsk("ws", 9, 0),
+                                      credits=empty)
+        assert refused.no_credits
+        await asyncio.sleep(0.05)
+        assert (await limiter.peek("other", "", 5, 60)).remaining == 5
+        assert (await limiter.quota_usage("ws")).day == 0
+
+
 async def test_one_tick_is_one_batch_over_every_master_and_exact(
     redis_cluster: RedisCluster,
 ) -> None:

@@ -115,3 +115,32 @@ async def test_a_spent_counter_waits_into_the_next_window(clock: Clock) -> None:
     clock.now = 40.0  # two windows later nothing is left, and the sweep drops it
     limiter.sweep()
     assert limiter._buckets == {}
+
+
+async def test_credits_refill_at_the_utc_boundary(clock: Clock) -> None:
+    """README "Credits": the first request of a new UTC day (month) finds the balance at the
+    refill amount, whatever was left; before the boundary a short balance waits for it."""
+    from gateway.keys.model import Credits
+    from gateway.limiter.base import DAY
+
+    wall = Clock()
+    wall.now = 20_000 * DAY + DAY - 10  # 10 s before a UTC midnight
+    limiter = MemoryRateLimiter(clock, wall=wall)
+    daily = Credits(2, 1, 20_000, 0, 3, "day")
+    assert [(await limiter.admit("k", "", 100, 60, None, credits=daily)).credits
+            for _ in range(2)] == [1, 0]
+    short = await limiter.admit("k", "", 100, 60, None, credits=daily)
+    assert short.no_credits and short.retry_after == pytest.approx(10)
+    wall.now += 10  # midnight: the refill sets the balance to 3
+    assert (await limiter.credits_left("k", daily)).remaining == 3
+    assert (await limiter.admit("k", "", 100, 60, None, credits=daily)).credits == 2
+    wall.now += DAY - 1  # the same day: no second refill
+    assert (await limiter.admit("k", "", 100, 60, None, credits=daily)).credits == 1
+    wall.now += 1  # the next midnight: back to 3, not 1 + 3
+    assert (await limiter.admit("k", "", 100, 60, None, credits=daily)).credits == 2
+    # a month: 2026-01-31 23:59:59 UTC, then February
+    monthly = Credits(0, 1, 2026 * 12, 0, 5, "month")
+    wall.now = 20_485 * DAY - 1
+    assert (await limiter.admit("m", "", 100, 60, None, credits=monthly)).no_credits
+    wall.now += 1
+    assert (await limiter.admit("m", "", 100, 60, None, credits=monthly)).credits == 4

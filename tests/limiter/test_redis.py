@@ -65,6 +65,28 @@ async def test_decisions_in_one_tick_share_one_round_trip(limiter: RedisRateLimi
     assert limiter.commands >= 200
 
 
+async def test_credits_ride_in_the_same_round_trip_and_keep_without_refill(
+    limiter: RedisRateLimiter, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    """README "Credits": the credit script goes in the batch of the rate and quota scripts (one
+    round trip on one Redis); its hash is the balance, so it never expires without a refill,
+    and expires a day after its period ends with one."""
+    from gateway.keys.model import Credits
+    from gateway.limiter.base import QuotaAsk
+
+    before = limiter.batches, limiter.commands
+    decision = await limiter.admit("key_a", "", 10, 60, None, quota=QuotaAsk("ws", 5, 0),
+                                   credits=Credits(5, 1, 0))
+    assert decision.allowed and decision.credits == 4
+    assert (limiter.batches - before[0], limiter.commands - before[1]) == (1, 3)
+    credit_key = f"{redis_prefix}{{cr:key_a}}"
+    assert redis_client.pttl(credit_key) == -1  # no expiry: it is the balance
+    day, _, to_day_end, _ = periods(time.time())
+    await limiter.admit("key_d", "", 10, 60, None, credits=Credits(5, 1, day, 0, 5, "day"))
+    ttl = redis_client.pttl(f"{redis_prefix}{{cr:key_d}}") / 1000
+    assert abs(ttl - (to_day_end + 86_400)) < 5
+
+
 async def test_a_flushed_script_is_reloaded(
     limiter: RedisRateLimiter, redis_client: redis.Redis
 ) -> None:

@@ -255,3 +255,19 @@ async def test_without_the_access_log_a_shadow_refusal_is_one_log_line(
     assert len(lines) == 1 and lines[0].getMessage() == "shadow refusal"
     assert (lines[0].rule, lines[0].key_id, lines[0].route) == (  # type: ignore[attr-defined]
         "ip_not_allowed", gateway.created[0].key_id, "api")
+
+
+@pytest.mark.parametrize("shadow_route", [False, True])
+async def test_credits_are_spent_whatever_is_in_shadow(
+    make: Make, upstream: Any, http: aiohttp.ClientSession, shadow_route: bool
+) -> None:
+    """Credits are never a shadow rule (README "Credits"): a shadow key, on a route with or
+    without a shadow window, spends them and is refused when they run out."""
+    route = {"rate_limit": {"requests": 100, "window": 60, "shadow": True}} if shadow_route \
+        else {}
+    gateway = await make(api(upstream, **route))
+    key = await gateway.key(enforcement="shadow", credits={"remaining": 3})
+    answers = [await call(http, gateway, key) for _ in range(4)]
+    assert [r.status for r in answers] == [200, 200, 200, 429]
+    assert [r.headers.get("X-Credits-Remaining") for r in answers[:3]] == ["2", "1", "0"]
+    assert answers[3].headers.get("X-Credits-Remaining") == "0"

@@ -263,3 +263,14 @@ async def test_debug_decisions_name_the_checked_routes_stages(
         ("authenticate", "pass"), ("authorize", "pass"), ("tenancy", "pass"),
         ("rate_limit", "pass"), ("verify", "answered 200"), ("forward_auth", "answered 200"),
     ]
+
+
+async def test_a_check_spends_the_keys_credits(
+    http: aiohttp.ClientSession, gateway: Gateway
+) -> None:
+    """README "Credits": a forward-auth check spends as the request it describes would."""
+    key = await gateway.key(permissions=["read"], credits={"remaining": 2})
+    answers = [await check(http, gateway, "GET", "/api/ai/models", key) for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 429]
+    assert [a.headers["X-Credits-Remaining"] for a in answers] == ["1", "0", "0"]
+    assert answers[2].code() == "credits_exhausted" and "Retry-After" not in answers[2].headers
