@@ -59,11 +59,6 @@ from gateway.services import Services
 log = logging.getLogger("gateway.limiter")
 
 
-@functools.lru_cache(maxsize=1024)
-def _text(number: int) -> str:
-    return str(number)
-
-
 # the lower-cased names of the lines below, which replace an upstream's headers of those names
 RATE_NAMES = frozenset({"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset",
                         "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"})
@@ -74,22 +69,35 @@ LINE_NAMES = {(False, False): RATE_NAMES, (True, False): QUOTA_NAMES,
               (True, True): QUOTA_NAMES | {"x-credits-remaining"}}
 
 
+@functools.lru_cache(maxsize=1024)
+def _rate_parts(limit: int, reset: int) -> tuple[str, str, str]:
+    """The six ``RateLimit-*`` lines around their two ``remaining`` values, for one limit and
+    reset: those repeat from request to request, ``remaining`` does not."""
+    return (f"RateLimit-Limit: {limit}\r\nRateLimit-Remaining: ",
+            f"\r\nRateLimit-Reset: {reset}\r\nX-RateLimit-Limit: {limit}\r\n"
+            "X-RateLimit-Remaining: ",
+            f"\r\nX-RateLimit-Reset: {reset}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _quota_parts(limit: int, reset: int) -> tuple[str, str]:
+    return f"\r\nX-Quota-Limit: {limit}\r\nX-Quota-Remaining: ", f"\r\nX-Quota-Reset: {reset}"
+
+
 def limit_lines(decision: Decision) -> str:
     """``RateLimit-*`` and ``X-RateLimit-*``, ``X-Quota-*`` when a quota was decided and
     ``X-Credits-Remaining`` for a key with credits, as header lines joined by CRLF: one string
     built per request, which a response written whole takes as it is
     (``Exchange.limit_lines``)."""
-    limit, remaining = _text(decision.limit), decision.remaining
-    reset = _text(max(0, math.ceil(decision.reset)))
-    lines = (f"RateLimit-Limit: {limit}\r\nRateLimit-Remaining: {remaining}\r\n"
-             f"RateLimit-Reset: {reset}\r\nX-RateLimit-Limit: {limit}\r\n"
-             f"X-RateLimit-Remaining: {remaining}\r\nX-RateLimit-Reset: {reset}")
+    head, middle, tail = _rate_parts(decision.limit, max(0, math.ceil(decision.reset)))
+    remaining = decision.remaining
+    lines = f"{head}{remaining}{middle}{remaining}{tail}"
     quota = decision.quota
     if quota is not None:
-        lines += (f"\r\nX-Quota-Limit: {_text(quota.limit)}\r\nX-Quota-Remaining: "
-                  f"{quota.remaining}\r\nX-Quota-Reset: {max(0, math.ceil(quota.reset))}")
+        head, tail = _quota_parts(quota.limit, max(0, math.ceil(quota.reset)))
+        lines = f"{lines}{head}{quota.remaining}{tail}"
     if decision.credits is not None:
-        lines += f"\r\nX-Credits-Remaining: {decision.credits}"
+        lines = f"{lines}\r\nX-Credits-Remaining: {decision.credits}"
     return lines
 
 
