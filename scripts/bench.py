@@ -615,13 +615,13 @@ def fmt_ms(value: float | None) -> str:
 
 
 def print_table(results: dict[str, WrkResult]) -> None:
-    print(f"\n{'target':<12} {'conns':>5} {'req/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+    print(f"\n{'target':<14} {'conns':>5} {'req/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'cpu us/req':>10} {'other cpu':>9}  status")
     for r in results.values():
         status = "ok" if r.ok else f"FAILED: {r.problem()}"
         other = "-" if r.other_cpu is None else f"{r.other_cpu:.2f}"
         cpu = "-" if r.server_cpu_us is None else f"{r.server_cpu_us:.1f}"
-        print(f"{r.name:<12} {r.connections:>5} {r.requests_per_sec:>11,.0f} "
+        print(f"{r.name:<14} {r.connections:>5} {r.requests_per_sec:>11,.0f} "
               f"{fmt_ms(r.p50_ms):>8} {fmt_ms(r.p99_ms):>8} {cpu:>10} {other:>9}  {status}")
         if r.redis_commands is not None and r.requests:
             trips = ("-" if r.redis_round_trips is None
@@ -690,6 +690,7 @@ class Run:
     load_before: float  # 1-minute load average before the servers started
     key: str = ""
     backends: Backends | None = None
+    floor_ports: dict[str, int] = field(default_factory=dict)  # --floors: server -> port
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -718,6 +719,24 @@ def start_servers(run: Run) -> None:
     start_nginx(run.nginx, run.workdir, run.ports, run.pin, run.processes)
     run.key = create_key(config_path)
     start_gateway(config_path, run.ports, run.pin, run.gateway_log, run.processes)
+    if run.args.floors:
+        start_floors(run)
+
+
+# --floors: the same forwarding without the gateway's pipeline (scripts/ceiling.py), behind
+# aiohttp's web.Server (the gateway's server) and behind a bare httptools protocol
+FLOORS = ("aiohttp", "httptools")
+
+
+def start_floors(run: Run) -> None:
+    upstream = f"http://{HOST}:{run.ports.fast}"
+    for server, port in zip(FLOORS, free_ports(len(FLOORS)), strict=True):
+        command = [*run.pin.server, sys.executable, str(REPO / "scripts" / "ceiling.py"),
+                   "--listen", f"{HOST}:{port}", "--upstream", upstream, "--server", server]
+        log_path = run.workdir / "logs" / f"floor-{server}.log"
+        process = spawn(command, log_path, run.processes)
+        wait_until(lambda p=port: port_open(p), process, f"the {server} floor", log_path)
+        run.floor_ports[server] = port
 
 
 def targets(run: Run) -> dict[str, Target]:
@@ -727,6 +746,8 @@ def targets(run: Run) -> dict[str, Target]:
         "nginx_proxy": Target("nginx_proxy", f"http://{HOST}:{run.ports.proxy}/ping"),
         "auth_none": Target("auth_none", f"http://{HOST}:{run.ports.gateway}/open/ping"),
         "full": Target("full", f"http://{HOST}:{run.ports.gateway}/api/ping", bearer),
+        **{f"{server}_bare": Target(f"{server}_bare", f"http://{HOST}:{port}/ping")
+           for server, port in run.floor_ports.items()},
     }
 
 
@@ -844,6 +865,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         const="redis-cluster", help="the same as --variant redis-cluster")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--floors", action="store_true",
+                        help="also measure the bare forwarding behind aiohttp's web.Server and "
+                             "behind httptools (scripts/ceiling.py): what the server costs")
     args = parser.parse_args(argv)
     if min(args.threads, args.duration, args.rounds) < 1 or args.warmup < 0:
         parser.error("--threads, --duration and --rounds must be >= 1, --warmup >= 0")

@@ -1,7 +1,9 @@
 """A measuring stick, not product code: how fast could a Python proxy be here without aiohttp?
 
 A bare HTTP/1.1 server on httptools (keep-alive, small bodies only; no streaming, no error
-handling, no pipelining safety) forwarding through the gateway's own upstream client. With
+handling, no pipelining safety) forwarding through the gateway's own upstream client; with
+``--server aiohttp``, the same forwarding as one handler of aiohttp's ``web.Server``, the
+gateway's own server (``scripts/bench.py --floors`` runs both beside the gateway). With
 ``--key KEY`` it also does the key work of the full pipeline inline: Bearer parse, checksum,
 SHA-256, a cache-dict hit, status and permission checks, the in-process sliding-log admit and
 slot release, six quota headers back and the identity headers out. Run it pinned beside the
@@ -22,6 +24,8 @@ from typing import Any
 
 import httptools
 import uvloop
+from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.keys.model import KeyHasher, is_well_formed
 from gateway.limiter.memory import MemoryRateLimiter
@@ -108,6 +112,28 @@ class Proxy(asyncio.Protocol):
         self.transport.write("".join(head).encode() + body)
 
 
+async def serve_aiohttp(listen: str, upstream: str) -> None:
+    """The same forwarding behind aiohttp's low-level ``web.Server`` (the gateway's server):
+    what aiohttp's request handling costs before any of the gateway's own work."""
+    host, _, port = listen.rpartition(":")
+    pool = UpstreamPool(upstream)
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        out = [(n, v) for n, v in request.headers.items() if n.lower() not in NOT_FORWARDED]
+        out += [("X-Request-Id", "r"), ("X-Forwarded-For", "127.0.0.1"),
+                ("X-Forwarded-Proto", "http")]
+        response = await pool.request(request.method, request.raw_path, out, None, timeout=30)
+        body = await response.read()
+        headers = [(n, v) for n, v in response.headers if n.lower() not in NOT_RETURNED]
+        return web.Response(status=response.status, reason=response.reason, body=body,
+                            headers=CIMultiDict([*headers, ("X-Request-Id", "r")]))
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(web.Server(handler, access_log=None), host, int(port),
+                                      backlog=4096)
+    await server.serve_forever()
+
+
 async def serve(listen: str, upstream: str, key: str | None) -> None:
     host, _, port = listen.rpartition(":")
     pool, keys = UpstreamPool(upstream), KeyWork(key) if key else None
@@ -121,8 +147,13 @@ def main() -> None:
     parser.add_argument("--listen", default="127.0.0.1:18020")
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--key", help="do the full pipeline's key work against this key")
+    parser.add_argument("--server", choices=("httptools", "aiohttp"), default="httptools",
+                        help="aiohttp: the bare forwarding behind aiohttp's web.Server instead")
     args = parser.parse_args()
-    uvloop.run(serve(args.listen, args.upstream, args.key))
+    if args.server == "aiohttp":
+        uvloop.run(serve_aiohttp(args.listen, args.upstream))
+    else:
+        uvloop.run(serve(args.listen, args.upstream, args.key))
 
 
 if __name__ == "__main__":
