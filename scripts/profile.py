@@ -9,8 +9,10 @@ benchmark's config and key, pinned to core 0; wrk on core 1), runs wrk at ``--co
 against ``--route`` and records the gateway with ``py-spy record`` (native frames off, idle
 frames off) at 1 000 samples per second. It writes ``profile-out/<route>.svg`` (the flame
 graph), ``profile-out/<route>.txt`` (the collapsed stacks) and prints the ten functions with the
-most samples of their own (self time) and the ten with the most in total (self and callees),
-as the README's Benchmark section shows them.
+most samples of their own (self time) and the ten with the most in total (self and callees,
+below the event loop), as the README's Benchmark section shows them. A sample is wall time
+the process was not idle: a line that makes a system call (a socket write) holds the time the
+kernel spent, and with the upstream on the same core, the time it ran meanwhile.
 
 py-spy is installed into the running venv when missing. Exit code 2 when something failed to
 start.
@@ -68,6 +70,12 @@ def top_frames(collapsed: Path, count: int = 10) -> tuple[list[tuple[str, float]
     def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(name, 100 * hits / max(1, samples)) for name, hits in counter.most_common(count)]
 
+    # the start-up chain (runpy, the CLI, the event loop's run) is on every stack it is on:
+    # leave out what holds as many samples as the loop itself
+    loop = max((hits for name, hits in total.items() if name.startswith("Runner.run")),
+               default=0)
+    for name in [name for name, hits in total.items() if hits >= loop]:
+        del total[name]
     return share(own), share(total)
 
 

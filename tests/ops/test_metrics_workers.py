@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
+from gateway.metrics import SAMPLE_INTERVAL
 from tests.conftest import Upstream, free_port
 from tests.ops.metrics_text import value
 
@@ -89,6 +90,9 @@ async def test_any_worker_reports_the_totals_of_all(served: tuple[int, int, Path
         assert response.status == 200
         workers.add(worker_of(response))
     assert len(workers) == 2  # both served some: neither alone saw REQUESTS
+    # each worker adds its per-request tallies to the shared files every SAMPLE_INTERVAL
+    # (README "Metrics and logs"): after one, whichever worker answers has the totals
+    await asyncio.sleep(SAMPLE_INTERVAL + 0.5)
 
     for _ in range(SCRAPES):
         async with aiohttp.ClientSession(
