@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
