@@ -43,17 +43,18 @@ class SigningKeys:
         self._keys: dict[str, PublicKey] = load_keys(self._source.keys)
         self._fetched_at: float | None = None  # of the keys in use (URL only)
         self._tried_at: float | None = None  # of the last fetch, whatever its result
+        self._fetches = 0  # done, whatever their result
         self._fetching = asyncio.Lock()
 
     async def key(self, identifier: str) -> PublicKey | None:
         """The public key ``identifier`` names; None: none listed under it."""
         if not self._source.is_url:
             return self._keys.get(identifier)
-        if self._expired():
-            await self._refresh(self._tried_at)
+        if self._fetching.locked() or self._expired():
+            await self._refresh(self._fetches)
         key = self._keys.get(identifier)
-        if key is None and self._may_fetch():
-            await self._refresh(self._tried_at)
+        if key is None and (self._fetching.locked() or self._may_fetch()):
+            await self._refresh(self._fetches)
             key = self._keys.get(identifier)
         if key is None and not self._keys:
             raise GatewayError(SIGNING_KEYS_UNAVAILABLE, "the public keys of secret-scanning "
@@ -70,14 +71,15 @@ class SigningKeys:
         return self._tried_at is None or \
             self._clock() - self._tried_at >= self.config.refetch_interval
 
-    async def _refresh(self, seen: float | None) -> None:
-        """Fetch once; callers that queued behind a fetch started after ``seen`` use its
-        result instead of fetching again."""
+    async def _refresh(self, seen: int) -> None:
+        """Fetch once; callers that queued behind a fetch that ended after they looked
+        (``seen``: the fetches done then) take its result instead of fetching again."""
         async with self._fetching:
-            if self._tried_at != seen:
+            if self._fetches != seen:
                 return
             self._tried_at = self._clock()
             keys = await self._fetch()
+            self._fetches += 1
             if keys is not None:
                 self._keys, self._fetched_at = keys, self._clock()
             if self._metrics is not None:
