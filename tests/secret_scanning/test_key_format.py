@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from gateway.config import KeysConfig
 from gateway.keys.model import (
@@ -37,6 +39,24 @@ def readme_checksum(body: str) -> str:
         n, digit = divmod(n, 62)
         digits = BASE62[digit] + digits
     return digits
+
+
+def published_check() -> Callable[[str], bool]:
+    section = README.split("## Leaked keys", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"```python\n(def is_ours.*?)```", section, re.S)
+    assert found is not None, "README \"Leaked keys\" must show the checksum in Python"
+    namespace: dict[str, Any] = {"zlib": zlib}
+    exec(found.group(1), namespace)
+    return cast(Callable[[str], bool], namespace["is_ours"])
+
+
+def test_the_published_python_check_accepts_our_keys_and_refuses_a_changed_one() -> None:
+    is_ours = published_check()
+    for _ in range(300):
+        key = generate_key("sk_live")
+        assert is_ours(key)
+        changed = key[:10] + ("a" if key[10] != "a" else "b") + key[11:]
+        assert is_ours(changed) == is_well_formed(changed, frozenset({"sk_live"}))
 
 
 def test_the_published_pattern_is_the_one_for_the_default_prefixes() -> None:
