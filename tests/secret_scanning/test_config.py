@@ -8,10 +8,11 @@ import pickle
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.config import load_config
+from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError
 from tests.secret_scanning.conftest import Signer, keys_document
 
@@ -84,3 +85,19 @@ def test_a_key_on_another_curve_is_refused(tmp_path: Path) -> None:
         json.dumps({"public_keys": [{"key_identifier": "k", "key": p384}]}))
     with pytest.raises(ConfigError, match=r"public_keys\[0\].key: not an ECDSA P-256 public key"):
         load_config(write_config(tmp_path, "keys.json"))
+
+
+def test_the_examples_commented_section_parses_when_uncommented() -> None:
+    lines = (Path(__file__).resolve().parents[2] / "config" / "gateway.yaml").read_text()
+    block = lines.splitlines()
+    start = block.index("# secret_scanning:")
+    section = []
+    for line in block[start:]:
+        if not line.startswith("# "):
+            break
+        section.append(line[2:])
+    data = {**yaml.safe_load("\n".join(section)),
+            "routes": [{"name": "r", "path": "/r/", "upstream": "http://127.0.0.1:9000"}]}
+    github = parse_config(data, "t.yaml", {}).secret_scanning.github
+    assert github is not None and github.public_keys.is_url
+    assert (github.cache_ttl, github.fetch_timeout, github.refetch_interval) == (3600, 5, 60)
