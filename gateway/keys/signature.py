@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import TYPE_CHECKING
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-PublicKey = ec.EllipticCurvePublicKey
-ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey as PublicKey
+
+# cryptography is imported by the functions that use it, when a report or a keys file first
+# needs it: a gateway without secret_scanning never loads it (README "Leaked keys").
 
 
 class KeysDocumentError(ValueError):
@@ -56,6 +56,9 @@ def _entry(entry: object, where: str) -> tuple[str, str]:
 
 
 def load_key(pem: str, where: str = "key") -> PublicKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     try:
         key = load_pem_public_key(pem.encode())
     except ValueError:
@@ -72,12 +75,16 @@ def load_keys(entries: tuple[tuple[str, str], ...]) -> dict[str, PublicKey]:
 
 def is_signed(key: PublicKey, signature: str, body: bytes) -> bool:
     """Whether ``signature`` (base64 of a DER ECDSA signature) is ``key``'s over ``body``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         der = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
         return False
     try:
-        key.verify(der, body, ECDSA_SHA256)
+        key.verify(der, body, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True

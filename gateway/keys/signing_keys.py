@@ -16,14 +16,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from gateway.config import GithubScanningConfig
 from gateway.errors import SIGNING_KEYS_UNAVAILABLE, GatewayError
-from gateway.keys.signature import KeysDocumentError, PublicKey, load_keys, read_keys_document
+from gateway.keys.signature import KeysDocumentError, load_keys, read_keys_document
 from gateway.metrics import Metrics
 from gateway.version import gateway_version
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey as PublicKey
 
 log = logging.getLogger("gateway.secret_scanning")
 
