@@ -55,6 +55,8 @@ INVALID_API_KEY = ErrorKind(401, "invalid_api_key", "Invalid API key")
 REVOKED_API_KEY = ErrorKind(401, "revoked_api_key", "Revoked API key")
 EXPIRED_API_KEY = ErrorKind(401, "expired_api_key", "Expired API key")
 DISABLED_API_KEY = ErrorKind(401, "disabled_api_key", "Disabled API key")
+# a secret-scanning report (README "Leaked keys") unsigned, or not signed by a listed key
+INVALID_SIGNATURE = ErrorKind(401, "invalid_signature", "Invalid signature")
 INSUFFICIENT_PERMISSIONS = ErrorKind(403, "insufficient_permissions", "Insufficient permissions")
 RESOURCE_FORBIDDEN = ErrorKind(403, "resource_forbidden", "Resource forbidden")
 ORIGIN_NOT_ALLOWED = ErrorKind(403, "origin_not_allowed", "Origin not allowed")
@@ -85,6 +87,8 @@ AUTH_UNAVAILABLE = ErrorKind(503, "auth_unavailable", "Authentication unavailabl
 STORE_UNAVAILABLE = ErrorKind(503, "store_unavailable", "Key store unavailable")
 RATE_LIMIT_UNAVAILABLE = ErrorKind(503, "rate_limit_unavailable", "Rate limiting unavailable")
 UPSTREAM_TIMEOUT = ErrorKind(504, "upstream_timeout", "Upstream timeout")
+# the public keys of secret-scanning reports could not be fetched (and none are cached)
+SIGNING_KEYS_UNAVAILABLE = ErrorKind(503, "signing_keys_unavailable", "Signing keys unavailable")
 
 UNAUTHORIZED_KINDS = frozenset(
     {MISSING_API_KEY, INVALID_API_KEY, REVOKED_API_KEY, EXPIRED_API_KEY, DISABLED_API_KEY}

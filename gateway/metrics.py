@@ -107,6 +107,7 @@ class Metrics:
         self._declare_requests(registry)
         self._declare_refusals(registry)
         self._declare_dependencies(registry)
+        self._declare_secret_scanning(registry)
         self._request_tallies: dict[tuple[str, str, int], RequestTally] = {}
         self._histogram_tallies: dict[int, Tally] = {}  # by id() of the child they feed
         self._error_children: dict[tuple[str, str], tuple[Counter, ...]] = {}
@@ -239,6 +240,22 @@ class Metrics:
         self.invalidation_lag = Histogram(
             "gateway_invalidation_lag_seconds", "From a key change's commit to its eviction "
             "from this node's cache.", buckets=LAG_BUCKETS, registry=registry,
+        )
+
+    def _declare_secret_scanning(self, registry: CollectorRegistry) -> None:
+        self.leaked_tokens = Counter(
+            "gateway_secret_scanning_tokens", "Tokens in signed secret-scanning reports, by the "
+            "label answered (true_positive: one of our keys, revoked now if it was not yet; "
+            "false_positive) (README \"Leaked keys\").", ("label",), registry=registry,
+        )
+        self.refused_reports = Counter(
+            "gateway_secret_scanning_refused_reports", "Secret-scanning reports refused with "
+            "401 invalid_signature: unsigned, or not signed by a listed public key.",
+            registry=registry,
+        )
+        self.signing_key_fetches = Counter(
+            "gateway_secret_scanning_key_fetches", "Fetches of the public keys URL of "
+            "secret-scanning reports, by result (ok, failed).", ("result",), registry=registry,
         )
 
     # -- observed: called by the request path -----------------------------------------------

@@ -1,8 +1,9 @@
 """SIGHUP: re-read the config file and put it in force without dropping a connection.
 
 What changes live: ``routes`` (upstreams, limits, permissions, CORS ...), ``permissions``,
-``defaults``, ``plans``, ``default_plan``, ``drain_timeout``, ``trusted_proxies`` and
-``failed_auth``; the listeners' TLS certificate and key files are read again (the paths
+``defaults``, ``plans``, ``default_plan``, ``drain_timeout``, ``trusted_proxies``,
+``failed_auth`` and ``secret_scanning`` (its public keys file is read again, its fetched keys
+are dropped); the listeners' TLS certificate and key files are read again (the paths
 themselves, like the addresses, need a restart). The ``Reloader`` builds a new ``Pipeline`` from
 the new config and the process's open store, cache and limiter, and swaps it in: new requests
 get it, requests already running finish on the old one. A route whose upstream targets (and
@@ -38,7 +39,7 @@ log = logging.getLogger("gateway.reload")
 # Config fields a reload puts in force; every other field needs a restart (safe by default).
 LIVE = frozenset(
     {"source", "routes", "implies", "defaults", "plans", "default_plan", "drain_timeout",
-     "trusted_proxies", "failed_auth"}
+     "trusted_proxies", "failed_auth", "secret_scanning"}
 )
 REJECTED = "reload rejected, the running config stays in force: "
 SHOWN_WORKSPACES = 10  # named per plan in the log line; the rest are counted

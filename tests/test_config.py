@@ -318,7 +318,8 @@ CASES: dict[str, str] = {
     "unknown_top_key.yaml": (
         "route: unknown key (did you mean 'routes'? allowed: listen, admin_listen, workers, "
         "drain_timeout, database, redis, trusted_proxies, failed_auth, keys, permissions, "
-        "defaults, key_cache, key_store, limiter, logging, limits, usage, console, plans, "
+        "defaults, key_cache, key_store, limiter, logging, limits, usage, console, "
+        "secret_scanning, plans, "
         "default_plan, routes), got []"
     ),
     "missing_routes.yaml": "(top level): missing required key 'routes', got {'workers': 1}",
@@ -562,6 +563,17 @@ CASES: dict[str, str] = {
     "cors_bad_header.yaml": (
         "routes[0].cors.allow_headers[0]: must be a header name (an RFC 9110 token), "
         "got 'X Api Key'"
+    ),
+    "secret_scanning_not_a_url.yaml": (
+        "secret_scanning.github.public_keys: must be an https URL or a file path, "
+        "got 'ftp://keys.example.com/secret_scanning'"
+    ),
+    "secret_scanning_plain_http.yaml": (
+        "secret_scanning.github.public_keys: must be an https URL (plain http only to a "
+        "loopback host), got 'http://keys.example.com/secret_scanning'"
+    ),
+    "secret_scanning_no_public_keys.yaml": (
+        "secret_scanning.github: missing required key 'public_keys', got {'cache_ttl': 600}"
     ),
 }
 

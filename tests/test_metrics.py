@@ -47,6 +47,9 @@ def test_every_metric_is_declared_even_before_it_counts() -> None:
         "gateway_key_cache_stale_served": "counter",
         "gateway_key_cache_entries": "gauge",
         "gateway_invalidation_lag_seconds": "histogram",
+        "gateway_secret_scanning_tokens": "counter",
+        "gateway_secret_scanning_refused_reports": "counter",
+        "gateway_secret_scanning_key_fetches": "counter",
     }
 
 

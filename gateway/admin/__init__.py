@@ -4,7 +4,8 @@ no proxy stage ever wraps it and it is never reachable on the public port.
 Admin keys are ``key_type: admin`` keys: operator keys (no workspace) see everything; workspace
 admin keys see their workspace only, and anything else is a 404, never a 403.
 
-Every endpoint but ``/healthz``, ``/readyz`` and ``/metrics`` needs an admin key — the OpenAPI
+Every endpoint but ``/healthz``, ``/readyz``, ``/metrics`` and the secret-scanning report
+(signed by the scanner instead, ``gateway.admin.secret_scanning``) needs an admin key — the OpenAPI
 document included (see ``gateway.admin.openapi``). Request problems: a body that is not JSON is
 a 400 ``bad_request``; anything else wrong with the input (a body that is not an object,
 unknown or invalid fields, bad ``limit``/``include_revoked``/``cursor`` query values) is a 400
@@ -28,6 +29,7 @@ from gateway.admin import (
     keys,
     members,
     openapi,
+    secret_scanning,
     subscriptions,
     usage,
     workspaces,
@@ -36,8 +38,9 @@ from gateway.admin.auth import Authenticator, authentication, bearer_admin_key
 from gateway.admin.failure import continue_only, errors_middleware, hide_server
 from gateway.admin.query import query_allowlist
 from gateway.admin.route import Route
-from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES
+from gateway.admin.state import DRAINING, KEY_SERVICE, OPENAPI, SERVICES, SIGNING_KEYS
 from gateway.keys.service import KeyService
+from gateway.keys.signing_keys import SigningKeysHolder
 from gateway.services import Services
 
 __all__ = ["DRAINING", "PUBLIC_PATHS", "ROUTES", "Authenticator", "create_admin_app"]
@@ -50,6 +53,7 @@ ROUTES: tuple[Route, ...] = (
     *keys.ROUTES,
     *usage.ROUTES,  # a key's and a workspace's usage over time
     *audit.ROUTES,
+    *secret_scanning.ROUTES,  # open: GitHub signs its reports instead (README "Leaked keys")
     *openapi.ROUTES,  # the document of this table
     *health.ROUTES,  # healthz, readyz, metrics: open
 )
@@ -78,6 +82,7 @@ def create_admin_app(
     app[SERVICES] = services
     app[KEY_SERVICE] = key_service
     app[OPENAPI] = openapi.build_openapi(ROUTES)
+    app[SIGNING_KEYS] = SigningKeysHolder(services.metrics)
     app[DRAINING] = asyncio.Event()
     for route in ROUTES:
         if route.method == "GET":  # and HEAD, as aiohttp does

@@ -24,6 +24,7 @@ from gateway.admin.handler import json_response
 from gateway.admin.route import JSON, UNSCOPED, Reply, Route, Schema, ref
 from gateway.admin.state import OPENAPI
 from gateway.client_address import ALLOWED_IPS_MAX
+from gateway.keys.leaks import LABELS
 from gateway.keys.model import (
     ENFORCEMENTS,
     ENVIRONMENTS,
@@ -184,6 +185,36 @@ REFILL: Schema = {
                      "description": "at each UTC day's or month's start"},
     },
 }
+# README "Leaked keys"
+REPORT: Schema = {
+    "type": "array",
+    "description": "GitHub's secret-scanning partner payload: one entry per match",
+    "items": {
+        "type": "object",
+        "required": ["token", "type"],
+        "properties": {
+            "token": {"type": "string", "description": "the leaked token, as found"},
+            "type": {"type": "string", "description": "the name of the token's format"},
+            "url": {"type": ["string", "null"], "description": "where it was found"},
+            "source": {"type": ["string", "null"],
+                       "description": "content, commit, pull_request, npm, ..."},
+        },
+    },
+}
+LABELLED: Schema = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["token_hash", "token_type", "label"],
+        "properties": {
+            "token_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                           "description": "hex SHA-256 of the token"},
+            "token_type": {"type": "string"},
+            "label": {"type": "string", "enum": list(LABELS),
+                      "description": "true_positive: one of our keys (now revoked)"},
+        },
+    },
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Scope": SCOPE,
@@ -314,18 +345,21 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
 }
+SCHEMAS.update(SecretScanningReport=REPORT, SecretScanningLabels=LABELLED)
 for _item in ("Workspace", "Project", "Namespace", "Member", "AuditEvent"):
     SCHEMAS[f"{_item}List"] = _object({"results": {"type": "array", "items": ref(_item)},
                                        "total": {"type": "integer", "minimum": 0}})
 
 ERRORS = {
     "400": "validation_error (with `errors`) or bad_request (body not JSON)",
-    "401": "missing_api_key or invalid_api_key (unknown, revoked, expired or disabled admin key)",
+    "401": "missing_api_key or invalid_api_key (unknown, revoked, expired or disabled admin key); "
+           "invalid_signature: a secret-scanning report unsigned or not signed by a listed key",
     "403": "insufficient_permissions: the key is not an admin key",
     "404": "not_found: no such object, or one outside the caller's workspace; "
            "member_not_found: no such member in the workspace",
     "409": "conflict or key_limit_reached",
-    "503": "store_unavailable: the key store is unreachable",
+    "503": "store_unavailable: the key store is unreachable; signing_keys_unavailable: the "
+           "public keys of secret-scanning reports cannot be fetched",
 }
 
 
@@ -346,7 +380,7 @@ def _operation(route: Route) -> Schema:
     operation: Schema = {
         "summary": route.summary,
         "operationId": route.operation_id or _snake(route.summary),
-        "parameters": list(route.query),
+        "parameters": [*route.query, *route.headers],
         "responses": {**replies, **{code: _problem(ERRORS[code]) for code in sorted(route.errors)}},
     }
     if route.body is not None:

@@ -44,9 +44,10 @@ class Route:
     replies: tuple[Reply, ...]
     body: str | None = None  # the components schema of the JSON request body
     query: tuple[Schema, ...] = ()  # the query parameters: documented, and the only ones taken
+    headers: tuple[Schema, ...] = ()  # request headers it reads, documented
     errors: tuple[str, ...] = READ
     operation_id: str = ""  # "": the summary in snake case
-    public: bool = False  # no admin key: load balancers, scrapers carry none (README)
+    public: bool = False  # no admin key: load balancers, scrapers, GitHub carry none (README)
 
 
 def returns(status: int, schema: str) -> tuple[Reply, ...]:
@@ -56,4 +57,10 @@ def returns(status: int, schema: str) -> tuple[Reply, ...]:
 
 def query_param(name: str, schema: Schema, description: str) -> Schema:
     return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def header_param(name: str, description: str) -> Schema:
+    """A header the endpoint needs: documented as required (without it: 401)."""
+    return {"name": name, "in": "header", "required": True, "schema": {"type": "string"},
             "description": description}

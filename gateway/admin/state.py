@@ -10,11 +10,14 @@ from aiohttp import web
 
 from gateway.keys.model import KeyRecord
 from gateway.keys.service import KeyService
+from gateway.keys.signing_keys import SigningKeysHolder
 from gateway.services import Services
 
 SERVICES = web.AppKey("services", Services)
 KEY_SERVICE = web.AppKey("key_service", KeyService)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+# the public keys of secret-scanning reports in force (README "Leaked keys")
+SIGNING_KEYS = web.AppKey("signing_keys", SigningKeysHolder)
 # set by the server on SIGTERM: /readyz answers 503 from then on, so load balancers move away
 DRAINING = web.AppKey("draining", asyncio.Event)
 

@@ -5,6 +5,7 @@
     parsers.py  the small typed parsers (integers, choices, addresses, URLs ...)
     plans.py    the plans mapping and the rule that default_plan names one of them
     routes.py   a route's parsers and the rules that span its keys
+    scanning.py where the public keys of secret-scanning reports come from (a file or a URL)
     load.py     load_config / parse_config: YAML, ${VAR} interpolation, GATEWAY_* overrides
 """
 
@@ -14,6 +15,7 @@ from gateway.config.model import Config as Config
 from gateway.config.model import ConsoleConfig as ConsoleConfig
 from gateway.config.model import CorsConfig as CorsConfig
 from gateway.config.model import Defaults as Defaults
+from gateway.config.model import GithubScanningConfig as GithubScanningConfig
 from gateway.config.model import HealthConfig as HealthConfig
 from gateway.config.model import KeyCacheConfig as KeyCacheConfig
 from gateway.config.model import KeysConfig as KeysConfig
@@ -26,6 +28,7 @@ from gateway.config.model import QuotaConfig as QuotaConfig
 from gateway.config.model import RateLimit as RateLimit
 from gateway.config.model import RouteConfig as RouteConfig
 from gateway.config.model import RouteRateLimit as RouteRateLimit
+from gateway.config.model import SecretScanningConfig as SecretScanningConfig
 from gateway.config.model import UsageConfig as UsageConfig
 from gateway.config.parsers import Listen as Listen
 from gateway.config.routes import DEFAULT_OPERATIONS as DEFAULT_OPERATIONS

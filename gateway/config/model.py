@@ -22,6 +22,7 @@ from gateway.config.routes import (
     scope_operations,
     upstream_urls,
 )
+from gateway.config.scanning import PublicKeysSource, public_keys_source
 from gateway.config.section import option, required, section, subsection
 
 
@@ -161,6 +162,28 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GithubScanningConfig:
+    """GitHub's secret-scanning reports (README "Leaked keys"): ``public_keys`` is a file or a
+    URL (``gateway.config.scanning``); for a URL, in seconds: ``cache_ttl`` fetched keys are
+    kept, ``fetch_timeout`` of one fetch, and ``refetch_interval``, the least time between two
+    fetches when a report names a key identifier that is not among them (or a fetch failed),
+    so forged identifiers cannot make the gateway hammer the URL."""
+
+    public_keys: PublicKeysSource = required(public_keys_source)
+    cache_ttl: float = option(3600.0, parsers.positive_number)
+    fetch_timeout: float = option(5.0, parsers.positive_number)
+    refetch_interval: float = option(60.0, parsers.positive_number)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretScanningConfig:
+    """Leaked-key reports from secret scanners (README "Leaked keys"); None: the endpoint of
+    that scanner answers 404."""
+
+    github: GithubScanningConfig | None = option(None, section(GithubScanningConfig))
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     rate_limit: RateLimit = option(RateLimit(100, 60.0), section(RateLimit))
     max_concurrent: int | None = option(10, parsers.nullable(parsers.count))
@@ -276,6 +299,7 @@ class Config:
     limits: LimitsConfig = subsection(LimitsConfig)
     usage: UsageConfig = subsection(UsageConfig)
     console: ConsoleConfig = subsection(ConsoleConfig)
+    secret_scanning: SecretScanningConfig = subsection(SecretScanningConfig)
     plans: Mapping[str, PlanConfig] = option({}, plan_table(PlanConfig))
     default_plan: str | None = option(None, parsers.string)  # for workspaces without one
     routes: tuple[RouteConfig, ...] = required(route_table(RouteConfig), kw_only=True)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -61,6 +63,13 @@ def is_well_formed(key: str, prefixes: frozenset[str]) -> bool:
     if not (tail.isascii() and tail.isalnum()):  # ASCII letters and digits: base62
         return False
     return checksum(key[: -CHECKSUM_LEN]) == tail[RANDOM_LEN:]
+
+
+def scanner_pattern(prefixes: Iterable[str]) -> str:
+    """The regular expression a secret scanner registers to find these prefixes' keys
+    (README "Leaked keys"); a match is one of ours only when ``is_well_formed`` says so."""
+    alternatives = "|".join(re.escape(prefix) for prefix in sorted(prefixes))
+    return rf"\b(?:{alternatives})_[0-9A-Za-z]{{{RANDOM_LEN + CHECKSUM_LEN}}}\b"
 
 
 class KeyHasher:

@@ -7,7 +7,7 @@ hash so this process's cache drops it at once (other processes follow the change
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -230,13 +230,16 @@ class KeyService:
         return updated
 
     async def revoke_key(
-        self, key_id: str, actor: str | None, workspace_id: str | None = None
+        self, key_id: str, actor: str | None, workspace_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> KeyRecord:
+        """``details``: why, for the audit event (a leak's URL, README "Leaked keys")."""
         current = await self.get_key(key_id, workspace_id)
         if current.status == "revoked":
             return current
         changes = {"status": "revoked", "revoked_at": utcnow(), "revoked_by": actor}
-        return await self._change(current, changes, actor, "key.revoke", {"status": "revoked"})
+        return await self._change(current, changes, actor, "key.revoke",
+                                  {"status": "revoked", **(details or {})})
 
     async def disable_key(
         self, key_id: str, actor: str | None, workspace_id: str | None = None

@@ -6,20 +6,25 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from gateway.admin import ROUTES
+from gateway.admin import PUBLIC_PATHS, ROUTES
 from gateway.admin.openapi import build_openapi
 from gateway.app import create_admin
 from tests.admin.conftest import Admin, workspace_admin
 from tests.conftest import Gateway, bearer
 
 OPEN = {"/healthz", "/readyz", "/metrics"}
+SIGNED = {"/admin/v1/secret-scanning/github"}  # GitHub's signature instead (README "Leaked keys")
 DOCUMENT = build_openapi(ROUTES)
 PROTECTED = sorted(
     (method.upper(), path)
     for path, item in DOCUMENT["paths"].items()
     for method in item
-    if method != "parameters" and path not in OPEN
+    if method != "parameters" and path not in OPEN | SIGNED
 )
+
+
+def test_only_health_metrics_and_the_signed_report_skip_the_admin_key() -> None:
+    assert PUBLIC_PATHS == OPEN | SIGNED
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
@@ -46,7 +51,8 @@ async def test_the_document_lists_exactly_the_routes_of_the_app(gateway: Gateway
         if route.method != "HEAD" and route.resource is not None
         and not route.resource.canonical.startswith("/console/")  # the mounted web console
     }
-    documented = {(m, p) for m, p in PROTECTED} | {("GET", p) for p in OPEN}
+    documented = ({(m, p) for m, p in PROTECTED} | {("GET", p) for p in OPEN}
+                  | {("POST", p) for p in SIGNED})
     assert routes == documented
 
 
