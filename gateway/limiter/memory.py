@@ -6,7 +6,7 @@ else before anything is counted, so a refused request spends nothing. Credits ar
 per budget, synced from the key's stored ``Credits`` (``_balance``) and spent last.
 
 A bucket is kept by its route's algorithm (README "Algorithms"): ``Log``, the admission times of
-the last ``window`` seconds in a deque, so the count in any window never exceeds the limit and a
+the last ``window`` seconds in an array, so the count in any window never exceeds the limit and a
 client under its limit is never refused (memory O(limit) floats, 8 bytes each); or ``Counter``,
 two fixed windows' counts (constant memory, approximate). Idle buckets are dropped by ``sweep``.
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 
 from gateway.keys.model import Credits
@@ -39,20 +40,29 @@ LEASE = "local"  # in-process slots are counted, not named
 
 
 class Log:
-    """The exact sliding log: the admission times of the last ``window`` seconds."""
+    """The exact sliding log: the admission times of the last ``window`` seconds, oldest first,
+    in an ``array`` of doubles from ``start`` on. Not a deque of floats: a generous limit keeps
+    hundreds of thousands of times (60 s at 10k requests/s), and an array holds them in 8 bytes
+    each, outside the garbage collector's reach (a deque is a container every full collection
+    walks, item by item), found by bisection rather than one pop per expired time."""
 
-    __slots__ = ("entries", "window")
+    __slots__ = ("entries", "start", "window")
 
     def __init__(self, window: float) -> None:
-        self.entries: deque[float] = deque()
+        self.entries = array("d")
+        self.start = 0  # entries before it have left the window
         self.window = window
 
     def used(self, now: float) -> int:
         entries = self.entries
-        cutoff = now - self.window
-        while entries and entries[0] <= cutoff:
-            entries.popleft()
-        return len(entries)
+        start = bisect_right(entries, now - self.window, self.start)
+        end = len(entries)
+        if start > 4096 and start * 2 > end:  # drop what left the window: amortised O(1)
+            del entries[:start]
+            end -= start
+            start = 0
+        self.start = start
+        return end - start
 
     def wait(self, limit: int, now: float) -> float:
         """Seconds until one more fits (it does not now): the ``limit``-th newest leaves."""
@@ -61,13 +71,15 @@ class Log:
 
     def reset(self, now: float) -> float:
         entries = self.entries
-        return entries[0] + self.window - now if entries else self.window
+        return entries[self.start] + self.window - now if len(entries) > self.start \
+            else self.window
 
     def add(self, now: float) -> None:
         self.entries.append(now)
 
     def is_idle(self, now: float) -> bool:
-        return not self.entries or self.entries[-1] <= now - self.window
+        entries = self.entries
+        return len(entries) <= self.start or entries[-1] <= now - self.window
 
 
 class Counter:

@@ -144,3 +144,22 @@ async def test_credits_refill_at_the_utc_boundary(clock: Clock) -> None:
     assert (await limiter.admit("m", "", 100, 60, None, credits=monthly)).no_credits
     wall.now += 1
     assert (await limiter.admit("m", "", 100, 60, None, credits=monthly)).credits == 4
+
+
+def test_a_long_log_drops_what_left_its_window_and_keeps_its_answers() -> None:
+    """The sliding log keeps its times in an array from ``start`` on and drops the expired part
+    once it is most of the array: the counts, the wait and the reset are those of the times
+    still inside the window, before and after the drop."""
+    from gateway.limiter.memory import Log
+
+    log = Log(1.0)
+    times = [i / 1000 for i in range(10_000)]  # 0.000 .. 9.999
+    for moment in times:
+        log.add(moment)
+    assert log.used(1.5) == 9499  # every time after 0.5
+    assert log.start == 501 and len(log.entries) == 10_000  # not yet worth dropping
+    assert log.used(9.0) == 1999  # (8.0, 9.999]
+    assert log.start == 0 and len(log.entries) == 1999  # the expired 8001 are gone
+    assert log.reset(9.0) == pytest.approx(8.001 + 1.0 - 9.0)
+    assert log.wait(1999, 9.0) == pytest.approx(8.001 + 1.0 - 9.0)  # the oldest must leave
+    assert log.used(11.0) == 0 and log.is_idle(11.0) and log.reset(11.0) == 1.0
