@@ -121,6 +121,23 @@ def counted(pid: int, directory: Path, port: int, path: str, headers: dict[str, 
     return int(summary.split()[1]) / count
 
 
+def serve_under_callgrind(repo: Path, cfg: Path, directory: Path, env: dict[str, str],
+                          upstream: int, admin: int) -> subprocess.Popen[bytes]:
+    """``gateway serve`` under callgrind, once it and the echo upstream answer (its dumps go to
+    ``directory``)."""
+    served = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.out",
+         *gateway(cfg, "serve")],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(upstream, "/", 60)
+        wait_http(admin, "/healthz", 300)
+    except BaseException:
+        served.terminate()
+        raise
+    return served
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parent.parent,
@@ -149,13 +166,8 @@ def main() -> int:
         paying = cli(repo, cfg, "keys", "create", "--workspace", workspace["id"], "--name", "c",
                      "--permission", "read", "--credits", "1000000000",
                      ).strip().splitlines()[-1] if args.credits else None
-        served = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.out",
-             *gateway(cfg, "serve")],
-            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        served = serve_under_callgrind(repo, cfg, directory, env, upstream, admin)
         try:
-            wait_http(upstream, "/", 60)
-            wait_http(admin, "/healthz", 300)
             bearer = {"Authorization": f"Bearer {key}"}
             send(port, "/open/x", {}, 200)  # warm: caches, the key, code paths
             send(port, "/api/x", bearer, 200)

@@ -23,7 +23,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from instructions import HOST, cli, config, counted, free_port, gateway, send, wait_http, with_plan
+from instructions import (
+    HOST,
+    cli,
+    config,
+    counted,
+    free_port,
+    send,
+    serve_under_callgrind,
+    with_plan,
+)
 
 
 def main() -> int:
@@ -63,13 +72,8 @@ def main() -> int:
         cases = {"api": ("/api/x", keys["api"]), "pinned": ("/api/x", keys["pinned"]),
                  "shadow_route": ("/shadowed/x", keys["api"]),
                  "shadow_key": ("/api/x", keys["shadow_key"])}
-        served = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.out",
-             *gateway(cfg, "serve")],
-            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        served = serve_under_callgrind(repo, cfg, directory, env, upstream, admin)
         try:
-            wait_http(upstream, "/", 60)
-            wait_http(admin, "/healthz", 300)
             for path, plaintext in cases.values():  # warm: caches, keys, code paths
                 send(port, path, {"Authorization": f"Bearer {plaintext}"}, 200)
             results = {name: counted(served.pid, directory, port, path,

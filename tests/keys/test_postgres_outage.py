@@ -98,6 +98,27 @@ async def timed_get(
         return response.status, data, elapsed
 
 
+async def new_keys(
+    session: aiohttp.ClientSession, admin_url: str, token: str, names: list[str]
+) -> tuple[str, list[str]]:
+    """A new workspace and one key per name in it, through the admin API: its id and the
+    keys' plaintexts."""
+    auth = {"Authorization": f"Bearer {token}"}
+    async with session.post(
+        f"{admin_url}/admin/v1/workspaces", json={"name": "outage"}, headers=auth
+    ) as response:
+        workspace = await response.json()
+    keys = []
+    for name in names:
+        async with session.post(
+            f"{admin_url}/admin/v1/workspaces/{workspace['id']}/keys", json={"name": name},
+            headers=auth,
+        ) as response:
+            assert response.status == 201
+            keys.append((await response.json())["key"])
+    return workspace["id"], keys
+
+
 @pytest.mark.slow
 async def test_outage_and_recovery(
     private_pg: PrivatePostgres, tmp_path: Path, upstream: Upstream
@@ -112,20 +133,9 @@ async def test_outage_and_recovery(
         node.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await node.wait_ready(session)
+            workspace_id, keys = await new_keys(session, node.admin_url, token,
+                                                ["cached", "uncached"])
             auth = {"Authorization": f"Bearer {token}"}
-            async with session.post(
-                f"{node.admin_url}/admin/v1/workspaces", json={"name": "o"}, headers=auth
-            ) as response:
-                workspace = await response.json()
-            keys = []
-            for name in ("cached", "uncached"):
-                async with session.post(
-                    f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys",
-                    json={"name": name},
-                    headers=auth,
-                ) as response:
-                    assert response.status == 201
-                    keys.append((await response.json())["key"])
             cached = {"Authorization": f"Bearer {keys[0]}"}
             uncached = {"Authorization": f"Bearer {keys[1]}"}
             api = f"{node.url}/api/x"
@@ -145,7 +155,7 @@ async def test_outage_and_recovery(
                 assert status == 503
                 worst = max(worst, elapsed)
                 status, body, elapsed = await timed_get(  # the admin API: 503, never 401
-                    session, f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys", auth
+                    session, f"{node.admin_url}/admin/v1/workspaces/{workspace_id}/keys", auth
                 )
                 assert status == 503 and body is not None, (status, body)
                 assert body["code"] == "store_unavailable", body
@@ -167,7 +177,7 @@ async def test_outage_and_recovery(
 
             # the change listener is back too: a revocation still lands at once
             async with session.get(
-                f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys", headers=auth
+                f"{node.admin_url}/admin/v1/workspaces/{workspace_id}/keys", headers=auth
             ) as response:
                 listed = (await response.json())["results"]
             cached_id = next(k["key_id"] for k in listed if k["name"] == "cached")
@@ -228,18 +238,7 @@ async def test_black_holed_postgres(
         node.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await node.wait_ready(session)
-            auth = {"Authorization": f"Bearer {token}"}
-            async with session.post(
-                f"{node.admin_url}/admin/v1/workspaces", json={"name": "bh"}, headers=auth
-            ) as response:
-                workspace = await response.json()
-            keys = []
-            for i in range(4):
-                async with session.post(
-                    f"{node.admin_url}/admin/v1/workspaces/{workspace['id']}/keys",
-                    json={"name": f"k{i}"}, headers=auth,
-                ) as response:
-                    keys.append((await response.json())["key"])
+            _, keys = await new_keys(session, node.admin_url, token, [f"k{i}" for i in range(4)])
             warm, cold = keys[0], keys[1:]
             api = f"{node.url}/api/x"
             assert (await timed_get(session, api, {"Authorization": f"Bearer {warm}"}))[0] == 200
