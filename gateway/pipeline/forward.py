@@ -13,6 +13,7 @@ that was authorized.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
@@ -366,7 +367,8 @@ async def respond(
         written = write_whole(request, upstream, headers, body, exchange.limit_lines)
         if written is not None:
             if transport_backlog(request):
-                await request.writer.drain()  # a client slow to read: wait as aiohttp would
+                with contextlib.suppress(ConnectionError):  # gone: as aiohttp's write_eof
+                    await request.writer.drain()  # a client slow to read: wait as aiohttp does
             return written
     every = CIMultiDict(headers)
     if exchange.limit_lines:
