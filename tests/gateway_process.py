@@ -249,3 +249,15 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -
     while not await condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+class Admin:
+    """A node's admin API with one admin key: (status, JSON body) per call."""
+
+    def __init__(self, session: aiohttp.ClientSession, node: GatewayProcess, token: str) -> None:
+        self.session, self.node, self.auth = session, node, {"Authorization": f"Bearer {token}"}
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.request(method, self.node.admin_url + path, json=body,
+                                        headers=self.auth) as response:
+            return response.status, await response.json()

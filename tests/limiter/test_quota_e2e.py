@@ -16,21 +16,11 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import start_site
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import Admin, GatewayProcess
 from tests.limiter.conftest import REDIS_URL, require_redis
 
 QUOTA = 37
 PLANS = {"small": {"quota": {"day": QUOTA}}, "big": {"quota": {"day": 100_000}}}
-
-
-class Admin:
-    def __init__(self, session: aiohttp.ClientSession, node: GatewayProcess, token: str) -> None:
-        self.session, self.node, self.auth = session, node, {"Authorization": f"Bearer {token}"}
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self.session.request(method, self.node.admin_url + path, json=body,
-                                        headers=self.auth) as response:
-            return response.status, await response.json()
 
 
 async def proxied(session: aiohttp.ClientSession, node: GatewayProcess,
