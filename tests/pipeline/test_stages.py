@@ -120,3 +120,73 @@ def test_request_id(given: str, kept: bool) -> None:
     picked = pick_request_id(request({"X-Request-Id": given}))  # type: ignore[arg-type]
     assert (picked == given) is kept
     assert picked
+
+
+def router(**limits: object) -> tuple[object, object]:
+    """The routing front stage over two routes, and the services it was built from."""
+    from types import SimpleNamespace
+
+    from gateway.pipeline import match
+
+    config = parse_config({
+        "limits": limits,
+        "routes": [{"name": "api", "path": "/api/{id}/", "upstream": "http://u"},
+                   {"name": "open", "path": "/open/", "upstream": "http://u", "auth": "none"}],
+    }, "t.yaml", {})
+    services = SimpleNamespace(config=config, prefixes=frozenset(config.keys.prefixes.values()))
+    return match.build(services), services  # type: ignore[arg-type]
+
+
+def routed(route: object, target: str, headers: dict[str, str] | None = None) -> object:
+    from gateway.exchange import Exchange
+
+    exchange = Exchange(request(headers or {}, target))  # type: ignore[arg-type]
+    route(exchange)  # type: ignore[operator]
+    return exchange
+
+
+def test_a_request_target_resolves_once() -> None:
+    route, _ = router()
+    first = routed(route, "/api/r1/./x?q=1")
+    again = routed(route, "/api/r1/./x?q=1")
+    assert (again.path, again.query) == (first.path, first.query) == ("/api/r1/x", "q=1")
+    assert again.match is first.match and again.match.params == {"id": "r1"}
+    assert "/api/r1/./x?q=1" in route.remembered
+    assert routed(route, "/open/y").match.route.name == "open"  # another target: its own
+
+
+def test_a_key_shaped_target_is_never_remembered() -> None:
+    from gateway.keys.model import generate_key
+
+    route, services = router()
+    token = generate_key(next(iter(services.prefixes)))
+    in_query = routed(route, f"/api/r1/x?k={token}&q=1")
+    assert in_query.query == "q=1"  # the key is never forwarded
+    in_path = routed(route, f"/api/{token}/x")
+    assert in_path.match.params == {"id": token}
+    assert route.remembered == {}  # neither target outlives its request
+
+
+def test_remembered_targets_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.pipeline import match
+
+    monkeypatch.setattr(match, "REMEMBERED", 3)
+    route, _ = router()
+    for n in range(10):
+        routed(route, f"/api/r{n}/x")
+    assert 0 < len(route.remembered) <= 3
+    routed(route, "/api/" + "r" * 600 + "/x")  # past REMEMBERED_LENGTH: resolved, not kept
+    assert all(len(target) <= match.REMEMBERED_LENGTH for target in route.remembered)
+
+
+def test_header_checks() -> None:
+    route, _ = router(max_header_bytes=1024, max_header_line_bytes=256)
+    with pytest.raises(GatewayError) as caught:
+        routed(route, "/open/", {"X_User_Id": "u"})
+    assert caught.value.kind.code == "bad_request"
+    few = {f"X-H{n}": "v" * 200 for n in range(4)}  # 4 lines of 256 at most: never too many
+    assert routed(route, "/open/", few).match is not None
+    many = {f"X-H{n}": "v" * 200 for n in range(6)}  # 6 x 210 bytes > 1024
+    with pytest.raises(GatewayError) as caught:
+        routed(route, "/open/", many)
+    assert caught.value.kind.code == "headers_too_large"
