@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable
+from operator import itemgetter
 from time import perf_counter
+from typing import NamedTuple
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
@@ -83,6 +85,8 @@ NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-request-id", "server"}
 SMALL_BODY = 64 * 1024  # read whole and answered in one write below this size
 CLIENT_CHECK = 0.25  # seconds between checks that the client is still connected
 
+_name = itemgetter(0)
+
 
 def connection_named(values: list[str]) -> set[str]:
     names: set[str] = set()
@@ -147,38 +151,61 @@ def identity_headers(exchange: Exchange) -> list[tuple[str, str]]:
     return headers
 
 
+class Returned(NamedTuple):
+    """What the header rules make of one list of upstream header names, beside one set of the
+    gateway's own (``returned_plan``): the same from response to response of an upstream, so
+    worked out once per such pair."""
+
+    kept: tuple[int, ...]  # the positions of the upstream's headers that are returned
+    connection: tuple[int, ...]  # of its Connection headers: what their values name is dropped
+    vary: bool  # it sent a Vary and so does the gateway: the two are merged
+    dated: bool  # it sent a Date
+    typed: bool  # ... and a Content-Type
+
+
+@functools.lru_cache(maxsize=1024)
+def returned_plan(
+    names: tuple[str, ...], own: tuple[str, ...], limit_names: frozenset[str], owns_cors: bool
+) -> Returned:
+    owned = {canonical(name) for name in own} | limit_names
+    folded = [canonical(name) for name in names]
+    kept = tuple(
+        i for i, name in enumerate(folded)
+        if name not in NOT_RETURNED and name not in owned
+        and not (owns_cors and name.startswith("access-control-"))
+    )
+    connection = tuple(i for i, name in enumerate(folded) if name == "connection")
+    return Returned(kept, connection, "vary" in folded and "vary" in owned, "date" in folded,
+                    "content-type" in folded)
+
+
+# what a Connection header may say without naming another header to drop
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+
+
 def returned_headers(
     upstream: UpstreamResponse, exchange: Exchange, owns_cors: bool = False
-) -> list[tuple[str, str]]:
+) -> tuple[list[tuple[str, str]], Returned]:
     """The upstream's response headers by rule, then the gateway's own (``exchange``'s), which
     replace any the upstream sent under the same names. On a route with ``cors`` the gateway
     owns every ``Access-Control-*`` header, so an origin outside its list never gets an allow
-    header."""
+    header. With the plan they were picked by."""
     own = exchange.response_headers
-    owned = {canonical(name) for name in own}
-    owned |= exchange.limit_names  # the limit lines come with a whole write, or below
-    kept: list[tuple[str, str]] = []
-    named: list[str] = []  # what the upstream's Connection headers name, dropped too
-    vary: list[str] = []  # the upstream's Vary, when ours replaces it: merged below
-    for name, value in upstream.headers:
-        folded = canonical(name)
-        if folded in NOT_RETURNED or folded in owned:
-            if folded == "connection":
-                named.append(value)
-            elif folded == "vary":
-                vary.append(value)
-            continue
-        if owns_cors and folded.startswith("access-control-"):
-            continue
-        kept.append((name, value))
-    if named:
+    headers = upstream.headers
+    plan = returned_plan(tuple(map(_name, headers)), tuple(own), exchange.limit_names,
+                         owns_cors)
+    named = [headers[i][1] for i in plan.connection]
+    if named and not _PLAIN_CONNECTION.issuperset(connection_named(named)):
         hops = connection_named(named)
-        kept = [(name, value) for name, value in kept if canonical(name) not in hops]
+        kept = [headers[i] for i in plan.kept if canonical(headers[i][0]) not in hops]
+    else:
+        kept = [headers[i] for i in plan.kept]
     kept.extend(own.items())
-    if vary:  # both vary: the response varies on the union, not on ours alone
+    if plan.vary:  # both vary: the response varies on the union, not on ours alone
+        theirs = [value for name, value in headers if canonical(name) == "vary"]
         kept = [(n, v) for n, v in kept if canonical(n) != "vary"]
-        kept.append(("Vary", merge_vary([*vary, own["Vary"]])))
-    return kept
+        kept.append(("Vary", merge_vary([*theirs, own["Vary"]])))
+    return kept, plan
 
 
 def merge_vary(values: list[str]) -> str:
@@ -325,10 +352,11 @@ NO_BODY = frozenset({204, 304})
 
 def write_whole(
     request: web.BaseRequest, upstream: UpstreamResponse, headers: list[tuple[str, str]],
-    body: bytes, lines: str = "",
+    plan: Returned, body: bytes, lines: str = "",
 ) -> WrittenResponse | None:
-    """An HTTP/1.1 response with its whole body in hand (``headers``: ``returned_headers``;
-    ``lines``: more, already joined, ``Exchange.limit_lines``), written in one transport
+    """An HTTP/1.1 response with its whole body in hand (``headers`` and ``plan``:
+    ``returned_headers``; ``lines``: more, already joined, ``Exchange.limit_lines``), written in
+    one transport
     write, as aiohttp would have framed it: ``Content-Length``, a ``Date`` and a
     ``Content-Type`` when the upstream sent none (the gateway's own headers never are either),
     ``Connection: close`` when the connection ends after it. None when aiohttp must frame it
@@ -340,9 +368,8 @@ def write_whole(
     if (request.version != HttpVersion11 or status < 200 or status in NO_BODY
             or transport is None or transport.is_closing()):
         return None
-    sent = {canonical(name) for name, _ in upstream.headers}
-    extra = "" if "date" in sent else f"\r\nDate: {rfc822_formatted_time()}"
-    if body and "content-type" not in sent:
+    extra = "" if plan.dated else f"\r\nDate: {rfc822_formatted_time()}"
+    if body and not plan.typed:
         extra += "\r\nContent-Type: application/octet-stream"
     keep_alive = request.keep_alive
     close = "" if keep_alive else "\r\nConnection: close"
@@ -359,12 +386,12 @@ async def respond(
     exchange: Exchange, upstream: UpstreamResponse, owns_cors: bool = False
 ) -> web.StreamResponse:
     request = exchange.request
-    headers = returned_headers(upstream, exchange, owns_cors)
+    headers, plan = returned_headers(upstream, exchange, owns_cors)
     length = upstream.content_length
     body: bytes | None = None
     if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
         body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
-        written = write_whole(request, upstream, headers, body, exchange.limit_lines)
+        written = write_whole(request, upstream, headers, plan, body, exchange.limit_lines)
         if written is not None:
             if transport_backlog(request):
                 with contextlib.suppress(ConnectionError):  # gone: as aiohttp's write_eof
