@@ -328,13 +328,22 @@ class UpstreamResponse:
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} {self.reason}>"
 
+    def read_now(self) -> bytes | None:
+        """The whole body when it is all here already (the usual small response), the
+        connection released; else None, and nothing read."""
+        conn = self._live()
+        if not conn.msg_done:
+            return None
+        data = conn.take() if conn.chunks else b""
+        self.release()
+        return data
+
     async def read(self) -> bytes:
         """The whole body; the connection is released afterwards."""
+        whole = self.read_now()
+        if whole is not None:
+            return whole
         conn = self._live()
-        if conn.msg_done:  # the usual small response: it is all here already
-            data = conn.take() if conn.chunks else b""
-            self.release()
-            return data
         parts: list[bytes] = []
         while True:
             if conn.chunks:

@@ -246,8 +246,7 @@ async def counted_body(request: web.Request, limit: int) -> AsyncIterator[bytes]
 async def request_body(
     request: web.Request, limit: int
 ) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
-    if not request.body_exists:
-        return None, None
+    """A request with a body (``body_exists``): the body whole when small, else a stream."""
     length = request.content_length
     if length is not None and length > limit:
         raise GatewayError(PAYLOAD_TOO_LARGE, f"the request body exceeds {limit} bytes")
@@ -350,24 +349,29 @@ class WrittenResponse(web.StreamResponse):
 NO_BODY = frozenset({204, 304})
 
 
+def writes_whole(request: web.BaseRequest, status: int) -> bool:
+    """Whether ``write_whole`` may answer: HTTP/1.1, a status with a body, a transport open."""
+    transport = request.transport
+    return (request.version == HttpVersion11 and status >= 200 and status not in NO_BODY
+            and transport is not None and not transport.is_closing())
+
+
 def write_whole(
     request: web.BaseRequest, upstream: UpstreamResponse, headers: list[tuple[str, str]],
     plan: Returned, body: bytes, lines: str = "",
-) -> WrittenResponse | None:
+) -> WrittenResponse:
     """An HTTP/1.1 response with its whole body in hand (``headers`` and ``plan``:
     ``returned_headers``; ``lines``: more, already joined, ``Exchange.limit_lines``), written in
     one transport
     write, as aiohttp would have framed it: ``Content-Length``, a ``Date`` and a
     ``Content-Type`` when the upstream sent none (the gateway's own headers never are either),
-    ``Connection: close`` when the connection ends after it. None when aiohttp must frame it
-    instead: HTTP/1.0, a status without a body, or no transport left. No header can hold a CR
+    ``Connection: close`` when the connection ends after it; only where ``writes_whole`` says
+    so (aiohttp frames the rest: HTTP/1.0, a status without a body). No header can hold a CR
     or LF: llhttp refuses them from the upstream (README "Security and reliability"), and the
     gateway's own values are numbers, ids and validated config."""
     transport = request.transport
+    assert transport is not None  # writes_whole said so
     status = upstream.status
-    if (request.version != HttpVersion11 or status < 200 or status in NO_BODY
-            or transport is None or transport.is_closing()):
-        return None
     extra = "" if plan.dated else f"\r\nDate: {rfc822_formatted_time()}"
     if body and not plan.typed:
         extra += "\r\nContent-Type: application/octet-stream"
@@ -382,21 +386,48 @@ def write_whole(
     return WrittenResponse(status, upstream.reason, keep_alive, len(body), headers, lines)
 
 
+def whole_body(request: web.BaseRequest, upstream: UpstreamResponse) -> bool:
+    """A response small enough to be read whole and answered in one write."""
+    length = upstream.content_length
+    return request.method != "HEAD" and length is not None and length <= SMALL_BODY
+
+
+def respond_now(
+    exchange: Exchange, upstream: UpstreamResponse, owns_cors: bool
+) -> WrittenResponse | None:
+    """The usual answer without a wait: a small body already all in, written whole at once;
+    else None, with nothing read (``respond`` answers)."""
+    request = exchange.request
+    if not (whole_body(request, upstream) and writes_whole(request, upstream.status)):
+        return None
+    body = upstream.read_now()
+    if body is None:
+        return None
+    headers, plan = returned_headers(upstream, exchange, owns_cors)
+    return write_whole(request, upstream, headers, plan, body, exchange.limit_lines)
+
+
+async def drained(request: web.BaseRequest) -> None:
+    """Wait as aiohttp does for a client slow to read what was written."""
+    if transport_backlog(request):
+        with contextlib.suppress(ConnectionError):  # gone: as aiohttp's write_eof
+            await request.writer.drain()
+
+
 async def respond(
     exchange: Exchange, upstream: UpstreamResponse, owns_cors: bool = False
 ) -> web.StreamResponse:
     request = exchange.request
-    headers, plan = returned_headers(upstream, exchange, owns_cors)
-    length = upstream.content_length
     body: bytes | None = None
-    if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
+    if whole_body(request, upstream):
         body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
-        written = write_whole(request, upstream, headers, plan, body, exchange.limit_lines)
-        if written is not None:
-            if transport_backlog(request):
-                with contextlib.suppress(ConnectionError):  # gone: as aiohttp's write_eof
-                    await request.writer.drain()  # a client slow to read: wait as aiohttp does
+        if writes_whole(request, upstream.status):
+            headers, plan = returned_headers(upstream, exchange, owns_cors)
+            written = write_whole(request, upstream, headers, plan, body, exchange.limit_lines)
+            await drained(request)
             return written
+    length = upstream.content_length
+    headers, _ = returned_headers(upstream, exchange, owns_cors)
     every = CIMultiDict(headers)
     if exchange.limit_lines:
         every.extend(header_pairs(exchange.limit_lines))
@@ -440,7 +471,9 @@ def build(route: RouteConfig, services: Services) -> Handler:
 
     async def forward(exchange: Exchange) -> web.StreamResponse:
         request = exchange.request
-        body, length = await request_body(request, limit)
+        body = length = None
+        if request.body_exists:
+            body, length = await request_body(request, limit)
         task = watcher.watch(request)
         try:
             sent = perf_counter()
@@ -458,7 +491,12 @@ def build(route: RouteConfig, services: Services) -> Handler:
             exchange.upstream_seconds = elapsed = perf_counter() - sent
             upstream_latency.observe(elapsed)
             try:
-                return await respond(exchange, upstream, owns_cors)
+                written = respond_now(exchange, upstream, owns_cors)
+                if written is None:
+                    return await respond(exchange, upstream, owns_cors)
+                if transport_backlog(request):  # no coroutine made for the usual answer
+                    await drained(request)
+                return written
             finally:
                 upstream.release()
         except asyncio.CancelledError:
