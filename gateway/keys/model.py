@@ -9,15 +9,30 @@ ever stored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import importlib
 import re
 import secrets
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
+
+
+def _own_sha256() -> Callable[[bytes], hashlib._Hash]:
+    """CPython's own SHA-256 (``_sha256``, ``_sha2`` from 3.12): for a key's few dozen bytes it
+    costs less than OpenSSL's per-digest set-up; hashlib's where a build lacks it."""
+    for name in ("_sha256", "_sha2"):
+        with contextlib.suppress(ImportError):
+            return cast("Callable[[bytes], hashlib._Hash]",
+                        importlib.import_module(name).sha256)
+    return hashlib.sha256
+
+
+_sha256 = _own_sha256()
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 RANDOM_LEN = 26
@@ -82,7 +97,7 @@ class KeyHasher:
 
     def __call__(self, key: str) -> str:
         if self._pepper is None:
-            return hashlib.sha256(key.encode()).hexdigest()
+            return _sha256(key.encode()).hexdigest()
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
 
 
@@ -174,6 +189,19 @@ class KeyRecord:
     subscription_id: str | None = None
     plan: str | None = None
     credits: Credits | None = None  # README "Credits"; None: the key spends no credits
+    # Not a column either: derived once per record (when the key enters the cache, not per
+    # request), the identity headers the key itself decides (README "What the upstream
+    # receives"); the request's own (X-Request-Id, X-Project-Id ...) are added per request.
+    identity: tuple[tuple[str, str], ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        identity = [("X-Api-Key-Id", self.key_id),
+                    ("X-Api-Key-Permissions", ",".join(self.permissions))]
+        if self.user_id:
+            identity.append(("X-User-Id", self.user_id))
+        if self.principal_id:
+            identity.append(("X-Principal-Id", self.principal_id))
+        object.__setattr__(self, "identity", tuple(identity))
 
     def effective_status(self, now: datetime) -> str:
         """revoked, then expired (both final), then disabled (reversible), else active."""

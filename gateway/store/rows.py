@@ -41,7 +41,11 @@ class Rows(Generic[R]):
         """``derived``: fields read from another table or an expression (field -> SQL), never
         written: e.g. a key's principal and subscription, read in the same query as the key."""
         derived = derived or {}
-        self.fields = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
+        # a field derived by the record itself (not an __init__ argument) is neither read nor
+        # written
+        self.fields = tuple(
+            f.name for f in dataclasses.fields(record) if f.init  # type: ignore[arg-type]
+        )
         self.columns = tuple(name for name in self.fields if name not in derived)
         names = ", ".join(self.columns)
         reads = "".join(f", {expression} AS {name}" for name, expression in derived.items())

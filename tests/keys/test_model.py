@@ -67,3 +67,25 @@ def test_display_parts() -> None:
     prefix, hint = display_parts(key)
     assert prefix == key[: len("sk_live_") + 4]
     assert hint == key[-4:]
+
+
+def test_the_key_hash_is_sha256_whichever_implementation_computes_it() -> None:
+    for key in (generate_key("sk_live"), generate_key("sk_test"), "é-not-ascii"):
+        assert KeyHasher(None)(key) == hashlib.sha256(key.encode()).hexdigest()  # stored hashes
+        peppered = hmac.new(b"pepper", key.encode(), hashlib.sha256).hexdigest()
+        assert KeyHasher("pepper")(key) == peppered
+
+
+def test_a_records_identity_headers_follow_its_fields() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.keys.model import KeyRecord
+
+    record = KeyRecord(key_id="key_1", key_hash="h", key_prefix="sk_live_abcd", hint="wxyz",
+                       name="k", workspace_id="ws_1", project_id=None, user_id=None,
+                       created_at=datetime.now(UTC), permissions=("read", "write"))
+    assert record.identity == (("X-Api-Key-Id", "key_1"), ("X-Api-Key-Permissions", "read,write"))
+    changed = record.with_changes(permissions=("read",), user_id="u_1", principal_id="u_1")
+    assert changed.identity == (("X-Api-Key-Id", "key_1"), ("X-Api-Key-Permissions", "read"),
+                                ("X-User-Id", "u_1"), ("X-Principal-Id", "u_1"))
+    assert changed == record.with_changes(permissions=("read",), user_id="u_1")  # not compared
