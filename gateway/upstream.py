@@ -247,10 +247,9 @@ class _Conn(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # utf-8 + surrogateescape: the convention of aiohttp's parser (bytes round-trip)
-        self.headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        # a value in utf-8 + surrogateescape: the convention of aiohttp's parser (bytes
+        # round-trip); a name is a token (llhttp refuses anything else), ASCII
+        self.headers.append((name.decode(), value.decode("utf-8", "surrogateescape")))
         size = len(name)
         if size == 14 or size == 17 or size == 10:  # Content-Length, Transfer-Encoding, Connection
             self._special_header(name.lower(), value)
@@ -521,14 +520,11 @@ class UpstreamPool:
             framing = f"Content-Length: {body_length}\r\n"
         else:
             framing = "Transfer-Encoding: chunked\r\n"
-        host = self._host_line
-        for name, _ in headers:
-            if len(name) == 4 and name.lower() == "host":
-                host = ""
-                break
         fields = "\r\n".join(map(": ".join, headers))
         if fields:
             fields += "\r\n"
+        # the caller's own Host, if it gave one, else the target's (one pass in C, not a loop)
+        host = "" if f"\n{fields}".lower().find("\nhost:") >= 0 else self._host_line
         text = f"{method} {target} HTTP/1.1\r\n{host}{fields}{framing}\r\n"
         lines = len(headers) + 2 + (host != "") + (framing != "")
         if text.count("\n") != lines or text.count("\r") != lines or " " in target:

@@ -173,8 +173,11 @@ def returned_plan(
                     "content-type" in folded)
 
 
-# what a Connection header may say without naming another header to drop
-_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+@functools.lru_cache(maxsize=256)
+def plain_connection(value: str) -> bool:
+    """A Connection value that names no header to drop beyond the hop-by-hop ones (the usual
+    ``keep-alive``): one cached call per response."""
+    return connection_named([value]) <= {"keep-alive", "close"}
 
 
 def returned_headers(
@@ -189,7 +192,7 @@ def returned_headers(
     plan = returned_plan(tuple(map(_name, headers)), tuple(own), exchange.limit_names,
                          owns_cors)
     named = [headers[i][1] for i in plan.connection]
-    if named and not _PLAIN_CONNECTION.issuperset(connection_named(named)):
+    if named and not all(map(plain_connection, named)):
         hops = connection_named(named)
         kept = [headers[i] for i in plan.kept if canonical(headers[i][0]) not in hops]
     else:
