@@ -16,7 +16,10 @@ and the limiter on the Redis at $GATEWAY_BENCH_REDIS (default: the local server)
 of the run's own, deleted afterwards; ``production``: Postgres and Redis; ``redis-cluster``
 (``--redis-cluster``): SQLite and the limiter on a local Redis Cluster (3 masters + 3 replicas)
 started for the run and stopped afterwards. The key is created with
-the CLI before the gateway starts.
+the CLI before the gateway starts. ``--floors`` adds the same forwarding without the gateway's
+pipeline (``scripts/ceiling.py``) behind aiohttp's ``web.Server`` and behind bare httptools;
+``--node DIR`` adds fast-gateway on Node (``../shared/peers/run.sh``'s ``NODE_DIR``), its keyed
+and its proxy-only route, on the same core and upstream.
 
 What is measured, with wrk and the same threads/connections/duration for every target, each
 after a warm-up run, in this order, repeated ``--rounds`` times (interleaved: a slow minute on
@@ -322,13 +325,14 @@ def child_env() -> dict[str, str]:
 
 
 def spawn(command: Sequence[str], log_path: Path,
-          started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+          started: list[subprocess.Popen[bytes]],
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a server in its own process group (so it and its children stop together), listed
     in ``started`` at once, so an interrupt while it starts up still stops it."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=REPO, env=child_env(),
+            start_new_session=True, cwd=REPO, env={**child_env(), **(env or {})},
         )
     started.append(process)
     return process
@@ -691,6 +695,7 @@ class Run:
     key: str = ""
     backends: Backends | None = None
     floor_ports: dict[str, int] = field(default_factory=dict)  # --floors: server -> port
+    node_port: int = 0  # --node: fast-gateway's port
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -721,6 +726,8 @@ def start_servers(run: Run) -> None:
     start_gateway(config_path, run.ports, run.pin, run.gateway_log, run.processes)
     if run.args.floors:
         start_floors(run)
+    if run.args.node:
+        start_node(run)
 
 
 # --floors: the same forwarding without the gateway's pipeline (scripts/ceiling.py), behind
@@ -739,6 +746,22 @@ def start_floors(run: Run) -> None:
         run.floor_ports[server] = port
 
 
+# --node DIR: fast-gateway on Node, as ../shared/peers/run.sh runs it (its gateway.js and
+# node_modules in DIR, that script's NODE_DIR), one process on the gateway's core, the bench's
+# key in its key list: its keyed route and its proxy-only route, beside the floors
+def start_node(run: Run) -> None:
+    port = free_ports(1)[0]
+    keys = run.workdir / "node-keys.txt"
+    keys.write_text(f"{run.key} ws_bench\n")
+    env = {"NODE_ENV": "production", "PORT": str(port), "KEYS_FILE": str(keys),
+           "UPSTREAM": f"http://{HOST}:{run.ports.fast}", "RATE_LIMIT": "1000000000"}
+    log_path = run.workdir / "logs" / "node.log"
+    command = [*run.pin.server, "node", str(run.args.node / "gateway.js")]
+    process = spawn(command, log_path, run.processes, env)
+    wait_until(lambda: port_open(port), process, "fast-gateway (--node)", log_path)
+    run.node_port = port
+
+
 def targets(run: Run) -> dict[str, Target]:
     bearer = (("Authorization", f"Bearer {run.key}"),)
     return {
@@ -748,6 +771,9 @@ def targets(run: Run) -> dict[str, Target]:
         "full": Target("full", f"http://{HOST}:{run.ports.gateway}/api/ping", bearer),
         **{f"{server}_bare": Target(f"{server}_bare", f"http://{HOST}:{port}/ping")
            for server, port in run.floor_ports.items()},
+        **({"node_proxy": Target("node_proxy", f"http://{HOST}:{run.node_port}/open/ping"),
+            "node_keyed": Target("node_keyed", f"http://{HOST}:{run.node_port}/api/ping",
+                                 bearer)} if run.node_port else {}),
     }
 
 
@@ -865,6 +891,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         const="redis-cluster", help="the same as --variant redis-cluster")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--node", metavar="DIR", type=Path,
+                        help="also fast-gateway on Node from DIR (gateway.js and node_modules: "
+                             "../shared/peers/run.sh's NODE_DIR), keyed and proxy-only")
     parser.add_argument("--floors", action="store_true",
                         help="also measure the bare forwarding behind aiohttp's web.Server and "
                              "behind httptools (scripts/ceiling.py): what the server costs")
