@@ -792,8 +792,10 @@ def measure(run: Run) -> dict[str, WrkResult]:
     by_name = targets(run)
     preflight(by_name)
     plan = [(t, False) for t in by_name.values()]
+    # at one connection too: the latency added; with --floors and --node, theirs beside ours
+    single = ("direct", "full", "aiohttp_bare", "httptools_bare", "node_keyed")
     plan += [(Target(f"{n}_c1", by_name[n].url, by_name[n].headers), True)
-             for n in ("direct", "full")]
+             for n in single if n in by_name]
     groups = {process.pid for process in run.processes}
     redis: RedisCounters | None = None
     calls = run.backends.evalsha_calls if run.backends is not None else None
