@@ -359,8 +359,7 @@ def write_whole(
 ) -> WrittenResponse:
     """An HTTP/1.1 response with its whole body in hand (``headers`` and ``plan``:
     ``returned_headers``; ``lines``: more, already joined, ``Exchange.limit_lines``), written in
-    one transport
-    write, as aiohttp would have framed it: ``Content-Length``, a ``Date`` and a
+    one transport write, as aiohttp would have framed it: ``Content-Length``, a ``Date`` and a
     ``Content-Type`` when the upstream sent none (the gateway's own headers never are either),
     ``Connection: close`` when the connection ends after it; only where ``writes_whole`` says
     so (aiohttp frames the rest: HTTP/1.0, a status without a body). No header can hold a CR

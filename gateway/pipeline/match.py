@@ -5,7 +5,7 @@ What a request target resolves to depends on the target alone (and the routes, f
 pipeline), so the last few thousand targets are remembered, as Kong's router caches its
 matches: a client calling the same paths again skips normalisation and matching. A target
 that holds anything key-shaped (a key prefix anywhere in it) is never remembered, so no
-plaintext key outlives its request (README "Security and reliability")."""
+plaintext key outlives its request (README "Decisions where the spec was silent")."""
 
 from __future__ import annotations
 
