@@ -354,19 +354,21 @@ def writes_whole(request: web.BaseRequest, status: int) -> bool:
 
 
 def write_whole(
-    request: web.BaseRequest, upstream: UpstreamResponse, headers: list[tuple[str, str]],
-    plan: Returned, body: bytes, lines: str = "",
+    exchange: Exchange, upstream: UpstreamResponse, owns_cors: bool, body: bytes
 ) -> WrittenResponse:
-    """An HTTP/1.1 response with its whole body in hand (``headers`` and ``plan``:
-    ``returned_headers``; ``lines``: more, already joined, ``Exchange.limit_lines``), written in
-    one transport write, as aiohttp would have framed it: ``Content-Length``, a ``Date`` and a
+    """An HTTP/1.1 response with its whole body in hand (its headers: ``returned_headers``,
+    then ``Exchange.limit_lines`` as they are), written in one transport write, as aiohttp
+    would have framed it: ``Content-Length``, a ``Date`` and a
     ``Content-Type`` when the upstream sent none (the gateway's own headers never are either),
     ``Connection: close`` when the connection ends after it; only where ``writes_whole`` says
     so (aiohttp frames the rest: HTTP/1.0, a status without a body). No header can hold a CR
     or LF: llhttp refuses them from the upstream (README "Security and reliability"), and the
     gateway's own values are numbers, ids and validated config."""
+    request = exchange.request
     transport = request.transport
     assert transport is not None  # writes_whole said so
+    headers, plan = returned_headers(upstream, exchange, owns_cors)
+    lines = exchange.limit_lines
     status = upstream.status
     extra = "" if plan.dated else f"\r\nDate: {rfc822_formatted_time()}"
     if body and not plan.typed:
@@ -397,10 +399,7 @@ def respond_now(
     if not (whole_body(request, upstream) and writes_whole(request, upstream.status)):
         return None
     body = upstream.read_now()
-    if body is None:
-        return None
-    headers, plan = returned_headers(upstream, exchange, owns_cors)
-    return write_whole(request, upstream, headers, plan, body, exchange.limit_lines)
+    return None if body is None else write_whole(exchange, upstream, owns_cors, body)
 
 
 async def drained(request: web.BaseRequest) -> None:
@@ -418,8 +417,7 @@ async def respond(
     if whole_body(request, upstream):
         body = await upstream.read()  # an UpstreamError: nothing sent yet, a clean 502/504
         if writes_whole(request, upstream.status):
-            headers, plan = returned_headers(upstream, exchange, owns_cors)
-            written = write_whole(request, upstream, headers, plan, body, exchange.limit_lines)
+            written = write_whole(exchange, upstream, owns_cors, body)
             await drained(request)
             return written
     length = upstream.content_length
