@@ -27,7 +27,7 @@ import pytest
 
 from gateway.config import KeyStoreConfig
 from tests.conftest import Upstream, free_port
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import Admin, GatewayProcess
 
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 COMMAND_TIMEOUT = KeyStoreConfig().timeout  # what one store call may take (key_store.timeout)
@@ -98,24 +98,16 @@ async def timed_get(
         return response.status, data, elapsed
 
 
-async def new_keys(
-    session: aiohttp.ClientSession, admin_url: str, token: str, names: list[str]
-) -> tuple[str, list[str]]:
+async def new_keys(admin: Admin, names: list[str]) -> tuple[str, list[str]]:
     """A new workspace and one key per name in it, through the admin API: its id and the
     keys' plaintexts."""
-    auth = {"Authorization": f"Bearer {token}"}
-    async with session.post(
-        f"{admin_url}/admin/v1/workspaces", json={"name": "outage"}, headers=auth
-    ) as response:
-        workspace = await response.json()
+    _, workspace = await admin.call("POST", "/admin/v1/workspaces", {"name": "outage"})
     keys = []
     for name in names:
-        async with session.post(
-            f"{admin_url}/admin/v1/workspaces/{workspace['id']}/keys", json={"name": name},
-            headers=auth,
-        ) as response:
-            assert response.status == 201
-            keys.append((await response.json())["key"])
+        status, created = await admin.call(
+            "POST", f"/admin/v1/workspaces/{workspace['id']}/keys", {"name": name})
+        assert status == 201
+        keys.append(created["key"])
     return workspace["id"], keys
 
 
@@ -133,7 +125,7 @@ async def test_outage_and_recovery(
         node.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await node.wait_ready(session)
-            workspace_id, keys = await new_keys(session, node.admin_url, token,
+            workspace_id, keys = await new_keys(Admin(session, node, token),
                                                 ["cached", "uncached"])
             auth = {"Authorization": f"Bearer {token}"}
             cached = {"Authorization": f"Bearer {keys[0]}"}
@@ -238,7 +230,7 @@ async def test_black_holed_postgres(
         node.start()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await node.wait_ready(session)
-            _, keys = await new_keys(session, node.admin_url, token, [f"k{i}" for i in range(4)])
+            _, keys = await new_keys(Admin(session, node, token), [f"k{i}" for i in range(4)])
             warm, cold = keys[0], keys[1:]
             api = f"{node.url}/api/x"
             assert (await timed_get(session, api, {"Authorization": f"Bearer {warm}"}))[0] == 200
